@@ -1,0 +1,278 @@
+"""Configuration: one pydantic model per component, gathered in one root.
+
+Layers, later wins: built-in defaults < TOML file < ``APPLIANCE_*`` environment < CLI flags.
+Environment keys use ``__`` between levels: ``APPLIANCE_MQTT__BROKER=mqtt://10.0.0.5:1883``.
+Unknown keys and bad values are errors that name the dotted path of the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "APPLIANCE_"
+# Environment variables with the prefix that are not config keys.
+ENV_NOT_KEYS = {"APPLIANCE_CONFIG"}
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEMO_VIDEO = PACKAGE_DIR / "demo" / "short_hamilton_clip.mp4"
+EXAMPLE_CONFIG = PACKAGE_DIR / "config.example.toml"
+
+
+def default_models_dir() -> Path:
+    # A source checkout (and the Jetson install, which installs from one) keeps models/ beside the package.
+    return PACKAGE_DIR.parent / "models"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Deployment profiles fix the privacy floor: the minimum number of distinct faces a window needs before its
+# distribution may leave the device.
+PROFILE_MIN_K = {"kiosk": 1, "store-camera": 3}
+
+
+class DeviceConfig(Section):
+    id: str = Field(default="kiosk-demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                    description="unique per unit; used in MQTT topics and the client id")
+    profile: Literal["kiosk", "store-camera"] = "kiosk"
+
+
+class CameraConfig(Section):
+    source: str = Field(default="demo", description="'demo', a file path, a device index, /dev/videoN, "
+                        "an rtsp:// URL or a GStreamer pipeline (contains '!')")
+    loop: bool | None = Field(default=None, description="replay a file at its end; default: only for the demo")
+    realtime: bool = Field(default=True, description="pace files at their own fps (false: as fast as decoded)")
+    buffer_frames: int = Field(default=2, ge=1, le=64)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    stall_timeout_s: float = Field(default=5.0, gt=0, description="no frame for this long = camera lost")
+
+
+class FacesConfig(Section):
+    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_faces: int = Field(default=8, ge=1, le=64)
+    min_face_px: int = Field(default=40, ge=8, description="smaller faces are ignored (too few pixels to read)")
+    margin: float = Field(default=0.15, ge=0.0, le=1.0, description="crop margin around the box, per side")
+
+
+class ExpressionConfig(Section):
+    model: str = Field(default="fer_mini_xception", description="a model folder under models.dir")
+
+
+class ModelsConfig(Section):
+    dir: Path = Field(default_factory=default_models_dir)
+
+
+class RuntimeConfig(Section):
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"], min_length=1,
+        description="preference order; only those that are available are tried")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    engine_cache_dir: Path = Field(default=Path("~/.cache/appliance/trt-engines"))
+    trt_max_batch: int = Field(default=16, ge=1, description="largest batch TensorRT engines are built for")
+    intra_op_threads: int = Field(default=1, ge=0, description="0 = ONNX Runtime's default")
+
+
+class LoopConfig(Section):
+    rate_hz: float = Field(default=10.0, gt=0, le=120)
+
+
+class AggregateConfig(Section):
+    window_s: float = Field(default=10.0, ge=1.0, le=3600)
+    min_observed_s: float = Field(default=2.0, ge=0.0,
+                                  description="a window needs faces in at least this many seconds of ticks")
+    k_min: int | None = Field(default=None, ge=1,
+                              description="distinct faces a window needs; default and floor come from the profile")
+    track_max_age_s: float = Field(default=1.0, gt=0, description="a face unseen this long is a new face")
+    track_iou: float = Field(default=0.3, gt=0, lt=1)
+
+
+class MqttConfig(Section):
+    broker: str | None = Field(default=None, description="mqtt://host:port; unset: start an embedded broker")
+    topic_prefix: str = Field(default="emotion", pattern=r"^[^#+]+$")
+    qos: Literal[0, 1, 2] = 1
+    keepalive_s: int = Field(default=30, ge=5)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    max_queued: int = Field(default=10000, ge=1, description="in-memory messages held while disconnected")
+    embedded_port: int = Field(default=1883, ge=0, le=65535, description="0 = any free port")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        parse_broker_url(v)
+        return v
+
+
+class LogConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class AppConfig(Section):
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
+    expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _privacy_floor(self) -> "AppConfig":
+        floor = PROFILE_MIN_K[self.device.profile]
+        if self.aggregate.k_min is not None and self.aggregate.k_min < floor:
+            raise ValueError(
+                f"aggregate.k_min={self.aggregate.k_min} is below the '{self.device.profile}' profile's floor "
+                f"of {floor} distinct faces")
+        if self.aggregate.window_s * self.loop.rate_hz < 1:
+            raise ValueError("aggregate.window_s is shorter than one loop tick")
+        return self
+
+    @property
+    def k_min(self) -> int:
+        return self.aggregate.k_min or PROFILE_MIN_K[self.device.profile]
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} (from {self.source})"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``issues`` name each bad key by its dotted path."""
+
+    def __init__(self, issues: list[ConfigIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL scheme must be mqtt:// or mqtts://, got {parts.scheme}://")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} has no host")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"broker URL {url!r}: {e}") from None
+    tls = parts.scheme in ("mqtts", "ssl")
+    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+def _set_path(tree: dict, path: list[str], value: Any, origins: dict, origin: str) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[path[-1]] = value
+    origins[".".join(path)] = origin
+
+
+def _walk(tree: Mapping, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out += _walk(value, prefix + (key,))
+        else:
+            out.append((prefix + (key,), value))
+    return out
+
+
+def _env_value(raw: str) -> Any:
+    # JSON first so lists, numbers and booleans work (APPLIANCE_RUNTIME__PROVIDERS='["cpu"]'); else the string.
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> AppConfig:
+    """Build the root config from file, environment and CLI overrides (dotted keys), naming any bad key."""
+    env = os.environ if env is None else env
+    tree: dict = {}
+    origins: dict[str, str] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError([ConfigIssue("(file)", f"config file {path} does not exist", str(path))])
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError([ConfigIssue("(file)", f"not valid TOML: {e}", str(path))]) from None
+        for keys, value in _walk(data):
+            _set_path(tree, list(keys), value, origins, str(path))
+    for name, raw in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and name not in ENV_NOT_KEYS:
+            keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
+            _set_path(tree, keys, _env_value(raw), origins, f"env {name}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(tree, dotted.split("."), value, origins, "command line")
+    try:
+        return AppConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_issues(e, origins)) from None
+
+
+def _issues(error: ValidationError, origins: dict[str, str]) -> list[ConfigIssue]:
+    issues = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        # List items report their index; the origin is recorded for the list's key.
+        dotted = ".".join(loc) or "(root)"
+        origin = next((origins[k] for k in (".".join(loc[:i]) for i in range(len(loc), 0, -1)) if k in origins),
+                      "defaults")
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            message += f" (got {err['input']!r})"
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        issues.append(ConfigIssue(dotted, message, origin))
+    return issues
+
+
+def to_toml(config: AppConfig) -> str:
+    """Render a config as TOML (sections and scalars/lists only, which is all the schema has)."""
+    lines: list[str] = []
+    for section, values in config.model_dump(mode="json").items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)

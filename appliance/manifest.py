@@ -1,0 +1,130 @@
+"""Model manifests: what a shipped model file is, where it came from and how well it does.
+
+A manifest sits next to its model files (``models/<format>/<name>/manifest.json``). One manifest describes one
+model and lists its precision variants (e.g. FP32 and INT8 QDQ), each with its own file, sha256 and measured
+accuracy, so the runtime can pick a variant per execution provider without guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Preprocessing(_Strict):
+    """How raw pixels become the model's input tensor: ``x * scale + offset`` on a resized image."""
+
+    color: Literal["gray", "rgb", "bgr"]
+    height: int
+    width: int
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = 1.0
+    offset: float = 0.0
+    formula: str = Field(description="the same transform written as people read it")
+
+
+class Accuracy(_Strict):
+    dataset: str
+    split: str
+    n: int
+    accuracy: float
+    macro_f1: float
+    command: str
+
+
+class Variant(_Strict):
+    precision: Precision
+    file: str
+    sha256: str
+    bytes: int
+    quantization: dict | None = None
+    accuracy: Accuracy | None = None
+
+
+class Provenance(_Strict):
+    source: str
+    licence: str
+    recipe: str
+    notes: str = ""
+
+
+class ModelManifest(_Strict):
+    name: str
+    version: str
+    task: str
+    format: Literal["onnx", "tflite"]
+    labels: list[str] = Field(default_factory=list)
+    input_name: str | None = None
+    output_name: str | None = None
+    preprocessing: Preprocessing | None = None
+    variants: list[Variant]
+    # Which precision each execution provider should get under precision="auto", from benchmarks on that
+    # provider (e.g. INT8 is slower than FP32 on a small CPU but faster under TensorRT).
+    provider_precision: dict[str, Precision] = Field(default_factory=dict)
+    provider_precision_source: str = ""
+    provenance: Provenance
+
+    # Set by load_manifest, not stored in the file.
+    directory: Path | None = Field(default=None, exclude=True)
+
+    def variant(self, precision: str) -> Variant | None:
+        return next((v for v in self.variants if v.precision == precision), None)
+
+    def precisions(self) -> list[str]:
+        return [v.precision for v in self.variants]
+
+    def path_of(self, variant: Variant) -> Path:
+        if self.directory is None:
+            raise ValueError(f"manifest {self.name} was not loaded from disk")
+        return self.directory / variant.file
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing or does not match its manifest."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(directory: Path) -> ModelManifest:
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise ModelFileError(f"no model manifest at {path}")
+    manifest = ModelManifest.model_validate(json.loads(path.read_text()))
+    manifest.directory = Path(directory)
+    return manifest
+
+
+def verify_variant(manifest: ModelManifest, variant: Variant) -> Path:
+    """Return the variant's file after checking it exists and its sha256 matches the manifest."""
+    path = manifest.path_of(variant)
+    if not path.is_file():
+        raise ModelFileError(f"{manifest.name} {variant.precision}: model file {path} is missing")
+    actual = sha256_of(path)
+    if actual != variant.sha256:
+        raise ModelFileError(
+            f"{manifest.name} {variant.precision}: {path} has sha256 {actual[:12]}…, "
+            f"manifest says {variant.sha256[:12]}…; rebuild it with {manifest.provenance.recipe}"
+        )
+    return path
+
+
+def write_manifest(manifest: ModelManifest, directory: Path) -> Path:
+    path = Path(directory) / "manifest.json"
+    path.write_text(json.dumps(manifest.model_dump(mode="json", exclude_none=False), indent=2) + "\n")
+    return path

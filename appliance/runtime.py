@@ -1,0 +1,187 @@
+"""The one place that turns a model manifest into an ONNX Runtime session.
+
+Order of preference: TensorRT EP ▶ CUDA EP ▶ CPU EP, restricted to what this ONNX Runtime build offers and what the
+config allows. The precision is chosen per provider: under ``precision="auto"`` the manifest's
+``provider_precision`` (measured by the benchmarks) decides, e.g. the INT8 QDQ file for TensorRT and FP32 on a
+small CPU where INT8 is slower. Whatever is picked, the session is checked afterwards: ONNX Runtime silently falls
+back to the CPU when a GPU provider fails to initialise (e.g. onnxruntime-gpu without CUDA), so the plan is only
+reported as taken when the session really runs on it; otherwise the next candidate is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from appliance.config import RuntimeConfig
+from appliance.manifest import ModelManifest, verify_variant
+
+log = logging.getLogger(__name__)
+
+ORT_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+SHORT_NAMES = {v: k for k, v in ORT_NAMES.items()}
+
+# Which precisions each provider can run from the files we ship. TensorRT builds FP16 engines from the FP32 file
+# and INT8 engines from the QDQ file (explicit quantization, no calibration table). The CUDA EP gets FP32 only:
+# it would run QDQ nodes as dequantize+FP32 kernels, slower than FP32 for no accuracy gain.
+SUPPORTED = {
+    "tensorrt": ("int8", "fp16", "fp32"),
+    "cuda": ("fp32",),
+    "cpu": ("fp32", "int8"),
+}
+# Used when a manifest does not say which precision a provider prefers.
+DEFAULT_PREFERENCE = {"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"}
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    provider: str                  # short name: tensorrt | cuda | cpu
+    precision: str                 # fp32 | fp16 | int8 (what the provider computes in)
+    variant: str                   # which file of the manifest: fp32 | int8
+    ort_providers: tuple           # what InferenceSession(providers=...) gets
+    reason: str
+
+
+@dataclass
+class RuntimeReport:
+    """What a model actually got; goes into logs, the status payload and the benchmarks."""
+
+    model: str
+    provider: str
+    precision: str
+    file: str
+    sha256: str
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "provider": self.provider, "precision": self.precision,
+                "file": self.file, "sha256": self.sha256, "skipped": list(self.skipped)}
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.provider} {self.precision} ({self.file})"
+
+
+class NoUsableProvider(RuntimeError):
+    pass
+
+
+def _trt_options(manifest: ModelManifest, cfg: RuntimeConfig, precision: str) -> dict[str, Any]:
+    cache = Path(cfg.engine_cache_dir).expanduser()
+    opts: dict[str, Any] = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": precision in ("fp16", "int8"),   # INT8 engines fall back to FP16 for unquantized layers
+        "trt_int8_enable": precision == "int8",
+    }
+    pre = manifest.preprocessing
+    if manifest.input_name and pre is not None:
+        # One optimisation profile covering 1..max batch, so a new face count never triggers an engine rebuild.
+        chw = (f"1x{pre.height}x{pre.width}" if pre.layout == "NCHW" else f"{pre.height}x{pre.width}x1")
+        name = manifest.input_name
+        opts["trt_profile_min_shapes"] = f"{name}:1x{chw}"
+        opts["trt_profile_opt_shapes"] = f"{name}:{min(8, cfg.trt_max_batch)}x{chw}"
+        opts["trt_profile_max_shapes"] = f"{name}:{cfg.trt_max_batch}x{chw}"
+    return opts
+
+
+def plan_sessions(manifest: ModelManifest, available: Sequence[str], cfg: RuntimeConfig) -> list[SessionPlan]:
+    """Every usable (provider, precision) in preference order; the first one is what we try first."""
+    plans: list[SessionPlan] = []
+    skipped: list[str] = []
+    shipped = set(manifest.precisions())
+    for short in cfg.providers:
+        ort_name = ORT_NAMES[short]
+        if ort_name not in available:
+            skipped.append(f"{short}: not in this onnxruntime build")
+            continue
+        if cfg.precision == "auto":
+            wanted = manifest.provider_precision.get(short, DEFAULT_PREFERENCE[short])
+            reason = f"auto: manifest prefers {wanted} on {short}"
+        else:
+            wanted = cfg.precision
+            reason = f"config asks for {wanted}"
+        candidates = [wanted] + ([p for p in SUPPORTED[short] if p != wanted] if cfg.precision == "auto" else [])
+        for precision in candidates:
+            file_precision = "fp32" if precision == "fp16" else precision
+            if precision not in SUPPORTED[short]:
+                skipped.append(f"{short}: cannot run {precision}")
+                continue
+            if file_precision not in shipped:
+                skipped.append(f"{short}: no {file_precision} file for {manifest.name}")
+                continue
+            if short == "tensorrt":
+                providers: tuple = ((ort_name, _trt_options(manifest, cfg, precision)),)
+                if ORT_NAMES["cuda"] in available:
+                    providers += (ORT_NAMES["cuda"],)  # nodes TensorRT rejects run on CUDA, not the CPU
+            elif short == "cuda":
+                providers = (ort_name,)
+            else:
+                providers = ()
+            providers += (ORT_NAMES["cpu"],)
+            note = reason if precision == wanted else f"{reason}, which it cannot run; next best {precision}"
+            plans.append(SessionPlan(short, precision, file_precision, providers, note))
+            break
+    if not plans:
+        raise NoUsableProvider(
+            f"{manifest.name}: no provider can run it with precision={cfg.precision} "
+            f"(providers={cfg.providers}, available={list(available)}; {'; '.join(skipped)})")
+    return plans
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _default_session_factory(path: str, providers: Sequence, cfg: RuntimeConfig):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cfg.intra_op_threads:
+        options.intra_op_num_threads = cfg.intra_op_threads
+    # The loop runs one inference at a time; inter-op parallelism only adds wake-ups.
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=options, providers=list(providers))
+
+
+SessionFactory = Callable[[str, Sequence, RuntimeConfig], Any]
+
+
+def open_session(manifest: ModelManifest, cfg: RuntimeConfig, available: Sequence[str] | None = None,
+                 factory: SessionFactory = _default_session_factory):
+    """Build the best session that really runs where planned. Returns (session, RuntimeReport)."""
+    available = _available_providers() if available is None else list(available)
+    skipped: list[str] = []
+    for plan in plan_sessions(manifest, available, cfg):
+        if plan.provider == "tensorrt":
+            Path(cfg.engine_cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
+        variant = manifest.variant(plan.variant)
+        path = verify_variant(manifest, variant)
+        try:
+            session = factory(str(path), plan.ort_providers, cfg)
+        except Exception as e:  # a provider that fails to initialise must not take the daemon down
+            skipped.append(f"{plan.provider} {plan.precision}: {type(e).__name__}: {e}")
+            log.warning("%s: %s %s failed to start (%s); trying the next provider",
+                        manifest.name, plan.provider, plan.precision, e)
+            continue
+        got = SHORT_NAMES.get(session.get_providers()[0], session.get_providers()[0])
+        if got != plan.provider:
+            skipped.append(f"{plan.provider} {plan.precision}: onnxruntime fell back to {got}")
+            log.warning("%s: asked for %s but onnxruntime gave %s; re-planning for the next provider",
+                        manifest.name, plan.provider, got)
+            continue
+        report = RuntimeReport(manifest.name, plan.provider, plan.precision, variant.file, variant.sha256, skipped)
+        log.info("%s (%s)", report, plan.reason)
+        return session, report
+    raise NoUsableProvider(f"{manifest.name}: every provider failed: {'; '.join(skipped)}")
