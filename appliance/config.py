@@ -114,6 +114,10 @@ class MqttConfig(Section):
         return v
 
 
+class StateConfig(Section):
+    dir: Path = Field(default=Path("~/.local/state/appliance"), description="persistent device state (seq)")
+
+
 class LogConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -128,6 +132,7 @@ class AppConfig(Section):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")

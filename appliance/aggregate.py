@@ -1,0 +1,145 @@
+"""Windows of tick results -> anonymised summaries. This module is the privacy boundary.
+
+What goes in: per tick, the face boxes and their expression probabilities. What comes out: per window, the mean
+probability per label over all face observations, how many observations there were, and (internally) how many
+distinct faces were seen. Track ids exist only inside ``FaceTracker`` and the open window; they are never part of
+a ``WindowSummary``. A window with fewer than ``k_min`` distinct faces, or with faces in too little of its time,
+comes out ``suppressed`` with no distribution.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from appliance.perception.faces import FaceBox
+
+
+def iou(a: FaceBox, b: FaceBox) -> float:
+    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+class FaceTracker:
+    """Short-lived greedy IoU tracker. It only estimates how many different faces a window saw.
+
+    A face unseen for ``max_age_s`` is forgotten and counts as new if it returns. That over-counts, which is the
+    unsafe direction for k-anonymity (one person flickering in and out could look like k people), so the
+    aggregator counts only tracks seen in at least ``min_track_ticks`` ticks of a window.
+    """
+
+    def __init__(self, max_age_s: float = 1.0, iou_threshold: float = 0.3):
+        self.max_age_s = max_age_s
+        self.iou_threshold = iou_threshold
+        self._tracks: dict[int, tuple[FaceBox, float]] = {}
+        self._next_id = 0
+
+    def update(self, boxes: Sequence[FaceBox], t: float) -> list[int]:
+        self._tracks = {i: (box, seen) for i, (box, seen) in self._tracks.items() if t - seen <= self.max_age_s}
+        pairs = sorted(((iou(box, tb), bi, ti) for bi, box in enumerate(boxes)
+                        for ti, (tb, _) in self._tracks.items()), reverse=True)
+        ids: list[int | None] = [None] * len(boxes)
+        used: set[int] = set()
+        for overlap, bi, ti in pairs:
+            if overlap < self.iou_threshold:
+                break
+            if ids[bi] is None and ti not in used:
+                ids[bi] = ti
+                used.add(ti)
+        for bi, box in enumerate(boxes):
+            if ids[bi] is None:
+                ids[bi] = self._next_id
+                self._next_id += 1
+            self._tracks[ids[bi]] = (box, t)
+        return ids  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    start: float                     # wall-clock epoch seconds
+    end: float
+    ticks: int
+    observations: int                # face observations (one face in one tick)
+    observed_s: float                # time with at least one face in view
+    distinct_faces: int
+    distribution: dict[str, float] | None
+    suppressed: bool
+    reason: str | None               # why suppressed: no_faces | too_few_faces | too_little_observation
+
+
+class WindowAggregator:
+    def __init__(self, labels: Sequence[str], window_s: float, tick_period_s: float, k_min: int,
+                 min_observed_s: float, tracker: FaceTracker, min_track_ticks: int = 3):
+        self.labels = tuple(labels)
+        self.window_s = window_s
+        self.tick_period_s = tick_period_s
+        self.k_min = k_min
+        self.min_observed_s = min_observed_s
+        self.tracker = tracker
+        self.min_track_ticks = min_track_ticks
+        self._start: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sum = np.zeros(len(self.labels), dtype=np.float64)
+        self._observations = 0
+        self._ticks = 0
+        self._ticks_with_faces = 0
+        self._track_ticks: Counter[int] = Counter()
+
+    def add(self, t: float, boxes: Sequence[FaceBox], probabilities: np.ndarray) -> WindowSummary | None:
+        """Feed one tick (t: wall-clock epoch seconds). Returns the window that this tick closed, if any."""
+        closed = None
+        if self._start is None:
+            self._start = t
+        elif t >= self._start + self.window_s:
+            closed = self._close(self._start + self.window_s)
+        ids = self.tracker.update(boxes, t)
+        self._ticks += 1
+        if len(boxes):
+            self._ticks_with_faces += 1
+            self._observations += len(boxes)
+            self._sum += probabilities.sum(axis=0)
+            self._track_ticks.update(ids)
+        return closed
+
+    def advance(self, t: float) -> WindowSummary | None:
+        """A tick with nothing new to look at (no new camera frame): only lets time close the window."""
+        if self._start is not None and t >= self._start + self.window_s:
+            return self._close(self._start + self.window_s)
+        return None
+
+    def flush(self, t: float) -> WindowSummary | None:
+        """Close the open window early (at shutdown). Nothing is returned for a window with no ticks."""
+        if self._start is None or self._ticks == 0:
+            return None
+        return self._close(t)
+
+    def _close(self, end: float) -> WindowSummary:
+        observed = self._ticks_with_faces * self.tick_period_s
+        distinct = sum(1 for n in self._track_ticks.values() if n >= self.min_track_ticks)
+        if self._observations == 0:
+            reason = "no_faces"
+        elif distinct < self.k_min:
+            reason = "too_few_faces"
+        elif observed < self.min_observed_s:
+            reason = "too_little_observation"
+        else:
+            reason = None
+        distribution = None
+        if reason is None:
+            mean = self._sum / self._observations
+            mean = mean / mean.sum()
+            distribution = {label: round(float(p), 4) for label, p in zip(self.labels, mean)}
+        summary = WindowSummary(start=self._start, end=end, ticks=self._ticks, observations=self._observations,
+                                observed_s=round(observed, 3), distinct_faces=distinct, distribution=distribution,
+                                suppressed=reason is not None, reason=reason)
+        self._start = end
+        self._reset()
+        return summary

@@ -1,0 +1,217 @@
+"""The ``appliance`` command (contract: DESIGN.md "CLI"). Every command works on a CPU-only machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+# MediaPipe (glog/absl) and LiteRT read these when they load; the daemon's own log says what matters.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer  # noqa: E402
+
+from appliance import __version__  # noqa: E402
+from appliance.config import EXAMPLE_CONFIG, AppConfig, ConfigError, load_config, to_toml
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Edge emotion appliance: camera -> faces -> expression model -> anonymised MQTT summaries.")
+config_app = typer.Typer(no_args_is_help=True, help="Create, check and show the configuration.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure a model's accuracy on a labelled dataset folder.")
+app.add_typer(config_app, name="config")
+app.add_typer(eval_app, name="eval")
+
+SYSTEM_CONFIG = Path("/etc/appliance/config.toml")
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: $APPLIANCE_CONFIG, then "
+                         "/etc/appliance/config.toml if it exists, else built-in defaults)")
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one clear message, exit code 2, no traceback."""
+
+
+def _config_path(path: Optional[Path]) -> Optional[Path]:
+    if path is not None:
+        return path
+    if os.environ.get("APPLIANCE_CONFIG"):
+        return Path(os.environ["APPLIANCE_CONFIG"])
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def _load(path: Optional[Path], **overrides) -> AppConfig:
+    return load_config(_config_path(path), overrides=overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _summary_line(p: dict) -> str:
+    start = datetime.fromisoformat(p["window_start"].replace("Z", "+00:00")).strftime("%H:%M:%S")
+    end = datetime.fromisoformat(p["window_end"].replace("Z", "+00:00")).strftime("%H:%M:%S")
+    head = f"summary seq={p['seq']} {start}-{end}"
+    if p["suppressed"]:
+        return f"{head}  suppressed ({p['suppressed_reason']})"
+    faces = p["faces"]
+    top = sorted(faces["distribution"].items(), key=lambda kv: kv[1], reverse=True)
+    dist = " ".join(f"{label} {prob:.2f}" for label, prob in top)
+    return (f"{head}  faces: {faces['observations']} obs, {faces['distinct_faces']} distinct, "
+            f"{faces['observed_seconds']:.1f} s  |  {dist}")
+
+
+# ------------------------------------------------------------------------------------------------ run
+@app.command()
+def run(
+    config: Optional[Path] = ConfigOpt,
+    video: Optional[str] = typer.Option(None, "--video", help="video file to play as the camera"),
+    camera: Optional[str] = typer.Option(None, "--camera", help="device index, /dev/videoN, rtsp:// URL or "
+                                         "GStreamer pipeline"),
+    broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT (default: embedded broker)"),
+    device_id: Optional[str] = typer.Option(None, "--device-id"),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="seconds to run (default: until "
+                                             "the video ends, forever for cameras and the looping demo)"),
+    fast: bool = typer.Option(False, "--fast", help="read files as fast as they decode instead of at their fps"),
+    loop: Optional[bool] = typer.Option(None, "--loop/--no-loop", help="replay a file at its end "
+                                        "(default: only the demo loops)"),
+    json_lines: bool = typer.Option(False, "--json", help="print each summary as its JSON payload"),
+) -> None:
+    """Run the pipeline: with no options, the bundled demo recording to an embedded broker."""
+    if video and camera:
+        raise UserError("give --video or --camera, not both")
+    overrides = {"camera.source": video or camera, "mqtt.broker": broker, "device.id": device_id,
+                 "camera.loop": loop, "camera.realtime": False if fast else None}
+    cfg = _load(config, **overrides)
+    _setup_logging(cfg.log.level)
+    from appliance.pipeline import Pipeline
+
+    def show(payload: dict) -> None:
+        print(json.dumps(payload) if json_lines else _summary_line(payload), flush=True)
+
+    def announce(url: str) -> None:
+        where = "embedded broker" if cfg.mqtt.broker is None else "broker"
+        print(f"publishing to {where} {url} under {cfg.mqtt.topic_prefix}/{cfg.device.id}/ "
+              f"(subscribe: mosquitto_sub -h {url.split('://')[1].split(':')[0]} "
+              f"-p {url.rsplit(':', 1)[1]} -t '{cfg.mqtt.topic_prefix}/#' -v)", flush=True)
+
+    pipeline = Pipeline(cfg, on_summary=show, on_broker=announce)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: pipeline.stop())
+    print(f"appliance {__version__}: device {cfg.device.id}, profile {cfg.device.profile} (k={cfg.k_min}), "
+          f"camera {pipeline.spec.describe()}, {cfg.loop.rate_hz:g} Hz, {cfg.aggregate.window_s:g} s windows; "
+          f"expression model on {pipeline.expression.report.provider} {pipeline.expression.report.precision}",
+          flush=True)
+    report = pipeline.run(duration)
+    print(f"done: {report.ticks} ticks at {report.rate_hz:.2f} Hz, {report.deadline_misses} deadline misses, "
+          f"tick p50 {report.end_to_end['p50_ms']:.1f} ms p99 {report.end_to_end['p99_ms']:.1f} ms, "
+          f"{report.summaries} summaries, {report.frames_dropped} camera frames dropped", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ config
+@config_app.command("init")
+def config_init(out: Path = typer.Argument(Path("config.toml"), help="where to write"),
+                force: bool = typer.Option(False, "--force", help="overwrite an existing file")) -> None:
+    """Write an annotated config file with the defaults."""
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; use --force to overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(EXAMPLE_CONFIG.read_text())
+    print(f"wrote {out}; check it with: appliance config validate --config {out}")
+
+
+@config_app.command("validate")
+def config_validate(config: Optional[Path] = ConfigOpt) -> None:
+    """Check a config (file + APPLIANCE_* environment); exit 2 naming every bad key."""
+    path = _config_path(config)
+    cfg = _load(config)
+    print(f"config OK ({path or 'built-in defaults'}): device {cfg.device.id}, profile {cfg.device.profile}, "
+          f"k={cfg.k_min}, camera {cfg.camera.source}, broker {cfg.mqtt.broker or 'embedded'}")
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt) -> None:
+    """Print the effective config (defaults < file < environment) as TOML."""
+    print(to_toml(_load(config)), end="")
+
+
+# ------------------------------------------------------------------------------------------------ eval
+@eval_app.command("faces")
+def eval_faces(
+    directory: Path = typer.Argument(..., help="DIR/<label>/*.png|jpg, labels as in the model manifest"),
+    model: Optional[str] = typer.Option(None, "--model", help="model folder name under models/onnx, or a path "
+                                        "to a model folder or .onnx file with its manifest.json beside it"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | int8 (default: runtime's choice)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Accuracy, macro-F1 and per-class recall of the expression model on a labelled face folder."""
+    from appliance.evaluation import evaluate_faces, stderr_progress
+    from appliance.manifest import load_manifest
+    from appliance.perception.expression import ExpressionModel
+
+    cfg = _load(config, **{"runtime.precision": precision})
+    _setup_logging("WARNING")
+    name = model or cfg.expression.model
+    path = Path(name)
+    file = path.name if path.suffix == ".onnx" else None
+    folder = path.parent if file else (path if path.is_dir() else cfg.models.dir / "onnx" / name)
+    manifest = load_manifest(folder)
+    if file:
+        # A specific file: evaluate exactly that variant.
+        chosen = next((v for v in manifest.variants if v.file == file), None)
+        if chosen is None:
+            raise UserError(f"{name} is not listed in {folder}/manifest.json")
+        cfg.runtime.precision = chosen.precision
+    expression = ExpressionModel(manifest, cfg.runtime)
+    report = evaluate_faces(directory, expression, progress=stderr_progress("evaluating"))
+    print(report.table())
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        print(f"wrote {json_out}")
+
+
+# ------------------------------------------------------------------------------------------------ entry
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    from appliance.evaluation import DatasetError
+    from appliance.manifest import ModelFileError
+    from appliance.runtime import NoUsableProvider
+    from appliance.sources.camera import SourceError
+
+    try:
+        app(standalone_mode=False)
+    except ConfigError as e:
+        print("config error:", file=sys.stderr)
+        for issue in e.issues:
+            print(f"  {issue}", file=sys.stderr)
+        sys.exit(2)
+    except (UserError, SourceError, ModelFileError, NoUsableProvider, DatasetError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

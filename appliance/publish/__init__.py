@@ -1,0 +1,1 @@
+"""Everything that leaves the device: payload building, the MQTT client and the embedded broker."""

@@ -1,0 +1,154 @@
+"""Shared fixtures: a real mosquitto on a free loopback port, an MQTT collector, the appliance as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("APPLIANCE_TEST_DATA", ROOT.parent / "shared" / "data"))
+DEMO = ROOT / "appliance" / "demo" / "short_hamilton_clip.mp4"
+SCHEMAS = ROOT / "appliance" / "schemas"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+class Mosquitto:
+    """Debian's mosquitto 2.x on loopback, with its own writable pid/log paths."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).exists():
+            pytest.fail("mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto")
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        self.log = workdir / f"mosquitto-{self.port}.log"
+        # Logs go to stderr (captured into a file by us): run as root, mosquitto drops to its own user and could
+        # not write into pytest's private tmp dir.
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                             f"log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Mosquitto":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    broker = Mosquitto(tmp_path).start()
+    yield broker
+    broker.stop()
+
+
+class Collector:
+    """Subscribes to a filter and keeps every message (topic, payload, retain flag, arrival time)."""
+
+    def __init__(self, port: int, topic: str = "#"):
+        self.messages: list[tuple[str, bytes, bool, float]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("collector could not subscribe")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain), time.monotonic()))
+
+    def json(self, suffix: str) -> list[dict]:
+        with self._lock:
+            return [json.loads(p) for t, p, _, _ in self.messages if t.endswith(suffix)]
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def collect():
+    made: list[Collector] = []
+
+    def make(port: int, topic: str = "#") -> Collector:
+        c = Collector(port, topic)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def appliance_env(tmp_path: Path, **extra: str) -> dict:
+    """An isolated environment: its own HOME and state dir, quick windows, no system config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(HOME=str(tmp_path / "home"), APPLIANCE_STATE__DIR=str(tmp_path / "state"),
+               APPLIANCE_CONFIG=str(tmp_path / "none.toml"), PYTHONUNBUFFERED="1")
+    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "none.toml").write_text("")
+    env.update(extra)
+    return env
+
+
+def appliance_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "appliance", *args]
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not (DATA / "faces" / "fer2013" / "public_test").is_dir():
+        pytest.skip(f"shared dataset not found at {DATA} (set APPLIANCE_TEST_DATA); dataset checks need it")
+    return DATA
+
+
+def load_schema(name: str) -> dict:
+    return json.loads((SCHEMAS / f"{name}.schema.json").read_text())

@@ -1,0 +1,133 @@
+"""End to end: the real daemon, the real demo video, the real models, a real mosquitto on loopback."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import time
+
+import jsonschema
+import pytest
+
+from conftest import DEMO, Collector, Mosquitto, appliance_cmd, appliance_env, free_port, load_schema
+
+SUMMARY = load_schema("summary")
+STATUS = load_schema("status")
+
+
+def validate(payload: dict, schema: dict) -> None:
+    jsonschema.validate(payload, schema, format_checker=jsonschema.FormatChecker())
+
+
+def check_summaries(summaries: list[dict]) -> None:
+    for s in summaries:
+        validate(s, SUMMARY)
+        if s["faces"] is not None:
+            assert math.isclose(sum(s["faces"]["distribution"].values()), 1.0, abs_tol=2e-3), s
+    seqs = [s["seq"] for s in summaries]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+    assert len({s["event_id"] for s in summaries}) == len(summaries)
+
+
+def test_demo_publishes_schema_valid_summaries_and_status(tmp_path, mosquitto, collect):
+    watcher = collect(mosquitto.port)
+    env = appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="4", APPLIANCE_DEVICE__ID="kiosk-e2e")
+    proc = subprocess.run(appliance_cmd("run", "--video", str(DEMO), "--broker", mosquitto.url, "--duration", "13"),
+                          env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert watcher.wait_for(lambda c: any(s["state"] == "offline" for s in c.json("/status")), 10)
+
+    summaries = watcher.json("emotion/kiosk-e2e/summary")
+    assert len(summaries) >= 3, proc.stdout
+    check_summaries(summaries)
+    unsuppressed = [s for s in summaries if not s["suppressed"]]
+    assert unsuppressed and all(s["faces"]["observations"] > 0 for s in unsuppressed)
+    # The daemon prints each summary it publishes.
+    assert proc.stdout.count("summary seq=") == len(summaries)
+
+    states = [s["state"] for s in watcher.json("emotion/kiosk-e2e/status")]
+    for s in watcher.json("/status"):
+        validate(s, STATUS)
+    assert states[0] == "online" and states[-1] == "offline", states
+    # Retained: a dashboard that subscribes after the run still learns the unit is offline (clean shutdown).
+    late = collect(mosquitto.port, "emotion/+/status")
+    assert late.wait_for(lambda c: c.messages, 5)
+    topic, payload, retained, _ = late.messages[0]
+    assert retained and json.loads(payload)["state"] == "offline" and json.loads(payload)["reason"] == "shutdown"
+
+
+def test_status_online_is_retained_while_running_and_last_will_on_kill(tmp_path, mosquitto, collect):
+    env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-kill")
+    proc = subprocess.Popen(appliance_cmd("run", "--broker", mosquitto.url), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        first = collect(mosquitto.port, "emotion/kiosk-kill/status")
+        assert first.wait_for(lambda c: any(s["state"] == "online" for s in c.json("/status")), 60)
+        late = collect(mosquitto.port, "emotion/kiosk-kill/status")   # joins later: gets the retained copy
+        assert late.wait_for(lambda c: c.messages, 5)
+        assert late.messages[0][2] is True and json.loads(late.messages[0][1])["state"] == "online"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # No clean shutdown happened: the broker publishes the last will.
+        assert first.wait_for(lambda c: c.json("/status")[-1]["state"] == "offline", 10)
+        will = first.json("/status")[-1]
+        validate(will, STATUS)
+        assert will["reason"] == "connection lost"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_unreachable_broker_at_start_is_retried_and_nothing_is_lost(tmp_path, collect):
+    port = free_port()
+    env = appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2", APPLIANCE_DEVICE__ID="kiosk-late",
+                        APPLIANCE_MQTT__RECONNECT_MAX_S="1")
+    proc = subprocess.Popen(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "14"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Let the daemon produce summaries with no broker at all.
+        deadline = time.monotonic() + 60
+        printed = []
+        while time.monotonic() < deadline and len(printed) < 2:
+            line = proc.stdout.readline()
+            if line.startswith("summary seq="):
+                printed.append(line)
+        assert len(printed) >= 2 and proc.poll() is None, "daemon should keep running without a broker"
+        broker = Mosquitto(tmp_path, port).start()
+        try:
+            watcher = collect(port, "emotion/kiosk-late/#")
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err[-3000:]
+            assert "unreachable" in err
+            summaries = watcher.json("/summary")
+            check_summaries(summaries)
+            # Every summary the daemon made, including those from before the broker existed, arrived.
+            assert [s["seq"] for s in summaries] == list(range(1, summaries[-1]["seq"] + 1))
+            assert len(summaries) == len(printed) + out.count("summary seq=")
+        finally:
+            broker.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_seq_survives_restart(tmp_path, mosquitto, collect):
+    watcher = collect(mosquitto.port, "emotion/+/summary")
+    env = appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2")
+    for _ in range(2):
+        proc = subprocess.run(appliance_cmd("run", "--broker", mosquitto.url, "--duration", "3"), env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 4, 10)
+    seqs = [s["seq"] for s in watcher.json("/summary")]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+
+
+@pytest.mark.parametrize("broker", ["mqtt://", "ftp://host:1", "mqtt://host:notaport"])
+def test_bad_broker_url_is_a_config_error(tmp_path, broker):
+    proc = subprocess.run(appliance_cmd("run", "--broker", broker, "--duration", "1"), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "mqtt.broker" in proc.stderr and "Traceback" not in proc.stderr
