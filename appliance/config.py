@@ -250,14 +250,23 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError(_issues(e, origins)) from None
 
 
+def _origin_of(loc: list[str], origins: dict[str, str]) -> str:
+    """Where a key came from: its own record, else the nearest recorded parent (list items), else a child
+    (a whole unknown section)."""
+    for i in range(len(loc), 0, -1):
+        if ".".join(loc[:i]) in origins:
+            return origins[".".join(loc[:i])]
+    prefix = ".".join(loc) + "."
+    return next((src for key, src in origins.items() if key.startswith(prefix)), "defaults")
+
+
 def _issues(error: ValidationError, origins: dict[str, str]) -> list[ConfigIssue]:
     issues = []
     for err in error.errors():
         loc = [str(p) for p in err["loc"]]
         # List items report their index; the origin is recorded for the list's key.
         dotted = ".".join(loc) or "(root)"
-        origin = next((origins[k] for k in (".".join(loc[:i]) for i in range(len(loc), 0, -1)) if k in origins),
-                      "defaults")
+        origin = _origin_of(loc, origins)
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"

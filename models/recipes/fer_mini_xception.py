@@ -235,8 +235,11 @@ def quantize(fp32_path: Path, int8_path: Path, train_dir: Path) -> dict:
         quantize_static(str(prepped), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
+                        # Softmax stays FP32: quantized probabilities come in 1/127 steps and stop summing to 1.
+                        nodes_to_exclude=["predictions"],
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     return {"format": "QDQ", "weights": "int8 per-channel symmetric", "activations": "int8 symmetric",
+            "excluded": "final Softmax (FP32 probabilities)",
             "calibration": f"{n} FER2013 train faces, {CALIBRATION_PER_CLASS} per class, seed {SEED}, MinMax"}
 
 

@@ -1,0 +1,145 @@
+"""Runtime provider/precision choice for every combination of available providers.
+
+TensorRT and CUDA cannot exist on this machine, so their sessions are a stand-in factory (a mock of the GPU, the
+only thing mocked); the CPU sessions are real ONNX Runtime sessions on the shipped model files.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from appliance.config import RuntimeConfig, default_models_dir
+from appliance.manifest import load_manifest
+from appliance.runtime import ORT_NAMES, NoUsableProvider, open_session, plan_sessions
+
+MANIFEST = load_manifest(default_models_dir() / "onnx" / "fer_mini_xception")
+TRT, CUDA, CPU = ORT_NAMES["tensorrt"], ORT_NAMES["cuda"], ORT_NAMES["cpu"]
+
+
+class FakeSession:
+    """What onnxruntime-gpu returns: a session reporting the providers it actually got."""
+
+    def __init__(self, providers):
+        self._providers = providers
+
+    def get_providers(self):
+        return self._providers
+
+
+def gpu_factory(works: set[str]):
+    def factory(path, providers, cfg):
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        # onnxruntime silently drops a provider that fails to initialise and carries on with the next one.
+        return FakeSession([n for n in names if n in works or n == CPU])
+    return factory
+
+
+EXPECTED_FIRST = {
+    # available providers -> (provider, precision, file) of the first plan under precision=auto
+    (TRT, CUDA, CPU): ("tensorrt", "int8", "int8"),
+    (TRT, CPU): ("tensorrt", "int8", "int8"),
+    (CUDA, CPU): ("cuda", "fp32", "fp32"),
+    (CPU,): ("cpu", "fp32", "fp32"),
+}
+
+
+@pytest.mark.parametrize("available", list(EXPECTED_FIRST))
+def test_auto_choice_per_available_providers(available):
+    plans = plan_sessions(MANIFEST, available, RuntimeConfig())
+    first = plans[0]
+    assert (first.provider, first.precision, first.variant) == EXPECTED_FIRST[available]
+    assert plans[-1].provider == "cpu"   # the CPU is always the last resort
+    assert [p.provider for p in plans] == [s for s in ("tensorrt", "cuda", "cpu") if ORT_NAMES[s] in available]
+
+
+def test_tensorrt_plan_options():
+    plan = plan_sessions(MANIFEST, [TRT, CUDA, CPU], RuntimeConfig(engine_cache_dir="/var/cache/x"))[0]
+    name, opts = plan.ort_providers[0]
+    assert name == TRT and plan.ort_providers[1:] == (CUDA, CPU)
+    assert opts["trt_int8_enable"] and opts["trt_fp16_enable"] and opts["trt_engine_cache_enable"]
+    assert opts["trt_engine_cache_path"] == "/var/cache/x"
+    assert opts["trt_profile_min_shapes"] == "input:1x1x64x64"
+    assert opts["trt_profile_max_shapes"] == "input:16x1x64x64"
+
+
+@pytest.mark.parametrize("precision, expect", [
+    ("fp16", ("tensorrt", "fp16", "fp32")),
+    ("fp32", ("tensorrt", "fp32", "fp32")),
+    ("int8", ("tensorrt", "int8", "int8")),
+])
+def test_forced_precision_on_tensorrt(precision, expect):
+    plan = plan_sessions(MANIFEST, [TRT, CUDA, CPU], RuntimeConfig(precision=precision))[0]
+    assert (plan.provider, plan.precision, plan.variant) == expect
+    assert plan.ort_providers[0][1]["trt_fp16_enable"] == (precision in ("fp16", "int8"))
+
+
+def test_forced_int8_skips_cuda_and_lands_on_cpu():
+    plans = plan_sessions(MANIFEST, [CUDA, CPU], RuntimeConfig(precision="int8"))
+    assert [(p.provider, p.precision) for p in plans] == [("cpu", "int8")]
+
+
+def test_impossible_request_is_a_clear_error():
+    with pytest.raises(NoUsableProvider, match="cpu: cannot run fp16"):
+        plan_sessions(MANIFEST, [CPU], RuntimeConfig(precision="fp16"))
+    with pytest.raises(NoUsableProvider, match="not in this onnxruntime build"):
+        plan_sessions(MANIFEST, [CPU], RuntimeConfig(providers=["tensorrt"]))
+
+
+def test_config_order_is_respected():
+    plans = plan_sessions(MANIFEST, [TRT, CUDA, CPU], RuntimeConfig(providers=["cpu", "tensorrt"]))
+    assert [p.provider for p in plans] == ["cpu", "tensorrt"]
+
+
+@pytest.mark.parametrize("works", [set(), {CUDA}, {TRT, CUDA}])
+def test_silent_fallback_is_detected_and_replanned(works, tmp_path):
+    # onnxruntime-gpu without a usable GPU lists TensorRT/CUDA as available but runs on the CPU; the report
+    # must say what really happened and the CPU must get its own precision (fp32), not TensorRT's INT8 file.
+    cfg = RuntimeConfig(engine_cache_dir=tmp_path / "engines")
+    session, report = open_session(MANIFEST, cfg, available=[TRT, CUDA, CPU], factory=gpu_factory(works))
+    expected = "tensorrt" if TRT in works else "cuda" if CUDA in works else "cpu"
+    assert report.provider == expected
+    assert report.precision == {"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"}[expected]
+    assert len(report.skipped) == {"tensorrt": 0, "cuda": 1, "cpu": 2}[expected]
+
+
+def test_a_provider_that_raises_is_skipped(tmp_path):
+    def factory(path, providers, cfg):
+        if providers[0][0] == TRT:
+            raise RuntimeError("libnvinfer.so.10: cannot open shared object file")
+        return FakeSession([p if isinstance(p, str) else p[0] for p in providers])
+
+    _, report = open_session(MANIFEST, RuntimeConfig(engine_cache_dir=tmp_path), [TRT, CUDA, CPU], factory)
+    assert report.provider == "cuda" and "libnvinfer" in report.skipped[0]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_real_cpu_sessions_run_the_shipped_files(precision):
+    session, report = open_session(MANIFEST, RuntimeConfig(providers=["cpu"], precision=precision))
+    assert (report.provider, report.precision) == ("cpu", precision)
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 1, 64, 64)).astype(np.float32)
+    (probs,) = session.run(None, {"input": x})
+    assert probs.shape == (5, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+
+
+def test_tampered_model_file_is_refused(tmp_path):
+    import shutil
+
+    from appliance.manifest import ModelFileError
+
+    copy = tmp_path / "m"
+    shutil.copytree(MANIFEST.directory, copy)
+    with open(copy / "fp32.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ModelFileError, match="sha256"):
+        open_session(load_manifest(copy), RuntimeConfig(providers=["cpu"]))
+
+
+def test_every_combination_has_a_plan():
+    for n in range(1, 4):
+        for combo in itertools.combinations([TRT, CUDA, CPU], n):
+            available = list(combo) if CPU in combo else list(combo) + [CPU]
+            assert plan_sessions(MANIFEST, available, RuntimeConfig())
