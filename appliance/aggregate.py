@@ -110,10 +110,8 @@ class WindowAggregator:
         return closed
 
     def advance(self, t: float) -> WindowSummary | None:
-        """A tick with nothing new to look at (no new camera frame): only lets time close the window."""
-        if self._start is not None and t >= self._start + self.window_s:
-            return self._close(self._start + self.window_s)
-        return None
+        """A tick with nothing new to look at (no new camera frame): time passes, nothing is observed."""
+        return self.add(t, (), np.zeros((0, len(self.labels)), np.float32))
 
     def flush(self, t: float) -> WindowSummary | None:
         """Close the open window early (at shutdown). Nothing is returned for a window with no ticks."""

@@ -60,6 +60,8 @@ class FacesConfig(Section):
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_faces: int = Field(default=8, ge=1, le=64)
     min_face_px: int = Field(default=40, ge=8, description="smaller faces are ignored (too few pixels to read)")
+    tiles: int = Field(default=1, ge=1, le=4, description="1: whole frame; N: also an NxN grid of overlapping "
+                       "tiles, for small faces far from the camera (store-camera); costs N*N+1 detector runs")
     margin: float = Field(default=0.15, ge=0.0, le=1.0, description="crop margin around the box, per side")
 
 

@@ -56,18 +56,19 @@ class Pipeline:
         self.config = config
         self.on_summary = on_summary
         self.scheduler = FixedRateScheduler(config.loop.rate_hz)
-        # Everything that can fail on bad input fails here, before anything is started.
+        # Everything that can fail on bad input fails here, before anything is started; cheapest checks first,
+        # and the MediaPipe detector (which must be closed explicitly) last.
         self.spec = resolve_spec(config.camera.source)
+        self.source = CameraSource(self.spec, config.camera, on_state=self._camera_state)
+        self.seq = SeqCounter(config.state.dir / "seq")
         self.expression = ExpressionModel(load_manifest(config.models.dir / "onnx" / config.expression.model),
                                           config.runtime)
-        self.detector = FaceDetector(face_detector_path(config), config.faces.score_threshold,
-                                     config.faces.max_faces, config.faces.min_face_px)
-        self.source = CameraSource(self.spec, config.camera, on_state=self._camera_state)
         self.aggregator = WindowAggregator(
             self.expression.labels, config.aggregate.window_s, self.scheduler.period, config.k_min,
             config.aggregate.min_observed_s,
             FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou))
-        self.seq = SeqCounter(config.state.dir / "seq")
+        self.detector = FaceDetector(face_detector_path(config), config.faces.score_threshold,
+                                     config.faces.max_faces, config.faces.min_face_px, config.faces.tiles)
         self.broker: EmbeddedBroker | None = None
         if config.mqtt.broker is None:
             self.broker = EmbeddedBroker(config.mqtt.embedded_port)

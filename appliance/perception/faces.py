@@ -28,7 +28,8 @@ class Detections:
 class FaceDetector:
     """BlazeFace through MediaPipe Tasks (XNNPACK on the CPU). One instance per thread; close() when done."""
 
-    def __init__(self, model_path: Path, score_threshold: float = 0.5, max_faces: int = 8, min_face_px: int = 40):
+    def __init__(self, model_path: Path, score_threshold: float = 0.5, max_faces: int = 8, min_face_px: int = 40,
+                 tiles: int = 1, tile_overlap: float = 0.25):
         from mediapipe.tasks.python import BaseOptions, vision
 
         if not Path(model_path).is_file():
@@ -42,18 +43,25 @@ class FaceDetector:
         self._detector = vision.FaceDetector.create_from_options(options)
         self.max_faces = max_faces
         self.min_face_px = min_face_px
+        self.tiles = tiles
+        self.tile_overlap = tile_overlap
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         import cv2
         import mediapipe as mp
 
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        result = self._detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
-        height, width = frame_bgr.shape[:2]
-        boxes = [FaceBox(d.bounding_box.origin_x, d.bounding_box.origin_y, d.bounding_box.width,
-                         d.bounding_box.height, float(d.categories[0].score)) for d in result.detections]
+        height, width = rgb.shape[:2]
+        boxes: list[FaceBox] = []
+        for x0, y0, x1, y1 in regions(width, height, self.tiles, self.tile_overlap):
+            view = rgb if (x1 - x0, y1 - y0) == (width, height) else np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            result = self._detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=view))
+            boxes += [FaceBox(d.bounding_box.origin_x + x0, d.bounding_box.origin_y + y0, d.bounding_box.width,
+                              d.bounding_box.height, float(d.categories[0].score)) for d in result.detections]
         # Boxes may overhang the frame; one that lies wholly outside has nothing to crop.
         boxes = [b for b in boxes if b.x < width and b.y < height and b.x + b.w > 0 and b.y + b.h > 0]
+        if self.tiles > 1:
+            boxes = non_max_suppression(boxes, 0.3)
         big = [b for b in boxes if min(b.w, b.h) >= self.min_face_px]
         big.sort(key=lambda b: b.score, reverse=True)
         kept = big[:self.max_faces]
@@ -69,6 +77,41 @@ class FaceDetector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def regions(width: int, height: int, tiles: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """The whole frame, plus (tiles > 1) a tiles x tiles grid of overlapping tiles.
+
+    BlazeFace short range sees the frame at 128x128, so faces far from the camera (a store camera over a crowd)
+    shrink below what it can find; each tile gives them tiles-times more pixels. The whole-frame pass keeps large
+    faces that a tile boundary would cut.
+    """
+    out = [(0, 0, width, height)]
+    if tiles > 1:
+        tw, th = int(width / (tiles - (tiles - 1) * overlap)), int(height / (tiles - (tiles - 1) * overlap))
+        for row in range(tiles):
+            for col in range(tiles):
+                x0 = min(int(col * tw * (1 - overlap)), width - tw)
+                y0 = min(int(row * th * (1 - overlap)), height - th)
+                out.append((x0, y0, x0 + tw, y0 + th))
+    return out
+
+
+def non_max_suppression(boxes: list[FaceBox], iou_threshold: float) -> list[FaceBox]:
+    """Keep the best-scoring box of every group that overlaps more than ``iou_threshold`` (or nests)."""
+    kept: list[FaceBox] = []
+    for b in sorted(boxes, key=lambda b: b.score, reverse=True):
+        if all(_overlap(b, k) <= iou_threshold for k in kept):
+            kept.append(b)
+    return kept
+
+
+def _overlap(a: FaceBox, b: FaceBox) -> float:
+    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = ix * iy
+    # Intersection over the smaller box: a face cut by a tile edge nests inside the whole-frame box.
+    return inter / max(1, min(a.w * a.h, b.w * b.h))
 
 
 def crop_faces(frame_bgr: np.ndarray, boxes: tuple[FaceBox, ...] | list[FaceBox], size: tuple[int, int],

@@ -179,12 +179,13 @@ class CameraSource:
         return self.state == SourceState.ENDED
 
     def _set_state(self, state: SourceState, detail: str = "") -> None:
-        if state != self.state or detail != self.detail:
+        changed = state != self.state
+        if changed or detail != self.detail:
             self.state, self.detail = state, detail
             level = logging.WARNING if state == SourceState.RETRYING else logging.INFO
             log.log(level, "camera %s: %s%s", self.spec.describe(), state.value, f" ({detail})" if detail else "")
-            if self._on_state:
-                self._on_state(state, detail)
+        if changed and self._on_state:
+            self._on_state(state, detail)
 
     def _run(self) -> None:
         backoff = self.cfg.retry_initial_s

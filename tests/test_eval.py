@@ -1,0 +1,71 @@
+"""`appliance eval faces`: the contract JSON, clear errors, and FER2013 PublicTest accuracy for FP32 and INT8."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.evaluation import classification_metrics
+from conftest import DEMO, appliance_cmd, appliance_env
+
+
+def test_metrics_by_hand():
+    m = classification_metrics(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["per_class"]["a"] == {"recall": 0.5, "precision": 0.5, "n": 2}
+    assert m["per_class"]["b"] == {"recall": 1.0, "precision": 0.6667, "n": 2}
+    assert m["per_class"]["c"] == {"recall": 0.0, "precision": 0.0, "n": 1}
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def small_dataset(tmp_path):
+    cap = cv2.VideoCapture(str(DEMO))
+    ok, frame = cap.read()
+    face = cv2.cvtColor(frame[68:374, 248:554], cv2.COLOR_BGR2GRAY)
+    for label in ("happy", "neutral"):
+        (tmp_path / "ds" / label).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "ds" / label / f"{i}.png"), cv2.resize(face, (48 + i, 48 + i)))
+    return tmp_path / "ds"
+
+
+def test_eval_cli_writes_the_contract_json(tmp_path):
+    ds = small_dataset(tmp_path)
+    out = tmp_path / "report.json"
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(ds), "--json", str(out)), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "per_class", "n", "model"} <= set(report)
+    assert report["n"] == 6 and report["per_class"]["happy"]["n"] == 3 and report["per_class"]["angry"]["n"] == 0
+    assert "accuracy" in proc.stdout and "macro-F1" in proc.stdout
+
+
+def test_eval_rejects_unknown_label_folders_and_empty_dirs(tmp_path):
+    ds = small_dataset(tmp_path)
+    (ds / "contempt").mkdir()
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(ds)), env=appliance_env(tmp_path), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "['contempt'] are not labels" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(tmp_path / "empty")), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no images" in proc.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_fer2013_public_test_accuracy(tmp_path, data_dir, precision):
+    """The acceptance figure: >= 0.64 on all 3,589 PublicTest faces (about 5 s per precision here)."""
+    out = tmp_path / f"{precision}.json"
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(data_dir / "faces" / "fer2013" / "public_test"),
+                                        "--precision", precision, "--json", str(out)),
+                          env=appliance_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["n"] == 3589 and report["precision"] == precision
+    assert report["accuracy"] >= 0.64, report["accuracy"]

@@ -1,0 +1,127 @@
+"""Face detection, cropping and the expression model on real frames of the demo video."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.config import RuntimeConfig, default_models_dir, load_config
+from appliance.manifest import load_manifest
+from appliance.perception.expression import ExpressionModel
+from appliance.perception.faces import FaceBox, FaceDetector, crop_faces, non_max_suppression, regions
+from appliance.pipeline import face_detector_path
+from conftest import DEMO
+
+
+def demo_frame(index: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(DEMO))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    return frame
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    return face_detector_path(load_config(env={}))
+
+
+@pytest.fixture(scope="module")
+def expression():
+    return ExpressionModel(load_manifest(default_models_dir() / "onnx" / "fer_mini_xception"),
+                           RuntimeConfig(providers=["cpu"]))
+
+
+def crowd(frame: np.ndarray, n_cols: int = 5, n_rows: int = 4, cell: int = 128) -> np.ndarray:
+    """A frame of 20 real faces: the demo's face (frame 30) tiled, as a store camera over a queue would see."""
+    face = frame[68:374, 248:554]
+    tile = cv2.resize(face, (cell, cell), interpolation=cv2.INTER_AREA)
+    return np.vstack([np.hstack([tile] * n_cols)] * n_rows)
+
+
+def test_one_face_in_the_demo(model_path):
+    with FaceDetector(model_path) as det:
+        d = det.detect(demo_frame(30))
+    assert len(d.boxes) == 1 and d.found == 1
+    b = d.boxes[0]
+    assert 250 < b.x + b.w / 2 < 550 and b.w > 150 and b.score > 0.5
+
+
+@pytest.mark.parametrize("image", [np.zeros((360, 640, 3), np.uint8),
+                                   np.random.default_rng(1).integers(0, 255, (360, 640, 3), dtype=np.uint8)])
+def test_frame_without_face(model_path, image):
+    with FaceDetector(model_path) as det:
+        d = det.detect(image)
+    assert d.boxes == () and d.found == 0
+
+
+def test_twenty_faces_are_found_with_tiles_and_capped(model_path):
+    frame = crowd(demo_frame(30))
+    with FaceDetector(model_path, max_faces=8, min_face_px=16, tiles=3) as det:
+        d = det.detect(frame)
+    assert d.found == 20 and len(d.boxes) == 8 and d.over_cap == 12
+    scores = [b.score for b in d.boxes]
+    assert scores == sorted(scores, reverse=True)
+    # Without tiles the short-range model sees each face at ~25 px and finds none: that is why tiles exist.
+    with FaceDetector(model_path, max_faces=8, min_face_px=16, tiles=1) as det:
+        assert det.detect(frame).found < 20
+
+
+def test_min_face_size_filter(model_path):
+    with FaceDetector(model_path, min_face_px=300) as det:
+        d = det.detect(demo_frame(30))
+    assert d.boxes == () and d.too_small == 1
+
+
+def test_regions_cover_the_frame():
+    rs = regions(640, 360, 3, 0.25)
+    assert rs[0] == (0, 0, 640, 360) and len(rs) == 10
+    assert max(r[2] for r in rs) == 640 and max(r[3] for r in rs) == 360
+    assert regions(640, 360, 1, 0.25) == [(0, 0, 640, 360)]
+
+
+def test_nms_keeps_best_of_nested_boxes():
+    whole, cut, other = FaceBox(100, 100, 100, 100, 0.9), FaceBox(100, 100, 50, 100, 0.6), FaceBox(400, 100, 90, 90, 0.7)
+    assert non_max_suppression([cut, other, whole], 0.3) == [whole, other]
+
+
+def test_crops_are_gray_64_and_padded_at_edges():
+    frame = demo_frame(30)
+    boxes = [FaceBox(288, 108, 226, 226, 0.9), FaceBox(-30, -20, 80, 80, 0.6), FaceBox(600, 320, 60, 60, 0.6)]
+    crops = crop_faces(frame, boxes, (64, 64), margin=0.15)
+    assert crops.shape == (3, 64, 64) and crops.dtype == np.uint8
+    assert crops[0].std() > 20   # a real face, not padding
+
+
+def test_expression_batch_equals_single(model_path, expression):
+    frame = crowd(demo_frame(30))
+    with FaceDetector(model_path, max_faces=8, min_face_px=16, tiles=3) as det:
+        boxes = det.detect(frame).boxes
+    crops = crop_faces(frame, boxes, expression.size)
+    batch = expression.classify(crops).probabilities
+    single = np.concatenate([expression.classify(crops[i:i + 1]).probabilities for i in range(len(crops))])
+    assert batch.shape == (8, 7)
+    assert np.allclose(batch, single, atol=1e-5)
+    assert np.allclose(batch.sum(axis=1), 1, atol=1e-4)
+    assert expression.classify(crops[:0]).probabilities.shape == (0, 7)
+
+
+def test_int8_agrees_with_fp32_on_real_faces(model_path, expression):
+    int8 = ExpressionModel(expression.manifest, RuntimeConfig(providers=["cpu"], precision="int8"))
+    crops = []
+    with FaceDetector(model_path) as det:
+        for i in range(0, 270, 15):
+            frame = demo_frame(i)
+            crops.append(crop_faces(frame, det.detect(frame).boxes, expression.size))
+    crops = np.concatenate(crops)
+    assert len(crops) >= 10
+    a, b = expression.classify(crops).probabilities, int8.classify(crops).probabilities
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.8
+    assert np.abs(a - b).max() < 0.25
+
+
+def test_wrong_crop_shape_is_rejected(expression):
+    with pytest.raises(ValueError, match="expected"):
+        expression.classify(np.zeros((2, 48, 48), np.uint8))
