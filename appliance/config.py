@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,16 +142,18 @@ class AppConfig(Section):
     def _privacy_floor(self) -> "AppConfig":
         floor = PROFILE_MIN_K[self.device.profile]
         if self.aggregate.k_min is not None and self.aggregate.k_min < floor:
+            # Cross-field errors start with the key's dotted path so the error report can name it.
             raise ValueError(
-                f"aggregate.k_min={self.aggregate.k_min} is below the '{self.device.profile}' profile's floor "
+                f"aggregate.k_min: {self.aggregate.k_min} is below the '{self.device.profile}' profile's floor "
                 f"of {floor} distinct faces")
         if self.aggregate.window_s * self.loop.rate_hz < 1:
-            raise ValueError("aggregate.window_s is shorter than one loop tick")
+            raise ValueError("aggregate.window_s: shorter than one loop tick")
         return self
 
     @property
     def k_min(self) -> int:
-        return self.aggregate.k_min or PROFILE_MIN_K[self.device.profile]
+        floor = PROFILE_MIN_K[self.device.profile]
+        return max(self.aggregate.k_min or floor, floor)
 
 
 @dataclass(frozen=True)
@@ -266,16 +269,17 @@ def _issues(error: ValidationError, origins: dict[str, str]) -> list[ConfigIssue
     issues = []
     for err in error.errors():
         loc = [str(p) for p in err["loc"]]
+        message = err["msg"].removeprefix("Value error, ")
+        cross_field = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message)
+        if not loc and cross_field:
+            loc, message = cross_field.group(1).split("."), cross_field.group(2)
         # List items report their index; the origin is recorded for the list's key.
         dotted = ".".join(loc) or "(root)"
         origin = _origin_of(loc, origins)
-        message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             message += f" (got {err['input']!r})"
-        if message.startswith("Value error, "):
-            message = message[len("Value error, "):]
         issues.append(ConfigIssue(dotted, message, origin))
     return issues
 

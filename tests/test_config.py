@@ -60,7 +60,8 @@ def test_env_key_errors_name_the_variable():
 def test_store_camera_profile_cannot_go_below_k3(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, '[device]\nprofile = "store-camera"\n[aggregate]\nk_min = 2\n'), env={})
-    assert "floor of 3" in str(err.value)
+    assert err.value.issues[0].path == "aggregate.k_min" and "floor of 3" in str(err.value)
+    assert str(tmp_path) in err.value.issues[0].source
     assert load_config(write(tmp_path, '[device]\nprofile = "store-camera"\n'), env={}).k_min == 3
     assert load_config(None, env={}).k_min == 1
 

@@ -131,3 +131,63 @@ def test_bad_broker_url_is_a_config_error(tmp_path, broker):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "mqtt.broker" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def write_video(path, frames, fps: float = 10.0) -> None:
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert out.isOpened()
+    for f in frames:
+        out.write(f)
+    out.release()
+
+
+def demo_face_crowd():
+    import cv2
+    import numpy as np
+
+    cap = cv2.VideoCapture(str(DEMO))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 30)
+    ok, frame = cap.read()
+    tile = cv2.resize(frame[68:374, 248:554], (128, 128), interpolation=cv2.INTER_AREA)
+    return np.vstack([np.hstack([tile] * 5)] * 4)   # 20 real faces, 640x512
+
+
+def test_video_without_faces_gives_suppressed_windows(tmp_path, mosquitto, collect):
+    import numpy as np
+
+    video = tmp_path / "empty-shop.mp4"
+    write_video(video, [np.full((360, 640, 3), 90 + i % 20, np.uint8) for i in range(40)])
+    watcher = collect(mosquitto.port, "emotion/+/summary")
+    proc = subprocess.run(appliance_cmd("run", "--video", str(video), "--broker", mosquitto.url),
+                          env=appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2"), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 2, 5)
+    summaries = watcher.json("/summary")
+    check_summaries(summaries)
+    assert all(s["suppressed"] and s["suppressed_reason"] == "no_faces" and s["faces"] is None for s in summaries)
+
+
+def test_crowd_of_twenty_faces_is_capped_and_published(tmp_path, mosquitto, collect):
+    video = tmp_path / "queue.mp4"
+    write_video(video, [demo_face_crowd()] * 40)
+    watcher = collect(mosquitto.port, "emotion/+/summary")
+    env = appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2", APPLIANCE_DEVICE__PROFILE="store-camera",
+                        APPLIANCE_FACES__TILES="3", APPLIANCE_FACES__MAX_FACES="8", APPLIANCE_FACES__MIN_FACE_PX="16",
+                        APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5")
+    proc = subprocess.run(appliance_cmd("run", "--video", str(video), "--broker", mosquitto.url), env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert watcher.wait_for(lambda c: c.json("/summary"), 5)
+    summaries = watcher.json("/summary")
+    check_summaries(summaries)
+    full = [s for s in summaries if not s["suppressed"]]
+    assert full, summaries
+    for s in full:
+        # 20 faces in view, 8 analysed per frame (best scores), a crowd well above the store-camera k = 3.
+        assert 3 <= s["faces"]["distinct_faces"] <= 8 * 2 and s["profile"] == "store-camera"
+        ticks = round(s["faces"]["observed_seconds"] * 10)
+        assert s["faces"]["observations"] == 8 * ticks

