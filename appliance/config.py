@@ -54,7 +54,7 @@ class CameraConfig(Section):
     buffer_frames: int = Field(default=2, ge=1, le=64)
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
-    stall_timeout_s: float = Field(default=5.0, gt=0, description="no frame for this long = camera lost")
+    stall_timeout_s: float = Field(default=5.0, gt=0, description="an open camera with no frame for this long is reported as stalled")
 
 
 class FacesConfig(Section):

@@ -117,7 +117,9 @@ class Pipeline:
                 with tick.stage("capture"):
                     frame = self.source.buffer.take()
                 boxes, probs = (), empty
-                if frame is not None:
+                if frame is None:
+                    self.source.check_stall(tick.started)
+                else:
                     with tick.stage("detect"):
                         boxes = self.detector.detect(frame.image).boxes
                     with tick.stage("crop"):

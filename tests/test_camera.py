@@ -136,3 +136,38 @@ def test_cli_reports_bad_video_files(tmp_path):
     proc = subprocess.run(appliance_cmd("run", "--video", str(junk), "--duration", "1"), env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot be decoded" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class FrozenCamera(FlakyCamera):
+    """Stand-in for a camera whose read() blocks after a few frames (a frozen RTSP stream, a wedged driver)."""
+
+    def __init__(self, release_event):
+        super().__init__(0, 3)
+        self._release = release_event
+
+    def read(self):
+        if self._left <= 0:
+            self._release.wait(5)
+            return False, None
+        return super().read()
+
+
+def test_a_frozen_camera_is_reported_stalled():
+    import threading
+
+    release = threading.Event()
+    states = []
+    src = CameraSource(resolve_spec("0"), CameraConfig(stall_timeout_s=0.2, retry_initial_s=0.05),
+                       capture_factory=lambda spec: FrozenCamera(release), on_state=lambda s, d: states.append(s))
+    src.start()
+    try:
+        assert wait(lambda: src.frames_read == 3)
+        src.check_stall(time.monotonic())
+        assert src.state == SourceState.OK          # not yet: the last frame is fresh
+        time.sleep(0.3)
+        src.check_stall(time.monotonic())
+        assert src.state == SourceState.STALLED and "no frame for" in src.detail
+    finally:
+        release.set()
+        src.stop()
+    assert states[:2] == [SourceState.OK, SourceState.STALLED]

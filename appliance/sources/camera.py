@@ -33,6 +33,7 @@ class SourceState(str, enum.Enum):
     STARTING = "starting"
     OK = "ok"
     RETRYING = "retrying"
+    STALLED = "stalled"     # open, but no frame for camera.stall_timeout_s (a blocked read, a frozen stream)
     ENDED = "ended"
 
 
@@ -158,6 +159,7 @@ class CameraSource:
         self.reopens = 0
         self.frames_read = 0
         self.fps: float | None = None
+        self._last_frame_at: float | None = None
         self.loop_file = cfg.loop if cfg.loop is not None else (spec.kind == "file" and Path(
             str(spec.target)).resolve() == DEMO_VIDEO.resolve())
         if spec.kind == "file":
@@ -177,6 +179,15 @@ class CameraSource:
     @property
     def ended(self) -> bool:
         return self.state == SourceState.ENDED
+
+    def check_stall(self, now: float) -> None:
+        """Called by the loop: an open camera with no frame for stall_timeout_s is reported as stalled.
+
+        A blocked read cannot report itself from the capture thread; the next frame sets the state back to ok.
+        """
+        last = self._last_frame_at
+        if self.state == SourceState.OK and last is not None and now - last > self.cfg.stall_timeout_s:
+            self._set_state(SourceState.STALLED, f"no frame for {now - last:.1f} s")
 
     def _set_state(self, state: SourceState, detail: str = "") -> None:
         changed = state != self.state
@@ -225,9 +236,11 @@ class CameraSource:
                 if self.spec.kind == "file":
                     return "eof"
                 return "failed"
+            now = time.monotonic()
+            self._last_frame_at = now
             self._set_state(SourceState.OK)
             self.frames_read += 1
-            self.buffer.put(Frame(image, self.frames_read, time.monotonic()))
+            self.buffer.put(Frame(image, self.frames_read, now))
             n += 1
             if pace:
                 # Absolute schedule: frame n is due at t0 + n/fps, so decode jitter does not accumulate.
