@@ -8,15 +8,22 @@ DATA ?= ../shared/data
 ARGS ?= --duration 35
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps run test eval models bench clean
+.PHONY: setup build-deps system-deps run test eval models bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 setup: $(STAMP)
+
+# PortAudio headers: PyAudio compiles against them.
+build-deps:
+	@if ! dpkg -s portaudio19-dev >/dev/null 2>&1; then \
+		echo "installing portaudio19-dev (apt)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq portaudio19-dev >/dev/null; \
+	fi
 
 # mosquitto: the real broker the tests talk to.
 system-deps:
@@ -42,6 +49,10 @@ eval: setup
 models: setup
 	$(BIN)/python models/recipes/blazeface_short_range.py
 	$(BIN)/python models/recipes/fer_mini_xception.py --data $(DATA)
+	$(BIN)/python models/recipes/silero_vad.py
+	$(BIN)/pip install --quiet torch==2.13.0 av
+	$(BIN)/python scripts/demo_audio.py
+	$(BIN)/python models/recipes/voice_tone_cnn.py --data $(DATA)
 
 ## Benchmarks of this machine into benchmarks/results/.
 bench: setup

@@ -68,19 +68,42 @@ class WindowSummary:
     observations: int                # face observations (one face in one tick)
     observed_s: float                # time with at least one face in view
     distinct_faces: int
-    distribution: dict[str, float] | None
+    distribution: dict[str, float] | None          # faces
+    speech_s: float                  # speech the VAD passed in this window
+    voice_distribution: dict[str, float] | None
+    anger_index: float | None        # mean P(angry) over the modalities present
     suppressed: bool
     reason: str | None               # why suppressed: no_faces | too_few_faces | too_little_observation
 
 
+def anger_index(*p_angry: float | None) -> float | None:
+    """Face and voice each count once, whichever are present: neither modality outvotes the other."""
+    present = [p for p in p_angry if p is not None]
+    return round(sum(present) / len(present), 4) if present else None
+
+
+def _mean_distribution(total: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    mean = total / total.sum()
+    return {label: round(float(p), 4) for label, p in zip(labels, mean)}
+
+
 class WindowAggregator:
+    """Per-window means. Faces and voice are kept apart until the window closes.
+
+    Suppression: a crowd profile (k > 1) publishes nothing, voice included, unless its faces pass k (a voice cannot
+    be counted as k people). The kiosk profile (k = 1) publishes a window if either modality has enough data.
+    """
+
     def __init__(self, labels: Sequence[str], window_s: float, tick_period_s: float, k_min: int,
-                 min_observed_s: float, tracker: FaceTracker, min_track_ticks: int = 3):
+                 min_observed_s: float, tracker: FaceTracker, min_track_ticks: int = 3,
+                 voice_labels: Sequence[str] = (), min_speech_s: float = 1.0):
         self.labels = tuple(labels)
+        self.voice_labels = tuple(voice_labels)
         self.window_s = window_s
         self.tick_period_s = tick_period_s
         self.k_min = k_min
         self.min_observed_s = min_observed_s
+        self.min_speech_s = min_speech_s
         self.tracker = tracker
         self.min_track_ticks = min_track_ticks
         self._start: float | None = None
@@ -92,8 +115,12 @@ class WindowAggregator:
         self._ticks = 0
         self._ticks_with_faces = 0
         self._track_ticks: Counter[int] = Counter()
+        self._voice_sum = np.zeros(len(self.voice_labels), dtype=np.float64)
+        self._tone_results = 0
+        self._speech_s = 0.0
 
-    def add(self, t: float, boxes: Sequence[FaceBox], probabilities: np.ndarray) -> WindowSummary | None:
+    def add(self, t: float, boxes: Sequence[FaceBox], probabilities: np.ndarray, speech_s: float = 0.0,
+            tone: np.ndarray | None = None) -> WindowSummary | None:
         """Feed one tick (t: wall-clock epoch seconds). Returns the window that this tick closed, if any."""
         closed = None
         if self._start is None:
@@ -107,11 +134,15 @@ class WindowAggregator:
             self._observations += len(boxes)
             self._sum += probabilities.sum(axis=0)
             self._track_ticks.update(ids)
+        self._speech_s += speech_s
+        if tone is not None and len(tone):
+            self._voice_sum += tone.sum(axis=0)
+            self._tone_results += len(tone)
         return closed
 
-    def advance(self, t: float) -> WindowSummary | None:
-        """A tick with nothing new to look at (no new camera frame): time passes, nothing is observed."""
-        return self.add(t, (), np.zeros((0, len(self.labels)), np.float32))
+    def advance(self, t: float, speech_s: float = 0.0, tone: np.ndarray | None = None) -> WindowSummary | None:
+        """A tick with no new camera frame: time passes, no face is observed (voice may still be)."""
+        return self.add(t, (), np.zeros((0, len(self.labels)), np.float32), speech_s, tone)
 
     def flush(self, t: float) -> WindowSummary | None:
         """Close the open window early (at shutdown). Nothing is returned for a window with no ticks."""
@@ -123,21 +154,25 @@ class WindowAggregator:
         observed = self._ticks_with_faces * self.tick_period_s
         distinct = sum(1 for n in self._track_ticks.values() if n >= self.min_track_ticks)
         if self._observations == 0:
-            reason = "no_faces"
+            face_reason = "no_faces"
         elif distinct < self.k_min:
-            reason = "too_few_faces"
+            face_reason = "too_few_faces"
         elif observed < self.min_observed_s:
-            reason = "too_little_observation"
+            face_reason = "too_little_observation"
         else:
-            reason = None
-        distribution = None
-        if reason is None:
-            mean = self._sum / self._observations
-            mean = mean / mean.sum()
-            distribution = {label: round(float(p), 4) for label, p in zip(self.labels, mean)}
-        summary = WindowSummary(start=self._start, end=end, ticks=self._ticks, observations=self._observations,
-                                observed_s=round(observed, 3), distinct_faces=distinct, distribution=distribution,
-                                suppressed=reason is not None, reason=reason)
+            face_reason = None
+        voice_ok = self._tone_results > 0 and self._speech_s >= self.min_speech_s
+        if self.k_min > 1:
+            voice_ok = voice_ok and face_reason is None
+        suppressed = face_reason is not None and not voice_ok
+        faces = _mean_distribution(self._sum, self.labels) if face_reason is None else None
+        voice = _mean_distribution(self._voice_sum, self.voice_labels) if voice_ok else None
+        summary = WindowSummary(
+            start=self._start, end=end, ticks=self._ticks, observations=self._observations,
+            observed_s=round(observed, 3), distinct_faces=distinct, distribution=faces,
+            speech_s=round(self._speech_s, 3), voice_distribution=voice,
+            anger_index=anger_index(faces and faces.get("angry"), voice and voice.get("angry")),
+            suppressed=suppressed, reason=face_reason if suppressed else None)
         self._start = end
         self._reset()
         return summary

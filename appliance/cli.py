@@ -59,11 +59,21 @@ def _summary_line(p: dict) -> str:
     head = f"summary seq={p['seq']} {start}-{end}"
     if p["suppressed"]:
         return f"{head}  suppressed ({p['suppressed_reason']})"
-    faces = p["faces"]
-    top = sorted(faces["distribution"].items(), key=lambda kv: kv[1], reverse=True)
-    dist = " ".join(f"{label} {prob:.2f}" for label, prob in top)
-    return (f"{head}  faces: {faces['observations']} obs, {faces['distinct_faces']} distinct, "
-            f"{faces['observed_seconds']:.1f} s  |  {dist}")
+    parts = [head]
+    if p["faces"]:
+        f = p["faces"]
+        parts.append(f"faces {f['observations']} obs/{f['distinct_faces']} distinct/{f['observed_seconds']:.1f} s: "
+                     + _top(f["distribution"]))
+    if p["voice"]:
+        parts.append(f"voice {p['voice']['speech_seconds']:.1f} s speech: " + _top(p["voice"]["distribution"]))
+    if p["anger_index"] is not None:
+        parts.append(f"anger {p['anger_index']:.2f}")
+    return "  |  ".join(parts)
+
+
+def _top(distribution: dict, n: int = 3) -> str:
+    top = sorted(distribution.items(), key=lambda kv: kv[1], reverse=True)[:n]
+    return " ".join(f"{label} {prob:.2f}" for label, prob in top)
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -73,6 +83,9 @@ def run(
     video: Optional[str] = typer.Option(None, "--video", help="video file to play as the camera"),
     camera: Optional[str] = typer.Option(None, "--camera", help="device index, /dev/videoN, rtsp:// URL or "
                                          "GStreamer pipeline"),
+    audio: Optional[str] = typer.Option(None, "--audio", help="WAV/FLAC file to play as the microphone, or 'none'"),
+    mic: Optional[str] = typer.Option(None, "--mic", help="microphone by name substring or index ('default' for "
+                                      "the system default)"),
     broker: Optional[str] = typer.Option(None, "--broker", help="mqtt://HOST:PORT (default: embedded broker)"),
     device_id: Optional[str] = typer.Option(None, "--device-id"),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="seconds to run (default: until "
@@ -85,8 +98,12 @@ def run(
     """Run the pipeline: with no options, the bundled demo recording to an embedded broker."""
     if video and camera:
         raise UserError("give --video or --camera, not both")
-    overrides = {"camera.source": video or camera, "mqtt.broker": broker, "device.id": device_id,
-                 "camera.loop": loop, "camera.realtime": False if fast else None}
+    if audio and mic:
+        raise UserError("give --audio or --mic, not both")
+    audio_source = audio or (("mic" if mic == "default" else f"mic:{mic}") if mic else None)
+    overrides = {"camera.source": video or camera, "audio.source": audio_source, "mqtt.broker": broker,
+                 "device.id": device_id, "camera.loop": loop, "camera.realtime": False if fast else None,
+                 "audio.realtime": False if fast else None}
     cfg = _load(config, **overrides)
     _setup_logging(cfg.log.level)
     from appliance.pipeline import Pipeline
@@ -100,17 +117,24 @@ def run(
               f"(subscribe: mosquitto_sub -h {url.split('://')[1].split(':')[0]} "
               f"-p {url.rsplit(':', 1)[1]} -t '{cfg.mqtt.topic_prefix}/#' -v)", flush=True)
 
-    pipeline = Pipeline(cfg, on_summary=show, on_broker=announce)
+    def show_alert(payload: dict) -> None:
+        print(json.dumps(payload) if json_lines else
+              f"ALERT anger index {payload['anger_index']:.2f} over {payload['window_seconds']:g} s "
+              f"(face {payload['face_anger']}, voice {payload['voice_anger']})", flush=True)
+
+    pipeline = Pipeline(cfg, on_summary=show, on_broker=announce, on_alert=show_alert)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: pipeline.stop())
     print(f"appliance {__version__}: device {cfg.device.id}, profile {cfg.device.profile} (k={cfg.k_min}), "
-          f"camera {pipeline.spec.describe()}, {cfg.loop.rate_hz:g} Hz, {cfg.aggregate.window_s:g} s windows; "
-          f"expression model on {pipeline.expression.report.provider} {pipeline.expression.report.precision}",
-          flush=True)
+          f"camera {pipeline.spec.describe()}, audio {pipeline.audio.describe() if pipeline.audio else 'none'}, "
+          f"{cfg.loop.rate_hz:g} Hz, {cfg.aggregate.window_s:g} s windows, alerts "
+          f"{'on' if cfg.alerts_enabled else 'off'}; models: "
+          + ", ".join(f"{m['model']} {m['provider']} {m['precision']}" for m in pipeline.models), flush=True)
     report = pipeline.run(duration)
     print(f"done: {report.ticks} ticks at {report.rate_hz:.2f} Hz, {report.deadline_misses} deadline misses, "
           f"tick p50 {report.end_to_end['p50_ms']:.1f} ms p99 {report.end_to_end['p99_ms']:.1f} ms, "
-          f"{report.summaries} summaries, {report.frames_dropped} camera frames dropped", flush=True)
+          f"{report.summaries} summaries, {report.alerts} alerts, {report.frames_dropped} camera frames dropped",
+          flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -152,22 +176,11 @@ def eval_faces(
 ) -> None:
     """Accuracy, macro-F1 and per-class recall of the expression model on a labelled face folder."""
     from appliance.evaluation import evaluate_faces, stderr_progress
-    from appliance.manifest import load_manifest
     from appliance.perception.expression import ExpressionModel
 
     cfg = _load(config, **{"runtime.precision": precision})
     _setup_logging("WARNING")
-    name = model or cfg.expression.model
-    path = Path(name)
-    file = path.name if path.suffix == ".onnx" else None
-    folder = path.parent if file else (path if path.is_dir() else cfg.models.dir / "onnx" / name)
-    manifest = load_manifest(folder)
-    if file:
-        # A specific file: evaluate exactly that variant.
-        chosen = next((v for v in manifest.variants if v.file == file), None)
-        if chosen is None:
-            raise UserError(f"{name} is not listed in {folder}/manifest.json")
-        cfg.runtime.precision = chosen.precision
+    manifest = _model_manifest(model or cfg.expression.model, cfg)
     expression = ExpressionModel(manifest, cfg.runtime)
     report = evaluate_faces(directory, expression, progress=stderr_progress("evaluating"))
     print(report.table())
@@ -175,6 +188,63 @@ def eval_faces(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
         print(f"wrote {json_out}")
+
+
+@eval_app.command("voice")
+def eval_voice(
+    directory: Path = typer.Argument(..., help="folder with index.csv (path,label columns; paths relative to it)"),
+    model: Optional[str] = typer.Option(None, "--model", help="model folder name under models/onnx, or a path"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | int8 (default: runtime's choice)"),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="keep rows whose COLUMN is one of the values: "
+                                              "COLUMN=V1,V2 (repeatable), e.g. speaker=ravdess-17,ravdess-18"),
+    index: Optional[Path] = typer.Option(None, "--index", help="another CSV instead of DIR/index.csv"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    png: Optional[Path] = typer.Option(None, "--png", help="write the confusion matrix as PNG (default: next "
+                                       "to --json)"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Accuracy, macro-F1, per-class recall and anger recall/precision of the vocal-tone model on clips."""
+    from appliance.evaluation import confusion_png, evaluate_voice, stderr_progress
+    from appliance.perception.voice import VoiceToneModel
+
+    cfg = _load(config, **{"runtime.precision": precision})
+    _setup_logging("WARNING")
+    filters = {}
+    for item in where or []:
+        column, sep, values = item.partition("=")
+        if not sep or not values:
+            raise UserError(f"--where {item!r}: expected COLUMN=V1,V2")
+        filters[column] = set(values.split(","))
+    manifest = _model_manifest(model or cfg.voice.model, cfg)
+    tone = VoiceToneModel(manifest, cfg.runtime)
+    report = evaluate_voice(directory, tone, index=index, where=filters, progress=stderr_progress("evaluating"))
+    angry = report.per_class.get("angry")
+    print(report.table())
+    if angry:
+        print(f"\nanger: recall {angry['recall']:.3f}, precision {angry['precision']:.3f} (n={angry['n']})")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        data = report.as_dict() | ({"anger": angry} if angry else {})
+        json_out.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    png = png or (json_out.with_suffix(".png") if json_out else None)
+    if png:
+        print(f"wrote {confusion_png(report, png)}")
+
+
+def _model_manifest(name: str, cfg: AppConfig):
+    from appliance.manifest import load_manifest
+
+    path = Path(name)
+    folder = path.parent if path.suffix == ".onnx" else (path if path.is_dir() else cfg.models.dir / "onnx" / name)
+    manifest = load_manifest(folder)
+    if path.suffix == ".onnx":
+        # A specific file: evaluate exactly that variant.
+        chosen = next((v for v in manifest.variants if v.file == path.name), None)
+        if chosen is None:
+            raise UserError(f"{name} is not listed in {folder}/manifest.json")
+        cfg.runtime.precision = chosen.precision
+    return manifest
 
 
 # ------------------------------------------------------------------------------------------------ entry

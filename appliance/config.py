@@ -57,6 +57,17 @@ class CameraConfig(Section):
     stall_timeout_s: float = Field(default=5.0, gt=0, description="an open camera with no frame for this long is reported as stalled")
 
 
+class AudioConfig(Section):
+    source: str = Field(default="auto", description="'auto' (the demo's soundtrack when the camera is the demo, "
+                        "else none), 'none', 'mic' (default input), 'mic:NAME' (name substring or index), or a "
+                        "WAV/FLAC file")
+    loop: bool | None = Field(default=None, description="replay a file at its end; default: as the camera does")
+    realtime: bool = True
+    ring_seconds: float = Field(default=4.0, ge=1.0, le=60.0)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+
 class FacesConfig(Section):
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_faces: int = Field(default=8, ge=1, le=64)
@@ -68,6 +79,24 @@ class FacesConfig(Section):
 
 class ExpressionConfig(Section):
     model: str = Field(default="fer_mini_xception", description="a model folder under models.dir")
+
+
+class VoiceConfig(Section):
+    model: str = Field(default="voice_tone_cnn", description="a model folder under models.dir/onnx")
+    vad_model: str = Field(default="silero_vad")
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1)
+    step_s: float = Field(default=1.0, ge=0.25, le=5.0, description="run the tone model on each this much new speech")
+    min_speech_s: float = Field(default=1.0, ge=0.0, description="a window needs this much speech for a voice section")
+
+
+class AlertsConfig(Section):
+    enabled: bool | None = Field(default=None, description="default: on for the kiosk profile only; the "
+                                 "store-camera profile cannot have alerts (one person's escalation is not aggregate)")
+    window_s: float = Field(default=5.0, ge=1.0, le=60.0, description="the short window the anger index is taken over")
+    on_threshold: float = Field(default=0.5, gt=0, le=1)
+    off_threshold: float = Field(default=0.35, ge=0, lt=1, description="re-arms below this (hysteresis)")
+    cooldown_s: float = Field(default=60.0, ge=0, description="no second alert within this time of the first")
+    min_evidence_s: float = Field(default=2.0, ge=0, description="seconds of face or speech the short window needs")
 
 
 class ModelsConfig(Section):
@@ -128,8 +157,11 @@ class LogConfig(Section):
 class AppConfig(Section):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
     expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
@@ -146,9 +178,18 @@ class AppConfig(Section):
             raise ValueError(
                 f"aggregate.k_min: {self.aggregate.k_min} is below the '{self.device.profile}' profile's floor "
                 f"of {floor} distinct faces")
+        if self.alerts.enabled and self.device.profile != "kiosk":
+            raise ValueError("alerts.enabled: alerts exist only in the kiosk profile (an alert is about one "
+                             "customer, which a crowd profile must not single out)")
+        if self.alerts.off_threshold >= self.alerts.on_threshold:
+            raise ValueError("alerts.off_threshold: must be below alerts.on_threshold (hysteresis)")
         if self.aggregate.window_s * self.loop.rate_hz < 1:
             raise ValueError("aggregate.window_s: shorter than one loop tick")
         return self
+
+    @property
+    def alerts_enabled(self) -> bool:
+        return self.device.profile == "kiosk" and self.alerts.enabled is not False
 
     @property
     def k_min(self) -> int:

@@ -131,3 +131,83 @@ def evaluate_faces(root: Path, model, batch: int = 256,
                       dataset=str(root), labels=list(model.labels), n=m["n"], accuracy=round(m["accuracy"], 4),
                       macro_f1=round(m["macro_f1"], 4), per_class=m["per_class"], confusion=m["confusion"],
                       seconds=round(time.perf_counter() - started, 2))
+
+
+def list_voice_index(root: Path, labels: Sequence[str], index: Path | None = None,
+                     where: dict[str, set[str]] | None = None) -> list[tuple[Path, int]]:
+    """``root/index.csv`` (or ``index``) with at least path,label; paths relative to root.
+
+    ``where`` keeps rows whose column value is in the given set (e.g. speaker in the validation speakers).
+    A label the model does not know is an error, not skipped.
+    """
+    import csv
+
+    root = Path(root)
+    index = Path(index) if index else root / "index.csv"
+    if not index.is_file():
+        raise DatasetError(f"{index} not found (a voice dataset folder needs index.csv with path,label columns)")
+    with open(index, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{index}: missing columns {sorted(missing)} (has {reader.fieldnames})")
+        for column in (where or {}):
+            if column not in (reader.fieldnames or []):
+                raise DatasetError(f"{index}: no column {column!r} to filter on (has {reader.fieldnames})")
+        rows = [r for r in reader if all(r[c] in allowed for c, allowed in (where or {}).items())]
+    unknown = sorted({r["label"] for r in rows} - set(labels))
+    if unknown:
+        raise DatasetError(f"{index}: labels {unknown} are not labels of this model ({', '.join(labels)})")
+    if not rows:
+        raise DatasetError(f"{index}: no rows" + (f" match {where}" if where else ""))
+    return [(root / r["path"], labels.index(r["label"])) for r in rows]
+
+
+def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str, set[str]] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Score whole clips with a VoiceToneModel: mean probabilities over 2 s windows (the daemon's segment)."""
+    from appliance.sources.audio import load_audio_file
+
+    items = list_voice_index(root, model.labels, index, where)
+    started = time.perf_counter()
+    y_true = np.array([label for _, label in items], dtype=np.int64)
+    y_pred = np.empty(len(items), dtype=np.int64)
+    for i, (path, _) in enumerate(items):
+        y_pred[i] = int(model.classify_clip(load_audio_file(path)).argmax())
+        if progress:
+            progress(i + 1, len(items))
+    m = classification_metrics(y_true, y_pred, model.labels)
+    report = model.runtime_report
+    return EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
+                      dataset=str(root) + (f" where {where}" if where else ""), labels=list(model.labels), n=m["n"],
+                      accuracy=round(m["accuracy"], 4), macro_f1=round(m["macro_f1"], 4),
+                      per_class=m["per_class"], confusion=m["confusion"],
+                      seconds=round(time.perf_counter() - started, 2))
+
+
+def confusion_png(report: EvalReport, path: Path) -> Path:
+    """The confusion matrix as an image (row-normalised, counts in the cells)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.array(report.confusion, dtype=float)
+    rates = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+    k = len(report.labels)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), report.labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), report.labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_title(f"{report.model} {report.precision}: acc {report.accuracy:.3f}, n={report.n}", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

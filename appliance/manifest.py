@@ -43,6 +43,8 @@ class Accuracy(_Strict):
 
 
 class Variant(_Strict):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
     precision: Precision
     file: str
     sha256: str

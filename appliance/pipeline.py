@@ -14,20 +14,25 @@ import numpy as np
 
 from appliance import __version__
 from appliance.aggregate import FaceTracker, WindowAggregator, WindowSummary
-from appliance.config import AppConfig, parse_broker_url
+from appliance.alerts import Alert, Anger
+from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
 from appliance.loop import FixedRateScheduler, percentiles
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceDetector, crop_faces
+from appliance.perception.vad import VoiceActivity
+from appliance.perception.voice import SpeechBuffer, VoiceToneModel
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.mqtt import MqttPublisher
-from appliance.publish.payloads import summary_payload
-from appliance.sources.camera import CameraSource, SourceState, resolve_spec
+from appliance.publish.payloads import alert_payload, summary_payload
+from appliance.sources.audio import FileAudioSource, MicSource
+from appliance.sources.camera import CameraSource, CameraSpec, SourceState, resolve_spec
 from appliance.state import SeqCounter
 
 log = logging.getLogger(__name__)
 
-STAGES = ("capture", "detect", "crop", "expression", "aggregate", "publish")
+STAGES = ("capture", "detect", "crop", "expression", "audio", "vad", "features", "tone", "aggregate", "publish")
+DEMO_AUDIO = DEMO_VIDEO.with_suffix(".flac")
 
 
 @dataclass
@@ -38,11 +43,28 @@ class RunReport:
     frames_dropped: int = 0
     frames_used: int = 0
     summaries: int = 0
+    alerts: int = 0
+    audio_lost_seconds: float = 0.0
     published_dropped: int = 0
     rate_hz: float = 0.0
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     end_to_end: dict[str, float] = field(default_factory=dict)
     providers: dict[str, dict] = field(default_factory=dict)
+
+
+def make_audio_source(config: AppConfig, camera: CameraSpec, camera_loops: bool, on_state=None):
+    """The configured audio source, or None. 'auto' means the demo's soundtrack when the camera is the demo."""
+    source = config.audio.source.strip()
+    if source == "auto":
+        is_demo = camera.kind == "file" and str(camera.target) == str(DEMO_VIDEO)
+        source = str(DEMO_AUDIO) if is_demo else "none"
+    if source == "none":
+        return None
+    if source == "mic" or source.startswith("mic:"):
+        return MicSource(source[4:] or None, on_state=on_state, retry_initial_s=config.audio.retry_initial_s,
+                         retry_max_s=config.audio.retry_max_s)
+    loop = config.audio.loop if config.audio.loop is not None else camera_loops
+    return FileAudioSource(source, realtime=config.audio.realtime, loop=loop, on_state=on_state)
 
 
 def face_detector_path(config: AppConfig):
@@ -52,21 +74,34 @@ def face_detector_path(config: AppConfig):
 
 class Pipeline:
     def __init__(self, config: AppConfig, on_summary: Callable[[dict], None] | None = None,
-                 on_broker: Callable[[str], None] | None = None):
+                 on_broker: Callable[[str], None] | None = None, on_alert: Callable[[dict], None] | None = None):
         self.config = config
         self.on_summary = on_summary
+        self.on_alert = on_alert
         self.scheduler = FixedRateScheduler(config.loop.rate_hz)
         # Everything that can fail on bad input fails here, before anything is started; cheapest checks first,
         # and the MediaPipe detector (which must be closed explicitly) last.
         self.spec = resolve_spec(config.camera.source)
         self.source = CameraSource(self.spec, config.camera, on_state=self._camera_state)
+        self.audio = make_audio_source(config, self.spec, self.source.loop_file, on_state=self._audio_state)
         self.seq = SeqCounter(config.state.dir / "seq")
-        self.expression = ExpressionModel(load_manifest(config.models.dir / "onnx" / config.expression.model),
-                                          config.runtime)
+        models = config.models.dir / "onnx"
+        self.expression = ExpressionModel(load_manifest(models / config.expression.model), config.runtime)
+        self.vad = self.tone = self.speech = None
+        voice_labels: tuple[str, ...] = ()
+        if self.audio is not None:
+            self.vad = VoiceActivity(load_manifest(models / config.voice.vad_model), config.voice.vad_threshold)
+            self.tone = VoiceToneModel(load_manifest(models / config.voice.model), config.runtime)
+            self.speech = SpeechBuffer(config.voice.step_s, config.voice.min_speech_s)
+            voice_labels = self.tone.labels
         self.aggregator = WindowAggregator(
             self.expression.labels, config.aggregate.window_s, self.scheduler.period, config.k_min,
             config.aggregate.min_observed_s,
-            FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou))
+            FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou),
+            voice_labels=voice_labels, min_speech_s=config.voice.min_speech_s)
+        self.anger = Anger(config.alerts, self.scheduler.period, config.voice.step_s) \
+            if config.alerts_enabled else None
+        self._clip_warned_at = -1e9
         self.detector = FaceDetector(face_detector_path(config), config.faces.score_threshold,
                                      config.faces.max_faces, config.faces.min_face_px, config.faces.tiles)
         self.broker: EmbeddedBroker | None = None
@@ -79,20 +114,26 @@ class Pipeline:
         self._on_broker = on_broker
         self.publisher: MqttPublisher | None = None
         self.summaries = 0
-        self.models = [
-            {"model": "blazeface_short_range", "provider": "xnnpack", "precision": "fp32"},
-            {"model": self.expression.report.model, "provider": self.expression.report.provider,
-             "precision": self.expression.report.precision},
-        ]
+        self.alerts = 0
+        reports = [self.expression.report] + ([self.vad.report, self.tone.report] if self.tone else [])
+        self.models = [{"model": "blazeface_short_range", "provider": "xnnpack", "precision": "fp32"}] + [
+            {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
 
     # ------------------------------------------------------------------------------------------- control
     def stop(self) -> None:
         self.scheduler.stop()
 
+    def _status(self) -> dict:
+        extra = {"profile": self.config.device.profile, "camera": self.source.state.value, "models": self.models}
+        if getattr(self, "audio", None) is not None:
+            extra["audio"] = self.audio.state.value
+        return extra
+
     def _camera_state(self, state: SourceState, detail: str) -> None:
         if self.publisher is not None:
-            self.publisher.set_status("online", profile=self.config.device.profile, camera=state.value,
-                                      models=self.models)
+            self.publisher.set_status("online", **self._status())
+
+    _audio_state = _camera_state
 
     # ------------------------------------------------------------------------------------------- run
     def run(self, duration: float | None = None) -> RunReport:
@@ -103,13 +144,16 @@ class Pipeline:
         if self._on_broker:
             self._on_broker(self._broker_url)
         self.publisher = MqttPublisher(cfg.mqtt, parse_broker_url(self._broker_url), cfg.device.id, __version__)
-        self.publisher.set_status("online", profile=cfg.device.profile, camera=self.source.state.value,
-                                  models=self.models)
+        self.publisher.set_status("online", **self._status())
         self.publisher.start()
         self.source.start()
+        if self.audio is not None:
+            self.audio.start()
         wall0, mono0 = time.time(), time.monotonic()
         stop_at = mono0 + duration if duration else None
         crop_size = self.expression.size
+        self._face_angry = self.expression.labels.index("angry")
+        self._voice_angry = self.tone.labels.index("angry") if self.tone else None
         empty = np.zeros((0, len(self.expression.labels)), np.float32)
         try:
             for tick in self.scheduler.run():
@@ -126,12 +170,36 @@ class Pipeline:
                         crops = crop_faces(frame.image, boxes, crop_size, cfg.faces.margin)
                     with tick.stage("expression"):
                         probs = self.expression.classify(crops).probabilities
+                speech_s, tone, voice_anger = 0.0, None, None
+                if self.audio is not None:
+                    with tick.stage("audio"):
+                        new_audio = self.audio.ring.read_new()
+                    with tick.stage("vad"):
+                        chunks = self.vad.feed(new_audio)
+                    speech_s = chunks.seconds_speech
+                    self._check_clipping(chunks.clipped, tick.started)
+                    segment = self.speech.push(chunks.speech)
+                    if segment is not None:
+                        with tick.stage("features"):
+                            features = self.tone.features(segment[None])
+                        with tick.stage("tone"):
+                            tone = self.tone.classify(features).probabilities
+                        voice_anger = float(tone[0, self._voice_angry])
                 with tick.stage("aggregate"):
-                    window = self.aggregator.add(now, boxes, probs) if frame is not None \
-                        else self.aggregator.advance(now)
-                if window is not None:
+                    if frame is not None:
+                        window = self.aggregator.add(now, boxes, probs, speech_s, tone)
+                    else:
+                        window = self.aggregator.advance(now, speech_s, tone)
+                    alert = None
+                    if self.anger is not None:
+                        face_anger = float(probs[:, self._face_angry].mean()) if len(probs) else None
+                        alert = self.anger.update(now, face_anger, voice_anger)
+                if window is not None or alert is not None:
                     with tick.stage("publish"):
-                        self._emit(window)
+                        if alert is not None:
+                            self._emit_alert(alert)
+                        if window is not None:
+                            self._emit(window)
                 if (stop_at and time.monotonic() >= stop_at) or (self.source.ended and frame is None):
                     break
             final = self.aggregator.flush(wall0 + (time.monotonic() - mono0))
@@ -139,6 +207,8 @@ class Pipeline:
                 self._emit(final)
         finally:
             self.source.stop()
+            if self.audio is not None:
+                self.audio.stop()
             self.detector.close()
             self.publisher.stop()
             if self.broker is not None:
@@ -153,6 +223,22 @@ class Pipeline:
         if self.on_summary:
             self.on_summary(payload)
 
+    def _emit_alert(self, alert: Alert) -> None:
+        payload = alert_payload(alert, self.config.device.id, self.seq.next(), self.config.device.profile)
+        self.publisher.publish("alert", payload)
+        self.alerts += 1
+        log.warning("alert: anger index %.2f over the last %g s (face %s, voice %s)", alert.anger_index,
+                    alert.window_s, alert.face_anger, alert.voice_anger)
+        if self.on_alert:
+            self.on_alert(payload)
+
+    def _check_clipping(self, clipped_fraction: float, now: float) -> None:
+        # Clipped input distorts the spectrum the tone model reads; say so, at most once a minute.
+        if clipped_fraction > 0.01 and now - self._clip_warned_at > 60:
+            self._clip_warned_at = now
+            log.warning("audio input is clipping (%.0f%% of samples at full scale): lower the microphone gain",
+                        100 * clipped_fraction)
+
     def _log_health(self) -> None:
         recent = list(self.scheduler.recent)[-int(self.config.aggregate.window_s * self.config.loop.rate_hz):]
         e2e = percentiles([t.latency for t in recent])
@@ -166,7 +252,9 @@ class Pipeline:
         return RunReport(
             ticks=self.scheduler.ticks, deadline_misses=self.scheduler.misses, skipped_slots=self.scheduler.skipped,
             frames_dropped=self.source.buffer.dropped, frames_used=self.source.buffer.delivered,
-            summaries=self.summaries, published_dropped=self.publisher.dropped if self.publisher else 0,
+            summaries=self.summaries, alerts=self.alerts,
+            audio_lost_seconds=round(self.audio.ring.lost / 16000, 3) if self.audio else 0.0,
+            published_dropped=self.publisher.dropped if self.publisher else 0,
             rate_hz=round(len(ticks) / elapsed, 3) if elapsed > 0 else 0.0,
             stages={s: percentiles([t.stages[s] for t in ticks if s in t.stages]) for s in STAGES},
             end_to_end=percentiles([t.latency for t in ticks]),

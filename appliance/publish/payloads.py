@@ -10,8 +10,10 @@ import uuid
 from datetime import datetime, timezone
 
 from appliance.aggregate import WindowSummary
+from appliance.alerts import Alert
 
 SUMMARY_SCHEMA = "emotion.summary/1"
+ALERT_SCHEMA = "emotion.alert/1"
 STATUS_SCHEMA = "emotion.status/1"
 
 
@@ -20,10 +22,12 @@ def iso_utc(epoch: float) -> str:
 
 
 def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: str) -> dict:
-    faces = None
-    if not window.suppressed:
+    faces = voice = None
+    if window.distribution is not None:
         faces = {"observations": window.observations, "distinct_faces": window.distinct_faces,
                  "observed_seconds": window.observed_s, "distribution": window.distribution}
+    if window.voice_distribution is not None:
+        voice = {"speech_seconds": window.speech_s, "distribution": window.voice_distribution}
     return {
         "schema": SUMMARY_SCHEMA,
         "event_id": uuid.uuid4().hex,
@@ -33,9 +37,28 @@ def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: st
         "window_start": iso_utc(window.start),
         "window_end": iso_utc(window.end),
         "faces": faces,
-        "voice": None,
+        "voice": voice,
+        "anger_index": window.anger_index,
         "suppressed": window.suppressed,
         "suppressed_reason": window.reason,
+        "historical": False,
+    }
+
+
+def alert_payload(alert: Alert, device_id: str, seq: int, profile: str) -> dict:
+    return {
+        "schema": ALERT_SCHEMA,
+        "event_id": uuid.uuid4().hex,
+        "seq": seq,
+        "device_id": device_id,
+        "profile": profile,
+        "kind": "anger",
+        "at": iso_utc(alert.at),
+        "window_seconds": alert.window_s,
+        "anger_index": alert.anger_index,
+        "threshold": alert.threshold,
+        "face_anger": alert.face_anger,
+        "voice_anger": alert.voice_anger,
         "historical": False,
     }
 

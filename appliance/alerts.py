@@ -1,0 +1,68 @@
+"""Anger alerts from a short sliding window, with hysteresis and a cool-down: one angry minute is one alert.
+
+Input per tick: the mean P(angry) of the faces seen in that tick (or None) and the P(angry) of a tone result that
+tick produced (or None). The short-window index is the mean of the face mean and the voice mean, whichever are
+present (see aggregate.anger_index). Nothing about who is angry is kept or sent: only the index.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from appliance.aggregate import anger_index
+from appliance.config import AlertsConfig
+
+
+@dataclass(frozen=True)
+class Alert:
+    at: float                # wall-clock epoch seconds
+    anger_index: float
+    face_anger: float | None
+    voice_anger: float | None
+    window_s: float
+    threshold: float
+
+
+class Anger:
+    def __init__(self, cfg: AlertsConfig, tick_period_s: float, voice_step_s: float):
+        self.cfg = cfg
+        self.tick_period_s = tick_period_s
+        self.voice_step_s = voice_step_s
+        self._face: deque[tuple[float, float]] = deque()
+        self._voice: deque[tuple[float, float]] = deque()
+        self._armed = True
+        self._last_alert: float | None = None
+        self.index: float | None = None
+        self.fired = 0
+        self.held_back = 0    # crossings inside the cool-down
+
+    def update(self, t: float, face_anger: float | None, voice_anger: float | None) -> Alert | None:
+        if face_anger is not None:
+            self._face.append((t, face_anger))
+        if voice_anger is not None:
+            self._voice.append((t, voice_anger))
+        horizon = t - self.cfg.window_s
+        for q in (self._face, self._voice):
+            while q and q[0][0] <= horizon:
+                q.popleft()
+        evidence = len(self._face) * self.tick_period_s + len(self._voice) * self.voice_step_s
+        face = sum(v for _, v in self._face) / len(self._face) if self._face else None
+        voice = sum(v for _, v in self._voice) / len(self._voice) if self._voice else None
+        self.index = anger_index(face, voice) if evidence >= self.cfg.min_evidence_s else None
+        if self.index is None:
+            return None
+        if not self._armed:
+            if self.index < self.cfg.off_threshold:
+                self._armed = True
+            return None
+        if self.index < self.cfg.on_threshold:
+            return None
+        self._armed = False
+        if self._last_alert is not None and t - self._last_alert < self.cfg.cooldown_s:
+            self.held_back += 1
+            return None
+        self._last_alert = t
+        self.fired += 1
+        return Alert(t, self.index, None if face is None else round(face, 4),
+                     None if voice is None else round(voice, 4), self.cfg.window_s, self.cfg.on_threshold)

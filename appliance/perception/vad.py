@@ -1,0 +1,73 @@
+"""Speech detection: Silero VAD (ONNX) over 32 ms chunks, with on/off hysteresis, so only speech reaches the tone model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.config import RuntimeConfig
+from appliance.manifest import ModelManifest
+from appliance.runtime import open_session
+
+CHUNK = 512      # samples at 16 kHz = 32 ms, what the model takes
+CONTEXT = 64     # samples of the previous chunk the model sees in front of each chunk
+
+
+@dataclass(frozen=True)
+class SpeechChunks:
+    speech: np.ndarray        # the samples judged speech, in order (float32)
+    seconds_in: float         # audio consumed
+    seconds_speech: float
+    peak: float               # max |sample| of the input, to notice clipping
+    clipped: float            # fraction of input samples at full scale
+
+
+class VoiceActivity:
+    """Stateful streaming VAD. Feed it any amount of audio; it keeps the remainder for the next call."""
+
+    def __init__(self, manifest: ModelManifest, threshold: float = 0.5, release: float = 0.35,
+                 hangover_chunks: int = 3):
+        # The VAD is tiny and stateful (one chunk at a time): the CPU is right for it everywhere.
+        self._session, self.report = open_session(manifest, RuntimeConfig(providers=["cpu"], intra_op_threads=1))
+        self.threshold = threshold
+        self.release = release
+        self.hangover_chunks = hangover_chunks
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros((2, 1, 128), np.float32)
+        self._context = np.zeros(CONTEXT, np.float32)
+        self._pending = np.zeros(0, np.float32)
+        self._speaking = False
+        self._quiet = 0
+        self.last_probability = 0.0
+
+    def probability(self, chunk: np.ndarray) -> float:
+        x = np.concatenate([self._context, chunk])[None, :]
+        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": np.array(16000, np.int64)})
+        self._context = chunk[-CONTEXT:]
+        return float(out[0, 0])
+
+    def feed(self, audio: np.ndarray) -> SpeechChunks:
+        audio = np.asarray(audio, np.float32)
+        peak = float(np.abs(audio).max()) if len(audio) else 0.0
+        clipped = float((np.abs(audio) >= 0.999).mean()) if len(audio) else 0.0
+        data = np.concatenate([self._pending, audio])
+        n = len(data) // CHUNK
+        self._pending = data[n * CHUNK:]
+        kept = []
+        for i in range(n):
+            chunk = data[i * CHUNK:(i + 1) * CHUNK]
+            p = self.probability(chunk)
+            self.last_probability = p
+            if p >= self.threshold:
+                self._speaking, self._quiet = True, 0
+            elif self._speaking and p < self.release:
+                self._quiet += 1
+                if self._quiet > self.hangover_chunks:
+                    self._speaking = False
+            if self._speaking:
+                kept.append(chunk)
+        speech = np.concatenate(kept) if kept else np.zeros(0, np.float32)
+        return SpeechChunks(speech, len(audio) / 16000, len(speech) / 16000, peak, clipped)

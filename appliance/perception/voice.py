@@ -1,0 +1,70 @@
+"""Vocal tone: 2 s of speech -> per-label probabilities, through the same log-mel function training used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.config import RuntimeConfig
+from appliance.manifest import ModelManifest
+from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel
+from appliance.runtime import open_session
+
+SEGMENT_S = 2.0
+
+
+@dataclass(frozen=True)
+class ToneResult:
+    probabilities: np.ndarray   # (N, len(labels))
+    labels: tuple[str, ...]
+
+
+class SpeechBuffer:
+    """Collects speech samples; every ``step_s`` of new speech it yields the last ``SEGMENT_S`` of speech."""
+
+    def __init__(self, step_s: float = 1.0, min_speech_s: float = 1.0, sample_rate: int = DEFAULT.sample_rate):
+        self.sample_rate = sample_rate
+        self.size = int(SEGMENT_S * sample_rate)
+        self.step = int(step_s * sample_rate)
+        self.min_samples = int(min_speech_s * sample_rate)
+        self._buffer = np.zeros(0, np.float32)
+        self._new = 0
+
+    def push(self, speech: np.ndarray) -> np.ndarray | None:
+        if len(speech) == 0:
+            return None
+        self._buffer = np.concatenate([self._buffer, speech])[-self.size:]
+        self._new += len(speech)
+        if self._new >= self.step and len(self._buffer) >= self.min_samples:
+            self._new = 0
+            return fit_length(self._buffer, self.size)
+        return None
+
+
+class VoiceToneModel:
+    def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None):
+        if not manifest.labels:
+            raise ValueError(f"{manifest.name}: manifest lists no labels")
+        self.manifest = manifest
+        self.labels = tuple(manifest.labels)
+        self.segment_samples = int(SEGMENT_S * DEFAULT.sample_rate)
+        self._session, self.report = open_session(manifest, runtime, available)
+        self._input = manifest.input_name or self._session.get_inputs()[0].name
+
+    @property
+    def runtime_report(self):
+        return self.report
+
+    def features(self, segments: np.ndarray) -> np.ndarray:
+        """(N, samples) 2 s segments -> (N, 1, mels, frames) model input."""
+        return np.stack([log_mel(s) for s in segments])[:, None]
+
+    def classify(self, features: np.ndarray) -> ToneResult:
+        (probs,) = self._session.run(None, {self._input: features.astype(np.float32)})
+        return ToneResult(probs, self.labels)
+
+    def classify_clip(self, audio: np.ndarray, hop_s: float = 0.5) -> np.ndarray:
+        """A whole clip: mean probabilities over 2 s windows every ``hop_s`` (how eval scores a clip)."""
+        segments = np.stack(clip_segments(audio, self.segment_samples, int(hop_s * DEFAULT.sample_rate)))
+        return self.classify(self.features(segments)).probabilities.mean(axis=0)

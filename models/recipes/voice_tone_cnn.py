@@ -1,0 +1,328 @@
+"""Recipe: train the vocal-tone CNN on RAVDESS + TESS, export ONNX FP32 and static INT8 QDQ, write the manifest.
+
+    python models/recipes/voice_tone_cnn.py [--data ../shared/data] [--epochs 40] [--seed 7]
+
+Split (speaker-independent, never mixed): train = RAVDESS actors 01-16 + TESS (both speakers); validation =
+RAVDESS actors 17-20 (240 clips). No epoch is picked on validation: the model of the last epoch is exported,
+and the last epochs' spread is logged to show how much one run's figure can swing.
+
+Features come from ``appliance.perception.features.log_mel`` (the daemon's own function): 64 log-mel bands,
+10 ms hop, 2 s segments, mean-normalised so loudness cannot be learned. Training augments with random crops,
+gain (+-20 dB) before additive noise (SNR 10-40 dB), and SpecAugment masks; sampling is label-balanced within
+each corpus, RAVDESS 65% / TESS 35%. Needs ``pip install torch==2.13.0`` (CPU build, on disk here); never needed by the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel  # noqa: E402
+
+LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+SR = DEFAULT.sample_rate
+SEGMENT = 2 * SR
+EVAL_HOP = SR // 2
+VAL_SPEAKERS = {f"ravdess-{i:02d}" for i in range(17, 21)}
+
+
+def load_index(data: Path):
+    import soundfile as sf
+
+    train, val = [], []
+    with open(data / "speech" / "index.csv") as f:
+        for row in csv.DictReader(f):
+            audio, sr = sf.read(data / "speech" / row["path"], dtype="float32")
+            if sr != SR:
+                raise SystemExit(f"{row['path']}: {sr} Hz, expected {SR}")
+            item = (audio, LABELS.index(row["label"]), row["corpus"], row["speaker"], row["path"])
+            (val if row["speaker"] in VAL_SPEAKERS else train).append(item)
+    assert not {i[3] for i in train} & {i[3] for i in val}, "a speaker is in both splits"
+    return train, val
+
+
+def build_model():
+    import torch
+    from torch import nn
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                             nn.MaxPool2d(2))
+
+    class ToneCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(block(1, 32), block(32, 64), block(64, 96), block(96, 128))
+            self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128 * 2, len(LABELS)))
+
+        def forward(self, x):
+            h = self.features(x)                       # (N, 128, 4, 12)
+            h = h.mean(dim=2)                          # pool frequency
+            h = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)   # mean + max over time
+            return self.head(h)
+
+    return ToneCNN()
+
+
+class Augment:
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        offset = int(rng.integers(0, max(1, len(audio) - SEGMENT + 1)))
+        x = fit_length(audio, SEGMENT, offset).astype(np.float32)
+        x = x * np.float32(10 ** (rng.uniform(-20, 20) / 20))
+        if rng.random() < 0.6:
+            power = float(np.mean(x ** 2)) + 1e-12
+            snr = rng.uniform(10, 40)
+            noise = rng.standard_normal(len(x)).astype(np.float32)
+            if rng.random() < 0.5:   # pinkish: integrate white noise a little
+                noise = np.convolve(noise, np.ones(8, np.float32) / 8, mode="same")
+            noise *= np.sqrt(power / (10 ** (snr / 10)) / (np.mean(noise ** 2) + 1e-12))
+            x = x + noise
+        feats = log_mel(x)
+        for _ in range(2):
+            w = int(rng.integers(0, 9))
+            f0 = int(rng.integers(0, feats.shape[0] - w + 1))
+            feats[f0:f0 + w] = 0.0
+            w = int(rng.integers(0, 21))
+            t0 = int(rng.integers(0, feats.shape[1] - w + 1))
+            feats[:, t0:t0 + w] = 0.0
+        return feats
+
+
+def clip_features(audio: np.ndarray) -> np.ndarray:
+    return np.stack([log_mel(s) for s in clip_segments(audio, SEGMENT, EVAL_HOP)])
+
+
+def evaluate(model, clips) -> tuple[float, float, np.ndarray]:
+    import torch
+
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for feats in clips["features"]:
+            probs = torch.softmax(model(torch.from_numpy(feats[:, None])), dim=1).mean(dim=0)
+            preds.append(int(probs.argmax()))
+    y = np.array(clips["labels"])
+    p = np.array(preds)
+    acc = float((y == p).mean())
+    angry = LABELS.index("angry")
+    recall = float((p[y == angry] == angry).mean())
+    return acc, recall, p
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "models" / "onnx" / "voice_tone_cnn")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / "voice_training")
+    parser.add_argument("--finalize-only", action="store_true",
+                        help="skip training: evaluate the exported files and (re)write the manifest")
+    args = parser.parse_args()
+    if args.finalize_only:
+        finalize(args)
+        return
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.log.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.log / "training_log.txt", "w")
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    t0 = time.time()
+    train, val = load_index(args.data)
+    say(f"train {len(train)} clips ({len({i[3] for i in train})} speakers), validation {len(val)} clips "
+        f"(speakers {sorted(VAL_SPEAKERS)}); loaded in {time.time() - t0:.0f} s")
+    val_clips = {"features": [clip_features(i[0]) for i in val], "labels": [i[1] for i in val]}
+
+    # Balanced over labels within each corpus, and RAVDESS (16 speakers) drawn more often than TESS (2 speakers,
+    # 1,399 clips): speaker variety is what generalises to new voices.
+    corpus_share = {"ravdess": 0.65, "tess": 0.35}
+    groups: dict[tuple, int] = {}
+    for item in train:
+        groups[(item[2], item[1])] = groups.get((item[2], item[1]), 0) + 1
+    labels_in = {c: len({lab for (cc, lab) in groups if cc == c}) for c in corpus_share}
+    weights = np.array([corpus_share[i[2]] / labels_in[i[2]] / groups[(i[2], i[1])] for i in train])
+    weights /= weights.sum()
+
+    model = build_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"model: {n_params} parameters; {args.epochs} epochs, batch {args.batch}, seed {args.seed}")
+    steps_per_epoch = len(train) // args.batch
+    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=args.epochs * steps_per_epoch,
+                                                   pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    augment = Augment(rng)
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        started, total = time.time(), 0.0
+        for _ in range(steps_per_epoch):
+            idx = rng.choice(len(train), size=args.batch, p=weights)
+            x = torch.from_numpy(np.stack([augment(train[i][0]) for i in idx])[:, None])
+            y = torch.tensor([train[i][1] for i in idx])
+            optimiser.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach())
+        acc, angry_recall, _ = evaluate(model, val_clips)
+        history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4), "val_accuracy": round(acc, 4),
+                        "val_angry_recall": round(angry_recall, 4)})
+        say(f"epoch {epoch:3d}/{args.epochs}  loss {total / steps_per_epoch:.3f}  val acc {acc:.3f}  "
+            f"angry recall {angry_recall:.3f}  ({time.time() - started:.0f} s)")
+    (args.log / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    last = history[-5:]
+    say("last 5 epochs: val acc " + ", ".join(f"{h['val_accuracy']:.3f}" for h in last) +
+        "; angry recall " + ", ".join(f"{h['val_angry_recall']:.3f}" for h in last))
+    plot_history(history, args.log / "training_curve.png")
+
+    export(model, args.out / "fp32.onnx")
+    calib = [augment(train[int(i)][0])[None, None] for i in rng.choice(len(train), 400, replace=False)]
+    quantize(args.out / "fp32.onnx", args.out / "int8.onnx", calib)
+    say(f"exported {args.out}/fp32.onnx and int8.onnx in {time.time() - t0:.0f} s total")
+    log_file.close()
+    finalize(args)
+
+
+def finalize(args) -> None:
+    """Manifest with sha256 and the validation figures of both files, measured by the daemon's own code."""
+    from appliance.config import RuntimeConfig
+    from appliance.evaluation import confusion_png, evaluate_voice, stderr_progress
+    from appliance.manifest import Accuracy, ModelManifest, Provenance, Variant, load_manifest, sha256_of
+    from appliance.manifest import write_manifest
+    from appliance.perception.voice import VoiceToneModel
+
+    history = args.log / "history.json"
+    last = json.loads(history.read_text())[-5:] if history.exists() else []
+    variants = [Variant(precision=p, file=f"{p}.onnx", sha256=sha256_of(args.out / f"{p}.onnx"),
+                        bytes=(args.out / f"{p}.onnx").stat().st_size,
+                        quantization=None if p == "fp32" else {
+                            "format": "QDQ", "weights": "int8 per-channel symmetric",
+                            "activations": "int8 symmetric", "excluded": "final Softmax",
+                            "calibration": "400 augmented 2 s training segments, MinMax"})
+                for p in ("fp32", "int8")]
+    manifest = ModelManifest(
+        name="voice_tone_cnn", version="1.0.0", task="speech-emotion", format="onnx", labels=LABELS,
+        input_name="input", output_name="probabilities", variants=variants,
+        provider_precision={"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"},
+        provider_precision_source="benchmarks/results/runtime_precisions.md",
+        provenance=Provenance(
+            source="trained here from scratch on RAVDESS actors 01-16 + TESS (../shared/data/speech), "
+                   f"{args.epochs} epochs, seed {args.seed}; last-5-epoch validation accuracy "
+                   + ", ".join(f"{h['val_accuracy']:.3f}" for h in last),
+            licence="weights: trained on CC BY-NC-SA (RAVDESS) and CC BY-NC-ND (TESS) data: non-commercial "
+                    "research use until retrained on licensed data",
+            recipe="models/recipes/voice_tone_cnn.py",
+            notes="input (N, 1, 64, 197) log-mel of a 2 s, 16 kHz segment from appliance.perception.features.log_mel "
+                  "(mean-normalised); output softmax probabilities"),
+    )
+    write_manifest(manifest, args.out)
+    manifest = load_manifest(args.out)
+    for variant in manifest.variants:
+        model = VoiceToneModel(manifest, RuntimeConfig(providers=["cpu"], precision=variant.precision))
+        report = evaluate_voice(args.data / "speech", model, where={"speaker": VAL_SPEAKERS},
+                                progress=stderr_progress(f"  {variant.precision}"))
+        angry = report.per_class["angry"]
+        print(f"  {variant.precision}: accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  angry recall "
+              f"{angry['recall']:.3f} precision {angry['precision']:.3f}", flush=True)
+        variant.accuracy = Accuracy(
+            dataset="RAVDESS actors 17-20 (speaker-independent validation)", split="validation", n=report.n,
+            accuracy=report.accuracy, macro_f1=report.macro_f1,
+            command="appliance eval voice ../shared/data/speech --where speaker=ravdess-17,ravdess-18,ravdess-19,"
+                    f"ravdess-20 --precision {variant.precision}")
+        confusion_png(report, args.log / f"confusion_{variant.precision}.png")
+        (args.log / f"eval_{variant.precision}.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    write_manifest(manifest, args.out)
+    print(f"wrote {args.out}/manifest.json")
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(epochs, [h["train_loss"] for h in history])
+    ax[0].set(title="training loss", xlabel="epoch")
+    ax[1].plot(epochs, [h["val_accuracy"] for h in history], label="accuracy (8 classes)")
+    ax[1].plot(epochs, [h["val_angry_recall"] for h in history], label="angry recall")
+    ax[1].axhline(0.55, ls=":", c="gray")
+    ax[1].axhline(0.75, ls="--", c="gray")
+    ax[1].set(title="validation: RAVDESS actors 17-20", xlabel="epoch", ylim=(0, 1))
+    ax[1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def export(model, path: Path) -> None:
+    import torch
+
+    class WithSoftmax(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return torch.softmax(self.inner(x), dim=1)
+
+    model.eval()
+    dummy = torch.zeros(1, 1, DEFAULT.n_mels, DEFAULT.frames(SEGMENT))
+    torch.onnx.export(WithSoftmax(model), dummy, str(path), input_names=["input"], output_names=["probabilities"],
+                      dynamic_axes={"input": {0: "N"}, "probabilities": {0: "N"}}, opset_version=17, dynamo=False)
+
+
+def quantize(fp32: Path, int8: Path, calib: list[np.ndarray]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    softmax = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Softmax"]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter({"input": c.astype(np.float32)} for c in calib)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        quantize_static(str(prepped), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+if __name__ == "__main__":
+    main()

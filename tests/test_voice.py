@@ -1,0 +1,200 @@
+"""The voice path on real audio: features, files, VAD, the tone model, the speech buffer and anger alerts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from appliance.alerts import Anger
+from appliance.config import AlertsConfig, RuntimeConfig, default_models_dir
+from appliance.manifest import load_manifest
+from appliance.perception.features import DEFAULT, clip_segments, log_mel
+from appliance.perception.vad import VoiceActivity
+from appliance.perception.voice import SpeechBuffer, VoiceToneModel
+from appliance.sources.audio import AudioRing, FileAudioSource, load_audio_file, resample
+from appliance.sources.camera import SourceError
+from conftest import DEMO
+
+DEMO_AUDIO = DEMO.with_suffix(".flac")
+MODELS = default_models_dir() / "onnx"
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return load_audio_file(DEMO_AUDIO)
+
+
+@pytest.fixture(scope="module")
+def vad_manifest():
+    return load_manifest(MODELS / "silero_vad")
+
+
+# --------------------------------------------------------------------------------------------- features
+def test_log_mel_shape_and_level_independence(speech):
+    seg = speech[:32000]
+    f = log_mel(seg)
+    assert f.shape == (64, DEFAULT.frames(32000)) and f.dtype == np.float32
+    # 20 dB louder or quieter: the same features (the model must not learn loudness).
+    assert np.abs(log_mel(seg * 10) - f).max() < 0.05 and np.abs(log_mel(seg * 0.1) - f).max() < 0.05
+
+
+def test_log_mel_of_silence_and_short_input_is_finite():
+    assert np.isfinite(log_mel(np.zeros(32000, np.float32))).all()
+    assert log_mel(np.zeros(10, np.float32)).shape == (64, 1)
+    with pytest.raises(ValueError, match="mono"):
+        log_mel(np.zeros((2, 100), np.float32))
+
+
+def test_mel_filterbank_puts_a_tone_in_the_right_band():
+    from appliance.perception.features import _hz_to_mel, mel_filterbank
+
+    t = np.arange(32000) / 16000
+    f = log_mel(np.sin(2 * np.pi * 1000 * t).astype(np.float32))
+    centres = np.linspace(_hz_to_mel(50.0), _hz_to_mel(8000.0), 66)[1:-1]
+    assert abs(int(f.mean(axis=1).argmax()) - int(np.abs(centres - _hz_to_mel(1000.0)).argmin())) <= 1
+    assert mel_filterbank().shape == (64, 257)
+
+
+def test_clip_segments_cover_the_clip():
+    segs = clip_segments(np.arange(40000, dtype=np.float32), 32000, 8000)
+    assert [s[0] for s in segs] == [0, 8000] and all(len(s) == 32000 for s in segs)
+    assert len(clip_segments(np.ones(100, np.float32), 32000, 8000)[0]) == 32000
+
+
+# ------------------------------------------------------------------------------------------------ files
+def test_resample_keeps_the_pitch():
+    t = np.arange(44100) / 44100
+    x = resample(np.sin(2 * np.pi * 440 * t), 44100, 16000)
+    assert len(x) == 16000
+    assert abs(np.fft.rfft(x).__abs__().argmax() - 440) <= 1
+
+
+def test_bad_audio_files_are_clear_errors(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        load_audio_file(tmp_path / "none.wav")
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    with pytest.raises(SourceError, match="has no samples"):
+        load_audio_file(empty)
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + np.random.default_rng(0).bytes(5000))
+    with pytest.raises(SourceError, match="cannot be decoded"):
+        load_audio_file(corrupt)
+
+
+def test_other_sample_rates_and_stereo_are_converted(tmp_path, speech):
+    path = tmp_path / "cd.wav"
+    stereo = np.stack([resample(speech, 16000, 44100)] * 2, axis=1)
+    sf.write(path, stereo, 44100)
+    back = load_audio_file(path)
+    assert abs(len(back) - len(speech)) <= 1
+    assert np.corrcoef(back[:16000], speech[:16000])[0, 1] > 0.99
+
+
+def test_ring_wraps_and_counts_what_the_reader_lost():
+    ring = AudioRing(seconds=1.0)
+    ring.write(np.arange(10000, dtype=np.float32))
+    assert np.array_equal(ring.read_new(), np.arange(10000))
+    ring.write(np.arange(10000, 30000, dtype=np.float32))   # 20,000 new > 16,000 capacity
+    out = ring.read_new()
+    assert len(out) == 16000 and out[0] == 14000 and out[-1] == 29999 and ring.lost == 4000
+    assert len(ring.read_new()) == 0
+
+
+def test_file_source_plays_paced_and_ends():
+    src = FileAudioSource(DEMO_AUDIO, realtime=False, loop=False).start()
+    src._thread.join(10)
+    assert src.ended and src.ring.written == len(src.audio)
+
+
+# -------------------------------------------------------------------------------------------------- VAD
+def test_vad_finds_the_speech_in_the_demo(vad_manifest, speech):
+    vad = VoiceActivity(vad_manifest)
+    out = vad.feed(speech)
+    assert out.seconds_speech / out.seconds_in > 0.5
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise", "hum"])
+def test_vad_ignores_silence_and_noise(vad_manifest, kind):
+    rng = np.random.default_rng(0)
+    t = np.arange(5 * 16000) / 16000
+    audio = {"silence": np.zeros(len(t)), "noise": 0.1 * rng.standard_normal(len(t)),
+             "hum": 0.3 * np.sin(2 * np.pi * 50 * t)}[kind].astype(np.float32)
+    out = VoiceActivity(vad_manifest).feed(audio)
+    assert out.seconds_speech / out.seconds_in < 0.1
+
+
+def test_vad_streams_in_any_block_size(vad_manifest, speech):
+    whole = VoiceActivity(vad_manifest).feed(speech).seconds_speech
+    vad = VoiceActivity(vad_manifest)
+    parts = sum(vad.feed(speech[i:i + 1600]).seconds_speech for i in range(0, len(speech), 1600))
+    assert parts == pytest.approx(whole, abs=0.05)
+
+
+def test_clipping_is_measured(vad_manifest, speech):
+    clipped = np.clip(speech * 30, -1, 1)
+    out = VoiceActivity(vad_manifest).feed(clipped)
+    assert out.clipped > 0.01 and out.peak == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------- tone model
+def test_tone_model_on_real_speech(speech):
+    tone = VoiceToneModel(load_manifest(MODELS / "voice_tone_cnn"), RuntimeConfig(providers=["cpu"]))
+    probs = tone.classify_clip(speech)
+    assert probs.shape == (8,) and probs.sum() == pytest.approx(1, abs=1e-4)
+    batch = tone.classify(tone.features(np.stack([speech[:32000], speech[16000:48000]]))).probabilities
+    assert batch.shape == (2, 8)
+
+
+def test_speech_buffer_steps():
+    buf = SpeechBuffer(step_s=1.0, min_speech_s=1.0)
+    outs = [buf.push(np.full(8000, i, np.float32)) for i in range(6)]   # 0.5 s each
+    ready = [i for i, o in enumerate(outs) if o is not None]
+    assert ready == [1, 3, 5]
+    assert len(outs[5]) == 32000 and outs[5][-1] == 5 and outs[5][0] == 2
+    assert buf.push(np.zeros(0, np.float32)) is None
+
+
+# ------------------------------------------------------------------------------------------------ alerts
+def run_anger(seq, cfg=None, period=0.1):
+    anger = Anger(cfg or AlertsConfig(), tick_period_s=period, voice_step_s=1.0)
+    alerts = []
+    for i, (face, voice) in enumerate(seq):
+        a = anger.update(i * period, face, voice)
+        if a:
+            alerts.append(a)
+    return alerts, anger
+
+
+def voice_every_second(level, seconds):
+    return [(None, level if i % 10 == 0 else None) for i in range(int(seconds * 10))]
+
+
+def test_one_angry_minute_is_one_alert():
+    alerts, anger = run_anger(voice_every_second(0.1, 10) + voice_every_second(0.9, 60))
+    assert len(alerts) == 1 and alerts[0].voice_anger >= 0.5 and alerts[0].face_anger is None
+
+
+def test_calm_gives_no_alert_and_thin_evidence_gives_none():
+    assert run_anger(voice_every_second(0.2, 60))[0] == []
+    # one angry second among silence: less than min_evidence_s of speech in the short window
+    assert run_anger([(None, None)] * 50 + [(None, 0.95)] + [(None, None)] * 50)[0] == []
+
+
+def test_hysteresis_and_cooldown():
+    cfg = AlertsConfig(cooldown_s=30)
+    flicker = (voice_every_second(0.9, 8) + voice_every_second(0.1, 8)) * 6   # ~96 s, crosses 6 times
+    alerts, anger = run_anger(flicker, cfg)
+    assert 2 <= len(alerts) <= 4 and anger.held_back >= 1
+    assert all(b.at - a.at >= 30 for a, b in zip(alerts, alerts[1:]))
+    # staying between off and on thresholds never re-arms
+    alerts, _ = run_anger(voice_every_second(0.9, 8) + voice_every_second(0.45, 80) + voice_every_second(0.9, 8),
+                          AlertsConfig(cooldown_s=0))
+    assert len(alerts) == 1
+
+
+def test_face_and_voice_each_count_once():
+    seq = [(0.9, 0.1 if i % 10 == 0 else None) for i in range(100)]
+    alerts, anger = run_anger(seq)
+    assert anger.index == pytest.approx(0.5, abs=0.01)
