@@ -137,6 +137,57 @@ def run(
           flush=True)
 
 
+# ------------------------------------------------------------------------------------------------ bench
+@app.command()
+def bench(
+    config: Optional[Path] = ConfigOpt,
+    seconds: float = typer.Option(60.0, "--seconds", min=1.0, help="how long to drive the loop"),
+    json_out: Path = typer.Option(Path("bench.json"), "--json", help="JSON report; the markdown (.md) and plot "
+                                  "(.png) are written next to it"),
+    video: Optional[str] = typer.Option(None, "--video", help="input video (default: as configured, the demo)"),
+    camera: Optional[str] = typer.Option(None, "--camera", help="live camera instead of a recording"),
+    audio: Optional[str] = typer.Option(None, "--audio", help="WAV/FLAC, 'none', or as configured"),
+    mic: Optional[str] = typer.Option(None, "--mic", help="live microphone by name or index"),
+    faces: int = typer.Option(0, "--faces", min=0, max=64, help="replicate the detected face N times to stress "
+                              "the expression stage"),
+    rate: Optional[float] = typer.Option(None, "--rate", help="try another loop rate (Hz)"),
+    do_matrix: bool = typer.Option(False, "--matrix", help="also time every model x provider x precision"),
+    faces_data: Optional[Path] = typer.Option(None, "--faces-data", help="face dataset folder for accuracy"),
+    voice_data: Optional[Path] = typer.Option(None, "--voice-data", help="voice dataset folder for accuracy"),
+    voice_where: Optional[list[str]] = typer.Option(None, "--voice-where", help="COLUMN=V1,V2 filter for "
+                                                    "--voice-data, e.g. speaker=ravdess-17,ravdess-18"),
+) -> None:
+    """Per-stage latency, deadline misses, providers and precisions (and accuracy) of this unit, as a report."""
+    from appliance import bench as b
+
+    if video and camera:
+        raise UserError("give --video or --camera, not both")
+    audio_source = audio or (("mic" if mic == "default" else f"mic:{mic}") if mic else None)
+    cfg = _load(config, **{"camera.source": video or camera, "audio.source": audio_source, "loop.rate_hz": rate,
+                           "mqtt.embedded_port": 0, "log.level": "WARNING"})
+    _setup_logging(cfg.log.level)
+    desc = f"camera {cfg.camera.source}, audio {cfg.audio.source}"
+    print(f"bench: {seconds:g} s of the real loop at {cfg.loop.rate_hz:g} Hz on {desc}", file=sys.stderr)
+    result = b.header(cfg, desc) | b.run_loop(cfg, seconds, faces)
+    if do_matrix:
+        result["matrix"] = b.matrix(cfg)
+    if faces_data or voice_data:
+        result["accuracy"] = b.accuracy(cfg, faces_data, voice_data, _filters(voice_where), json_out.parent)
+    for path in b.save(result, json_out):
+        print(f"wrote {path}", file=sys.stderr)
+    print(b.markdown(result), end="")
+
+
+def _filters(items: Optional[list[str]]) -> dict[str, set[str]]:
+    filters = {}
+    for item in items or []:
+        column, sep, values = item.partition("=")
+        if not sep or not values:
+            raise UserError(f"{item!r}: expected COLUMN=V1,V2")
+        filters[column] = set(values.split(","))
+    return filters
+
+
 # ------------------------------------------------------------------------------------------------ config
 @config_app.command("init")
 def config_init(out: Path = typer.Argument(Path("config.toml"), help="where to write"),
@@ -209,12 +260,7 @@ def eval_voice(
 
     cfg = _load(config, **{"runtime.precision": precision})
     _setup_logging("WARNING")
-    filters = {}
-    for item in where or []:
-        column, sep, values = item.partition("=")
-        if not sep or not values:
-            raise UserError(f"--where {item!r}: expected COLUMN=V1,V2")
-        filters[column] = set(values.split(","))
+    filters = _filters(where)
     manifest = _model_manifest(model or cfg.voice.model, cfg)
     tone = VoiceToneModel(manifest, cfg.runtime)
     report = evaluate_voice(directory, tone, index=index, where=filters, progress=stderr_progress("evaluating"))

@@ -63,6 +63,11 @@ def mel_filterbank(spec: MelSpec = DEFAULT) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
+def _filterbank_t(spec: MelSpec) -> np.ndarray:
+    return np.ascontiguousarray(mel_filterbank(spec).T)
+
+
+@lru_cache(maxsize=4)
 def _window(n_fft: int) -> np.ndarray:
     return np.hanning(n_fft + 1)[:-1].astype(np.float32)   # periodic Hann
 
@@ -82,8 +87,10 @@ def log_mel(audio: np.ndarray, spec: MelSpec = DEFAULT) -> np.ndarray:
     n = spec.frames(len(audio))
     frames = np.lib.stride_tricks.as_strided(
         audio, shape=(n, spec.n_fft), strides=(audio.strides[0] * spec.hop, audio.strides[0]), writeable=False)
-    power = np.abs(np.fft.rfft(frames * _window(spec.n_fft), axis=1)) ** 2
-    mel = mel_filterbank(spec) @ power.T.astype(np.float32)
+    spectrum = np.fft.rfft(frames * _window(spec.n_fft), axis=1)
+    power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
+    # (frames, bins) @ (bins, mels) on contiguous float32: several times faster than the transposed product.
+    mel = (power @ _filterbank_t(spec)).T
     logmel = np.log(np.maximum(mel, max(float(mel.max()), 1e-20) * FLOOR))
     return (logmel - logmel.mean()).astype(np.float32)
 

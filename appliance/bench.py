@@ -1,0 +1,277 @@
+"""The technician's benchmark: the real loop on a recorded or live input, per-stage latency, misses, providers,
+a provider x precision matrix, and model accuracy, as JSON (machines), markdown (people) and PNG (plots).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from appliance import __version__
+from appliance.config import AppConfig
+from appliance.loop import percentiles
+
+# Stages that are model calls; everything else in a tick is loop overhead.
+MODEL_STAGES = ("detect", "expression", "vad", "tone")
+
+
+def _progress(total_s: float, scheduler, stop: threading.Event, out=sys.stderr) -> None:
+    started = time.monotonic()
+    while not stop.wait(0.5):
+        done = min(total_s, time.monotonic() - started)
+        bar = "#" * int(30 * done / total_s)
+        print(f"\r[{bar:<30}] {done:5.0f}/{total_s:g} s  {scheduler.ticks} ticks  {scheduler.misses} misses",
+              end="", file=out, flush=True)
+    print(file=out, flush=True)
+
+
+def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = True) -> dict:
+    """Drive the real pipeline for ``seconds`` and measure it."""
+    from appliance.pipeline import STAGES, Pipeline
+
+    pipeline = Pipeline(cfg, history_ticks=int(seconds * cfg.loop.rate_hz) + 100, replicate_faces=faces)
+    stop = threading.Event()
+    bar = threading.Thread(target=_progress, args=(seconds, pipeline.scheduler, stop), daemon=True)
+    cpu0, wall0 = os.times(), time.monotonic()
+    if progress:
+        bar.start()
+    try:
+        report = pipeline.run(seconds)
+    finally:
+        stop.set()
+        if progress:
+            bar.join()
+    cpu1, wall = os.times(), time.monotonic() - wall0
+    ticks = list(pipeline.scheduler.recent)
+    work = sum(t.latency for t in ticks)
+    model = sum(t.stages.get(s, 0.0) for t in ticks for s in MODEL_STAGES)
+    return {
+        "stages": {s: percentiles([t.stages[s] for t in ticks if s in t.stages]) | {
+            "calls": sum(1 for t in ticks if s in t.stages)} for s in STAGES},
+        "end_to_end": percentiles([t.latency for t in ticks]),
+        "deadline_misses": report.deadline_misses,
+        "skipped_slots": report.skipped_slots,
+        "ticks": report.ticks,
+        "rate_hz": report.rate_hz,
+        "configured_rate_hz": cfg.loop.rate_hz,
+        "seconds": seconds,
+        "faces_replicated": faces,
+        "frames_dropped": report.frames_dropped,
+        "frames_used": report.frames_used,
+        "audio_lost_seconds": report.audio_lost_seconds,
+        "summaries": report.summaries,
+        "alerts": report.alerts,
+        "loop_overhead_fraction": round(1 - model / work, 4) if work else 0.0,
+        "cpu_percent_of_one_core": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall, 1),
+        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "providers": {m["model"]: {"provider": m["provider"], "precision": m["precision"]}
+                      for m in report.providers.values()},
+        "timeline_ms": [round(t.latency * 1000, 3) for t in ticks],
+        "stage_samples_ms": {s: [round(t.stages[s] * 1000, 3) for t in ticks if s in t.stages] for s in STAGES},
+    }
+
+
+def _time_session(session, feed: dict, runs: int) -> dict:
+    for _ in range(10):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return percentiles(times)
+
+
+def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
+           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    """Every model x available provider x precision: per-call latency at batch 1 and at the loop's batch, and the
+    largest loop rate whose every tick met its deadline in a short run of the real loop with that choice."""
+    from appliance.manifest import load_manifest
+    from appliance.runtime import SHORT_NAMES, SUPPORTED, _available_providers, open_session
+
+    models = {cfg.expression.model: cfg.faces.max_faces, cfg.voice.model: 1}
+    available = [SHORT_NAMES[p] for p in _available_providers() if p in SHORT_NAMES]
+    rows = []
+    for name, loop_batch in models.items():
+        manifest = load_manifest(cfg.models.dir / "onnx" / name)
+        shape = manifest.preprocessing and (1, manifest.preprocessing.height, manifest.preprocessing.width)
+        for provider in [p for p in cfg.runtime.providers if p in available]:
+            for precision in SUPPORTED[provider]:
+                if ("fp32" if precision == "fp16" else precision) not in manifest.precisions():
+                    continue
+                rcfg = cfg.runtime.model_copy(update={"providers": [provider], "precision": precision})
+                session, report = open_session(manifest, rcfg)
+                if report.provider != provider:
+                    continue
+                shape_ = shape or tuple(session.get_inputs()[0].shape[1:])
+                row = {"model": name, "provider": provider, "precision": precision}
+                for batch in sorted({1, loop_batch}):
+                    x = np.random.default_rng(0).standard_normal((batch, *shape_)).astype(np.float32)
+                    p = _time_session(session, {session.get_inputs()[0].name: x}, runs)
+                    row[f"batch{batch}"] = p
+                row["loop_batch"] = loop_batch
+                log(f"matrix: {name} {provider} {precision}: batch 1 p50 {row['batch1']['p50_ms']:.3f} ms, "
+                    f"batch {loop_batch} p50 {row[f'batch{loop_batch}']['p50_ms']:.3f} ms")
+                rows.append(row)
+    # The largest rate that meets every deadline, per precision choice, from the real loop.
+    loops = []
+    for provider in [p for p in cfg.runtime.providers if p in available]:
+        for precision in [p for p in SUPPORTED[provider] if p != "fp16" or provider == "tensorrt"]:
+            c = cfg.model_copy(deep=True)
+            c.runtime.providers = [provider]
+            c.runtime.precision = precision
+            log(f"matrix: loop with {provider} {precision} for {loop_seconds:g} s")
+            r = run_loop(c, loop_seconds, progress=False)
+            worst = r["end_to_end"]["max_ms"]
+            loops.append({"provider": provider, "precision": precision, "max_tick_ms": worst,
+                          "p99_tick_ms": r["end_to_end"]["p99_ms"], "deadline_misses": r["deadline_misses"],
+                          "max_rate_hz": int(1000 // worst) if worst else None})
+    auto = {}
+    for name, loop_batch in models.items():
+        _, rep = open_session(load_manifest(cfg.models.dir / "onnx" / name), cfg.runtime)
+        candidates = [r for r in rows if r["model"] == name and r["provider"] == rep.provider]
+        fastest = min(candidates, key=lambda r: r[f"batch{loop_batch}"]["p50_ms"]) if candidates else None
+        auto[name] = {"provider": rep.provider, "precision": rep.precision,
+                      "fastest_precision": fastest and fastest["precision"],
+                      "auto_is_fastest": bool(fastest) and fastest["precision"] == rep.precision}
+    return {"calls": rows, "loops": loops, "auto": auto}
+
+
+def accuracy(cfg: AppConfig, faces_dir: Path | None, voice_dir: Path | None, voice_where: dict | None,
+             out_dir: Path) -> dict:
+    """FP32 and INT8 side by side on the datasets given, with confusion matrix PNGs."""
+    from appliance.evaluation import confusion_png, evaluate_faces, evaluate_voice, stderr_progress
+    from appliance.manifest import load_manifest
+    from appliance.perception.expression import ExpressionModel
+    from appliance.perception.voice import VoiceToneModel
+
+    result = {}
+    jobs = []
+    if faces_dir:
+        jobs.append(("faces", cfg.expression.model, ExpressionModel,
+                     lambda m: evaluate_faces(faces_dir, m, progress=stderr_progress("  faces"))))
+    if voice_dir:
+        jobs.append(("voice", cfg.voice.model, VoiceToneModel,
+                     lambda m: evaluate_voice(voice_dir, m, where=voice_where, progress=stderr_progress("  voice"))))
+    for kind, name, cls, evaluate in jobs:
+        manifest = load_manifest(cfg.models.dir / "onnx" / name)
+        for precision in manifest.precisions():
+            rcfg = cfg.runtime.model_copy(update={"providers": ["cpu"], "precision": precision})
+            report = evaluate(cls(manifest, rcfg))
+            png = confusion_png(report, out_dir / f"confusion_{kind}_{precision}.png")
+            result.setdefault(kind, {})[precision] = report.as_dict() | {"confusion_png": png.name}
+    return result
+
+
+def markdown(result: dict) -> str:
+    loop = result
+    lines = [f"# appliance bench: {result['machine']}", "",
+             f"appliance {result['version']}, {result['seconds']:g} s at {result['configured_rate_hz']:g} Hz "
+             f"({result['input']}), faces replicated to {result['faces_replicated'] or 'as detected'}.", "",
+             f"- ticks {loop['ticks']}, achieved {loop['rate_hz']:.2f} Hz, **deadline misses {loop['deadline_misses']}**"
+             f", skipped slots {loop['skipped_slots']}",
+             f"- end-to-end tick latency p50 {loop['end_to_end']['p50_ms']:.2f} ms, p95 "
+             f"{loop['end_to_end']['p95_ms']:.2f}, **p99 {loop['end_to_end']['p99_ms']:.2f}**, max "
+             f"{loop['end_to_end']['max_ms']:.2f}",
+             f"- loop overhead (not a model call) {100 * loop['loop_overhead_fraction']:.1f}% of tick work; CPU "
+             f"{loop['cpu_percent_of_one_core']:.0f}% of one core; RSS {loop['rss_mb']:.0f} MB",
+             f"- camera frames dropped {loop['frames_dropped']} (used {loop['frames_used']}); audio lost "
+             f"{loop['audio_lost_seconds']} s",
+             "- models: " + ", ".join(f"{m} on {p['provider']} {p['precision']}" for m, p in loop["providers"].items()),
+             "", "| stage | calls | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    for name, p in loop["stages"].items():
+        if p["calls"]:
+            lines.append(f"| {name} | {p['calls']} | {p['p50_ms']:.3f} | {p['p95_ms']:.3f} | {p['p99_ms']:.3f} | "
+                         f"{p['max_ms']:.3f} |")
+    e = loop["end_to_end"]
+    lines.append(f"| **tick** | {loop['ticks']} | {e['p50_ms']:.3f} | {e['p95_ms']:.3f} | {e['p99_ms']:.3f} | "
+                 f"{e['max_ms']:.3f} |")
+    if "matrix" in result:
+        m = result["matrix"]
+        lines += ["", "## Provider x precision", "",
+                  "| model | provider | precision | batch 1 p50 ms | loop batch | loop batch p50 ms | per item ms |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in m["calls"]:
+            b = r["loop_batch"]
+            lines.append(f"| {r['model']} | {r['provider']} | {r['precision']} | {r['batch1']['p50_ms']:.3f} | {b} | "
+                         f"{r[f'batch{b}']['p50_ms']:.3f} | {r[f'batch{b}']['p50_ms'] / b:.3f} |")
+        lines += ["", "| loop with | max tick ms | p99 tick ms | misses | largest rate meeting every deadline |",
+                  "|---|---|---|---|---|"]
+        for r in m["loops"]:
+            lines.append(f"| {r['provider']} {r['precision']} | {r['max_tick_ms']:.2f} | {r['p99_tick_ms']:.2f} | "
+                         f"{r['deadline_misses']} | {r['max_rate_hz']} Hz |")
+        lines += [""] + [f"- auto choice for {name}: {a['provider']} {a['precision']} (fastest found: "
+                         f"{a['fastest_precision']}) {'OK' if a['auto_is_fastest'] else 'NOT the fastest'}"
+                         for name, a in m["auto"].items()]
+    if "accuracy" in result:
+        lines += ["", "## Accuracy", ""]
+        for kind, by_precision in result["accuracy"].items():
+            precisions = list(by_precision)
+            first = by_precision[precisions[0]]
+            lines += [f"{kind}: {first['dataset']} (n = {first['n']})", "",
+                      "| | " + " | ".join(precisions) + " |", "|---|" + "---|" * len(precisions),
+                      "| accuracy | " + " | ".join(f"{by_precision[p]['accuracy']:.4f}" for p in precisions) + " |",
+                      "| macro-F1 | " + " | ".join(f"{by_precision[p]['macro_f1']:.4f}" for p in precisions) + " |"]
+            for label in first["labels"]:
+                lines.append(f"| recall {label} | " + " | ".join(
+                    f"{by_precision[p]['per_class'][label]['recall']:.3f}" for p in precisions) + " |")
+            lines += ["", "confusion matrices: " + ", ".join(by_precision[p]["confusion_png"] for p in precisions), ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+    t = np.arange(len(result["timeline_ms"])) / result["configured_rate_hz"]
+    a.plot(t, result["timeline_ms"], lw=0.6)
+    a.axhline(1000 / result["configured_rate_hz"], c="r", ls="--", lw=1, label="deadline")
+    a.set(xlabel="s", ylabel="tick latency ms", title="end-to-end tick latency over time", yscale="log")
+    a.legend(loc="upper right")
+    samples = {k: v for k, v in result["stage_samples_ms"].items() if v}
+    b.boxplot(list(samples.values()), vert=False, whis=(1, 99), showfliers=False)
+    b.set_yticks(range(1, len(samples) + 1), list(samples))
+    b.set(xlabel="ms (whiskers p1-p99)", title="per-stage latency", xscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def describe_machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def save(result: dict, json_path: Path) -> list[Path]:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    md = json_path.with_suffix(".md")
+    md.write_text(markdown(result))
+    png = plot(result, json_path.with_suffix(".png"))
+    return [json_path, md, png]
+
+
+def header(cfg: AppConfig, input_desc: str) -> dict:
+    return {"version": __version__, "machine": describe_machine(), "input": input_desc,
+            "config": {"rate_hz": cfg.loop.rate_hz, "max_faces": cfg.faces.max_faces,
+                       "providers": cfg.runtime.providers, "precision": cfg.runtime.precision}}

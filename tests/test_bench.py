@@ -1,0 +1,59 @@
+"""`appliance bench`: the report's shape (contract keys), its three files, and the matrix structure.
+
+Speeds are measured by the benchmark, not asserted here: a timed assertion on a shared 2-core CI machine would
+test the machine, not the code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from appliance.bench import markdown, matrix
+from appliance.config import load_config
+from conftest import appliance_cmd, appliance_env
+
+CONTRACT = {"stages", "end_to_end", "deadline_misses", "ticks", "rate_hz", "providers"}
+PERCENTILES = {"p50_ms", "p95_ms", "p99_ms", "max_ms"}
+
+
+def test_bench_writes_json_markdown_and_plot(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(appliance_cmd("bench", "--seconds", "4", "--faces", "4", "--json", str(out)),
+                          env=appliance_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert CONTRACT <= set(report)
+    assert PERCENTILES <= set(report["end_to_end"])
+    for stage in ("capture", "detect", "crop", "expression", "vad", "tone", "aggregate"):
+        assert PERCENTILES <= set(report["stages"][stage]), stage
+    assert report["stages"]["expression"]["calls"] > 0 and report["faces_replicated"] == 4
+    assert report["ticks"] >= 30 and len(report["timeline_ms"]) == report["ticks"]
+    assert 0 <= report["loop_overhead_fraction"] < 1 and report["rss_mb"] > 50
+    assert report["providers"]["fer_mini_xception"]["provider"] == "cpu"
+    assert out.with_suffix(".md").read_text().startswith("# appliance bench")
+    assert out.with_suffix(".png").stat().st_size > 10000
+    assert "| detect |" in proc.stdout and "deadline misses" in proc.stdout
+    assert "[###" in proc.stderr   # progress bar
+
+
+def test_matrix_covers_models_precisions_and_the_auto_choice(tmp_path):
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
+                                 "APPLIANCE_LOG__LEVEL": "WARNING"})
+    m = matrix(cfg, runs=5, loop_seconds=2, log=lambda msg: None)
+    combos = {(r["model"], r["provider"], r["precision"]) for r in m["calls"]}
+    assert combos == {("fer_mini_xception", "cpu", "fp32"), ("fer_mini_xception", "cpu", "int8"),
+                      ("voice_tone_cnn", "cpu", "fp32"), ("voice_tone_cnn", "cpu", "int8")}
+    face = next(r for r in m["calls"] if r["model"] == "fer_mini_xception")
+    assert face["loop_batch"] == 8 and {"batch1", "batch8"} <= set(face)
+    assert {(r["provider"], r["precision"]) for r in m["loops"]} == {("cpu", "fp32"), ("cpu", "int8")}
+    assert all(r["max_rate_hz"] and r["max_rate_hz"] > 0 for r in m["loops"])
+    assert set(m["auto"]) == {"fer_mini_xception", "voice_tone_cnn"}
+    assert all(isinstance(a["auto_is_fastest"], bool) for a in m["auto"].values())
+    text = markdown({"machine": "x", "version": "0", "seconds": 1, "configured_rate_hz": 10, "input": "demo",
+                     "faces_replicated": 0, "ticks": 1, "rate_hz": 10, "deadline_misses": 0, "skipped_slots": 0,
+                     "end_to_end": dict.fromkeys(["p50_ms", "p95_ms", "p99_ms", "max_ms"], 1.0),
+                     "loop_overhead_fraction": 0.1, "cpu_percent_of_one_core": 10, "rss_mb": 100,
+                     "frames_dropped": 0, "frames_used": 1, "audio_lost_seconds": 0, "providers": {},
+                     "stages": {}, "matrix": m})
+    assert "## Provider x precision" in text and "largest rate meeting every deadline" in text

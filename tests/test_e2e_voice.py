@@ -1,0 +1,137 @@
+"""Voice end to end: the demo's soundtrack in summaries, and anger alerts from real angry vs neutral speech."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import jsonschema
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import DEMO, appliance_cmd, appliance_env, load_schema
+from test_e2e_mqtt import check_summaries, write_video
+
+ALERT = load_schema("alert")
+VAL_SPEAKERS = ["ravdess-17", "ravdess-18", "ravdess-19", "ravdess-20"]
+
+
+def test_demo_summaries_carry_faces_and_voice(tmp_path, mosquitto, collect):
+    watcher = collect(mosquitto.port, "emotion/#")
+    proc = subprocess.run(appliance_cmd("run", "--broker", mosquitto.url, "--duration", "9.5"),
+                          env=appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="3"), capture_output=True,
+                          text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = watcher.json("/summary")
+    check_summaries(summaries)
+    both = [s for s in summaries if s["faces"] and s["voice"]]
+    assert both, summaries
+    for s in both:
+        assert s["voice"]["speech_seconds"] >= 1.0
+        assert sum(s["voice"]["distribution"].values()) == pytest.approx(1.0, abs=2e-3)
+        expected = (s["faces"]["distribution"]["angry"] + s["voice"]["distribution"]["angry"]) / 2
+        assert s["anger_index"] == pytest.approx(expected, abs=2e-3)
+    status = watcher.json("/status")[0]
+    assert {m["model"] for m in status["models"]} >= {"voice_tone_cnn", "silero_vad"} and status["audio"]
+
+
+def speech_of(data_dir, label: str, seconds: float) -> np.ndarray:
+    rows = [r for r in csv.DictReader(open(data_dir / "speech" / "index.csv"))
+            if r["speaker"] in VAL_SPEAKERS and r["label"] == label]
+    clips, total = [], 0.0
+    for r in rows:   # validation speakers only: never clips the model was trained on
+        audio, _ = sf.read(data_dir / "speech" / r["path"], dtype="float32")
+        clips += [audio, np.zeros(1600, np.float32)]   # 0.1 s pause between sentences
+        total += len(audio) / 16000 + 0.1
+        if total >= seconds:
+            break
+    return np.concatenate(clips)
+
+
+@pytest.fixture
+def speech_data(data_dir):
+    if not (data_dir / "speech" / "index.csv").is_file():
+        pytest.skip(f"speech data not found under {data_dir}/speech")
+    return data_dir
+
+
+def test_angry_speech_raises_one_alert_and_neutral_none(tmp_path, speech_data, mosquitto, collect):
+    blank = tmp_path / "counter.mp4"     # no face in view: the index is the voice's alone
+    write_video(blank, [np.full((360, 640, 3), 60, np.uint8)] * 10, fps=1.0)
+    procs = {}
+    for label in ("angry", "neutral"):
+        wav = tmp_path / f"{label}.wav"
+        sf.write(wav, speech_of(speech_data, label, 14.0), 16000)
+        (tmp_path / label).mkdir()
+        env = appliance_env(tmp_path / label, APPLIANCE_DEVICE__ID=f"kiosk-{label}")
+        procs[label] = subprocess.Popen(
+            appliance_cmd("run", "--video", str(blank), "--audio", str(wav), "--loop", "--broker", mosquitto.url,
+                          "--duration", "15"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = collect(mosquitto.port, "emotion/+/alert")
+    for label, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+    angry = [a for a in watcher.json("/alert") if a["device_id"] == "kiosk-angry"]
+    neutral = [a for a in watcher.json("/alert") if a["device_id"] == "kiosk-neutral"]
+    assert len(angry) == 1, angry          # one angry stretch, one alert (cool-down 60 s)
+    assert neutral == []
+    jsonschema.validate(angry[0], ALERT)
+    assert angry[0]["voice_anger"] >= 0.5 and angry[0]["face_anger"] is None
+
+
+def small_voice_set(tmp_path) -> tuple:
+    audio, _ = sf.read(DEMO.with_suffix(".flac"), dtype="float32")
+    root = tmp_path / "voices"
+    root.mkdir()
+    rows = []
+    for i in range(3):
+        sf.write(root / f"clip{i}.wav", audio[i * 32000:(i + 1) * 32000 + 8000], 16000)
+        rows.append({"path": f"clip{i}.wav", "label": "neutral", "speaker": "demo"})
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "speaker"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_eval_voice_cli_contract(tmp_path):
+    root = small_voice_set(tmp_path)
+    out = tmp_path / "voice.json"
+    proc = subprocess.run(appliance_cmd("eval", "voice", str(root), "--json", str(out)), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "per_class", "n", "model", "anger"} <= set(report) and report["n"] == 3
+    assert out.with_suffix(".png").stat().st_size > 5000
+    assert "anger: recall" in proc.stdout
+    proc = subprocess.run(appliance_cmd("eval", "voice", str(root), "--where", "speaker=nobody"),
+                          env=appliance_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no rows" in proc.stderr
+
+
+def test_eval_voice_rejects_unknown_labels(tmp_path):
+    root = small_voice_set(tmp_path)
+    (root / "index.csv").write_text("path,label\nclip0.wav,bored\n")
+    proc = subprocess.run(appliance_cmd("eval", "voice", str(root)), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "['bored'] are not labels" in proc.stderr
+
+
+def test_validation_speakers_meet_the_targets(tmp_path, speech_data):
+    """8-class accuracy >= 0.55 and angry recall >= 0.75 on RAVDESS actors 17-20; INT8 within 2 points."""
+    results = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / f"{precision}.json"
+        proc = subprocess.run(appliance_cmd("eval", "voice", str(speech_data / "speech"), "--where",
+                                            "speaker=" + ",".join(VAL_SPEAKERS), "--precision", precision,
+                                            "--json", str(out)),
+                              env=appliance_env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[precision] = json.loads(out.read_text())
+    fp32, int8 = results["fp32"], results["int8"]
+    assert fp32["n"] == 240
+    assert fp32["accuracy"] >= 0.55 and fp32["anger"]["recall"] >= 0.75, (fp32["accuracy"], fp32["anger"])
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.02
+
