@@ -25,11 +25,13 @@ build-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq portaudio19-dev >/dev/null; \
 	fi
 
-# mosquitto: the real broker the tests talk to.
+# What the tests talk to or run: mosquitto (the real broker), shellcheck and systemd-analyze (the deploy checks).
+TEST_PACKAGES := mosquitto shellcheck systemd
 system-deps:
-	@if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then \
-		echo "installing mosquitto (apt)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	@missing=$$(for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing (apt)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 ## The demo recording through the whole pipeline to an embedded broker (ARGS="" to run until Ctrl-C).

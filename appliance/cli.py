@@ -24,8 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Edge emotion appliance: camera -> faces -> expression model -> anonymised MQTT summaries.")
 config_app = typer.Typer(no_args_is_help=True, help="Create, check and show the configuration.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure a model's accuracy on a labelled dataset folder.")
+models_app = typer.Typer(no_args_is_help=True, help="The shipped models: list them, build TensorRT engines.")
 app.add_typer(config_app, name="config")
 app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")
 
 SYSTEM_CONFIG = Path("/etc/appliance/config.toml")
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: $APPLIANCE_CONFIG, then "
@@ -293,6 +295,86 @@ def _model_manifest(name: str, cfg: AppConfig):
     return manifest
 
 
+# ------------------------------------------------------------------------------------------------ models
+def _engine_manifests(cfg: AppConfig):
+    # The VAD is tiny and stateful (one 32 ms chunk per call): it stays on the CPU everywhere, so no engine.
+    from appliance.manifest import load_manifest
+
+    return [load_manifest(cfg.models.dir / "onnx" / cfg.expression.model),
+            load_manifest(cfg.models.dir / "onnx" / cfg.voice.model)]
+
+
+@models_app.command("list")
+def models_list(config: Optional[Path] = ConfigOpt) -> None:
+    """Every shipped model: files, sha256 check, measured accuracy, and what this unit's runtime picks."""
+    from appliance.doctor import check_models
+    from appliance.manifest import load_manifest
+    from appliance.runtime import open_session
+
+    cfg = _load(config)
+    _setup_logging("WARNING")
+    for check in check_models(cfg):
+        print(check.line())
+    for manifest in _engine_manifests(cfg) + [load_manifest(cfg.models.dir / "onnx" / cfg.voice.vad_model)]:
+        _, report = open_session(manifest, cfg.runtime)
+        print(f"       {manifest.name}: runtime picks {report.provider} {report.precision} ({report.file})")
+
+
+@models_app.command("build-engines")
+def models_build_engines(config: Optional[Path] = ConfigOpt) -> None:
+    """Build (warm) the TensorRT engine cache for every model at the configured precision, before first start."""
+    import time
+
+    import numpy as np
+
+    from appliance.runtime import NoUsableProvider, _available_providers, open_session
+
+    cfg = _load(config)
+    _setup_logging("WARNING")
+    available = _available_providers()
+    if "TensorrtExecutionProvider" not in available:
+        raise UserError("TensorRT is not available here: this onnxruntime offers "
+                        f"{', '.join(available)}. On a Jetson, deploy/jetson/install.sh installs the onnxruntime-gpu "
+                        "build for JetPack, whose TensorRT execution provider builds the engines; nothing to build "
+                        "on a CPU-only machine.")
+    trt_only = cfg.runtime.model_copy(update={"providers": ["tensorrt"]})
+    manifests = _engine_manifests(cfg)
+    for i, manifest in enumerate(manifests, 1):
+        print(f"[{i}/{len(manifests)}] {manifest.name}: building TensorRT engine (minutes on first build)...",
+              flush=True)
+        t0 = time.monotonic()
+        try:
+            session, report = open_session(manifest, trt_only)
+        except NoUsableProvider as e:
+            raise UserError(f"{manifest.name}: TensorRT could not take it: {e}") from None
+        item = session.get_inputs()[0]
+        shape = manifest.input_shape or [d if isinstance(d, int) else 1 for d in item.shape[1:]]
+        for batch in sorted({1, min(8, cfg.runtime.trt_max_batch), cfg.runtime.trt_max_batch}):
+            session.run(None, {item.name: np.zeros((batch, *shape), np.float32)})
+        cache = [p[1]["trt_engine_cache_path"] for p in session.get_provider_options().items()
+                 if p[0] == "TensorrtExecutionProvider"] if hasattr(session, "get_provider_options") else []
+        print(f"      {report.provider} {report.precision} ready in {time.monotonic() - t0:.0f} s"
+              + (f" -> {cache[0]}" if cache else ""), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ doctor
+@app.command()
+def doctor(config: Optional[Path] = ConfigOpt) -> None:
+    """Check camera, microphone, models, providers, engine cache, broker, disk and clock; exit 1 on any failure."""
+    from appliance.doctor import run_checks
+
+    cfg = _load(config)
+    _setup_logging("ERROR")
+    checks = run_checks(cfg)
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; {len(failed)} failed" if failed
+                                                                             else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------------------ entry
 @app.command()
 def version() -> None:
@@ -307,7 +389,9 @@ def main() -> None:
     from appliance.sources.camera import SourceError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of typer.Exit; pass it on.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except ConfigError as e:
         print("config error:", file=sys.stderr)
         for issue in e.issues:
@@ -320,10 +404,10 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Usage errors (unknown command or option) carry their own message and exit code. typer vendors click,
+        # so the class is matched by what it offers rather than by import.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -55,6 +55,10 @@ class CameraConfig(Section):
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
     stall_timeout_s: float = Field(default=5.0, gt=0, description="an open camera with no frame for this long is reported as stalled")
+    width: int = Field(default=1280, ge=160, description="capture size for csi:/usb: GStreamer sources")
+    height: int = Field(default=720, ge=120)
+    fps: int = Field(default=30, ge=1, le=120)
+    flip: int = Field(default=0, ge=0, le=7, description="nvvidconv flip-method (2 = camera mounted upside down)")
 
 
 class AudioConfig(Section):

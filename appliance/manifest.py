@@ -67,6 +67,7 @@ class ModelManifest(_Strict):
     format: Literal["onnx", "tflite"]
     labels: list[str] = Field(default_factory=list)
     input_name: str | None = None
+    input_shape: list[int] | None = Field(default=None, description="one item, without the batch dimension")
     output_name: str | None = None
     preprocessing: Preprocessing | None = None
     variants: list[Variant]

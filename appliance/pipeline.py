@@ -28,6 +28,7 @@ from appliance.publish.payloads import alert_payload, summary_payload
 from appliance.sources.audio import FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, SourceState, resolve_spec
 from appliance.state import SeqCounter
+from appliance.systemd_notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ class Pipeline:
         self.on_summary = on_summary
         self.on_alert = on_alert
         self.replicate_faces = replicate_faces
+        self.notifier = Notifier()
         self.scheduler = FixedRateScheduler(config.loop.rate_hz, history=history_ticks)
         # Everything that can fail on bad input fails here, before anything is started; cheapest checks first,
         # and the MediaPipe detector (which must be closed explicitly) last.
-        self.spec = resolve_spec(config.camera.source)
+        self.spec = resolve_spec(config.camera.source, config.camera)
         self.source = CameraSource(self.spec, config.camera, on_state=self._camera_state)
         self.audio = make_audio_source(config, self.spec, self.source.loop_file, on_state=self._audio_state)
         self.seq = SeqCounter(config.state.dir / "seq")
@@ -156,16 +158,19 @@ class Pipeline:
             self.audio.start()
         wall0, mono0 = time.time(), time.monotonic()
         stop_at = mono0 + duration if duration else None
+        self.notifier.ready(f"running: {self.spec.describe()} at {cfg.loop.rate_hz:g} Hz")
         try:
             for tick in self.scheduler.run():
                 now = wall0 + (tick.scheduled - mono0)   # wall time that cannot jump with NTP mid-run
                 got_frame = self._tick(tick, now)
+                self.notifier.watchdog()
                 if (stop_at and time.monotonic() >= stop_at) or (self.source.ended and not got_frame):
                     break
             final = self.aggregator.flush(wall0 + (time.monotonic() - mono0))
             if final is not None:
                 self._emit(final)
         finally:
+            self.notifier.stopping()
             self.source.stop()
             if self.audio is not None:
                 self.audio.stop()
@@ -173,6 +178,7 @@ class Pipeline:
             self.publisher.stop()
             if self.broker is not None:
                 self.broker.stop()
+            self.notifier.close()
         return self.report()
 
     def _tick(self, tick, now: float) -> bool:

@@ -71,8 +71,41 @@ class NoUsableProvider(RuntimeError):
     pass
 
 
-def _trt_options(manifest: ModelManifest, cfg: RuntimeConfig, precision: str) -> dict[str, Any]:
-    cache = Path(cfg.engine_cache_dir).expanduser()
+@dataclass(frozen=True)
+class TrtEnvironment:
+    tensorrt: str    # TensorRT version, e.g. "10.3.0"
+    gpu: str         # e.g. "NVIDIA Jetson Orin Nano Developer Kit"
+
+
+def trt_environment() -> TrtEnvironment:
+    """What a TensorRT engine is only valid for: the TensorRT version and the GPU. Unknown parts say so."""
+    import re
+    import subprocess
+
+    try:
+        import tensorrt  # JetPack ships it; pip cannot install it on this kind of machine
+        version = tensorrt.__version__
+    except ImportError:
+        version = "unknown"
+    gpu = "unknown"
+    try:
+        gpu = Path("/proc/device-tree/model").read_text().strip("\0\n ")   # Jetson boards
+    except OSError:
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=5).stdout.splitlines()[0].strip() or gpu
+        except (OSError, IndexError, subprocess.SubprocessError):
+            pass
+    return TrtEnvironment(version, re.sub(r"[^A-Za-z0-9._-]+", "-", gpu).strip("-") or "unknown")
+
+
+def engine_cache_dir(base: Path, manifest: ModelManifest, variant_sha256: str, env: TrtEnvironment) -> Path:
+    """One folder per (model file, TensorRT version, GPU): an engine built for anything else is never loaded,
+    because a different file, TensorRT upgrade or board lands in a different folder."""
+    return Path(base).expanduser() / f"{manifest.name}-{variant_sha256[:12]}-trt{env.tensorrt}-{env.gpu}"
+
+
+def _trt_options(manifest: ModelManifest, cfg: RuntimeConfig, precision: str, cache: Path) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
@@ -82,9 +115,11 @@ def _trt_options(manifest: ModelManifest, cfg: RuntimeConfig, precision: str) ->
         "trt_int8_enable": precision == "int8",
     }
     pre = manifest.preprocessing
-    if manifest.input_name and pre is not None:
+    shape = manifest.input_shape or (pre and ([1, pre.height, pre.width] if pre.layout == "NCHW"
+                                               else [pre.height, pre.width, 1]))
+    if manifest.input_name and shape:
         # One optimisation profile covering 1..max batch, so a new face count never triggers an engine rebuild.
-        chw = (f"1x{pre.height}x{pre.width}" if pre.layout == "NCHW" else f"{pre.height}x{pre.width}x1")
+        chw = "x".join(str(d) for d in shape)
         name = manifest.input_name
         opts["trt_profile_min_shapes"] = f"{name}:1x{chw}"
         opts["trt_profile_opt_shapes"] = f"{name}:{min(8, cfg.trt_max_batch)}x{chw}"
@@ -92,7 +127,8 @@ def _trt_options(manifest: ModelManifest, cfg: RuntimeConfig, precision: str) ->
     return opts
 
 
-def plan_sessions(manifest: ModelManifest, available: Sequence[str], cfg: RuntimeConfig) -> list[SessionPlan]:
+def plan_sessions(manifest: ModelManifest, available: Sequence[str], cfg: RuntimeConfig,
+                  trt_env: TrtEnvironment | None = None) -> list[SessionPlan]:
     """Every usable (provider, precision) in preference order; the first one is what we try first."""
     plans: list[SessionPlan] = []
     skipped: list[str] = []
@@ -118,7 +154,10 @@ def plan_sessions(manifest: ModelManifest, available: Sequence[str], cfg: Runtim
                 skipped.append(f"{short}: no {file_precision} file for {manifest.name}")
                 continue
             if short == "tensorrt":
-                providers: tuple = ((ort_name, _trt_options(manifest, cfg, precision)),)
+                trt_env = trt_env or trt_environment()
+                cache = engine_cache_dir(cfg.engine_cache_dir, manifest, manifest.variant(file_precision).sha256,
+                                         trt_env)
+                providers: tuple = ((ort_name, _trt_options(manifest, cfg, precision, cache)),)
                 if ORT_NAMES["cuda"] in available:
                     providers += (ORT_NAMES["cuda"],)  # nodes TensorRT rejects run on CUDA, not the CPU
             elif short == "cuda":
@@ -159,13 +198,13 @@ SessionFactory = Callable[[str, Sequence, RuntimeConfig], Any]
 
 
 def open_session(manifest: ModelManifest, cfg: RuntimeConfig, available: Sequence[str] | None = None,
-                 factory: SessionFactory = _default_session_factory):
+                 factory: SessionFactory = _default_session_factory, trt_env: TrtEnvironment | None = None):
     """Build the best session that really runs where planned. Returns (session, RuntimeReport)."""
     available = _available_providers() if available is None else list(available)
     skipped: list[str] = []
-    for plan in plan_sessions(manifest, available, cfg):
+    for plan in plan_sessions(manifest, available, cfg, trt_env):
         if plan.provider == "tensorrt":
-            Path(cfg.engine_cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
+            Path(plan.ort_providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         variant = manifest.variant(plan.variant)
         path = verify_variant(manifest, variant)
         try:

@@ -13,7 +13,14 @@ import pytest
 
 from appliance.config import RuntimeConfig, default_models_dir
 from appliance.manifest import load_manifest
-from appliance.runtime import ORT_NAMES, NoUsableProvider, open_session, plan_sessions
+from appliance.runtime import ORT_NAMES, NoUsableProvider, TrtEnvironment, engine_cache_dir, open_session
+from appliance.runtime import plan_sessions as _plan_sessions
+
+ORIN = TrtEnvironment("10.3.0", "NVIDIA-Jetson-Orin-Nano-Developer-Kit")
+
+
+def plan_sessions(manifest, available, cfg):
+    return _plan_sessions(manifest, available, cfg, trt_env=ORIN)
 
 MANIFEST = load_manifest(default_models_dir() / "onnx" / "fer_mini_xception")
 TRT, CUDA, CPU = ORT_NAMES["tensorrt"], ORT_NAMES["cuda"], ORT_NAMES["cpu"]
@@ -60,7 +67,9 @@ def test_tensorrt_plan_options():
     name, opts = plan.ort_providers[0]
     assert name == TRT and plan.ort_providers[1:] == (CUDA, CPU)
     assert opts["trt_int8_enable"] and opts["trt_fp16_enable"] and opts["trt_engine_cache_enable"]
-    assert opts["trt_engine_cache_path"] == "/var/cache/x"
+    sha = MANIFEST.variant("int8").sha256[:12]
+    assert opts["trt_engine_cache_path"] == f"/var/cache/x/fer_mini_xception-{sha}-trt10.3.0-" \
+        "NVIDIA-Jetson-Orin-Nano-Developer-Kit"
     assert opts["trt_profile_min_shapes"] == "input:1x1x64x64"
     assert opts["trt_profile_max_shapes"] == "input:16x1x64x64"
 
@@ -98,7 +107,8 @@ def test_silent_fallback_is_detected_and_replanned(works, tmp_path):
     # onnxruntime-gpu without a usable GPU lists TensorRT/CUDA as available but runs on the CPU; the report
     # must say what really happened and the CPU must get its own precision (fp32), not TensorRT's INT8 file.
     cfg = RuntimeConfig(engine_cache_dir=tmp_path / "engines")
-    session, report = open_session(MANIFEST, cfg, available=[TRT, CUDA, CPU], factory=gpu_factory(works))
+    session, report = open_session(MANIFEST, cfg, available=[TRT, CUDA, CPU], factory=gpu_factory(works),
+                                   trt_env=ORIN)
     expected = "tensorrt" if TRT in works else "cuda" if CUDA in works else "cpu"
     assert report.provider == expected
     assert report.precision == {"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"}[expected]
@@ -111,7 +121,8 @@ def test_a_provider_that_raises_is_skipped(tmp_path):
             raise RuntimeError("libnvinfer.so.10: cannot open shared object file")
         return FakeSession([p if isinstance(p, str) else p[0] for p in providers])
 
-    _, report = open_session(MANIFEST, RuntimeConfig(engine_cache_dir=tmp_path), [TRT, CUDA, CPU], factory)
+    _, report = open_session(MANIFEST, RuntimeConfig(engine_cache_dir=tmp_path), [TRT, CUDA, CPU], factory,
+                             trt_env=ORIN)
     assert report.provider == "cuda" and "libnvinfer" in report.skipped[0]
 
 
@@ -143,3 +154,11 @@ def test_every_combination_has_a_plan():
         for combo in itertools.combinations([TRT, CUDA, CPU], n):
             available = list(combo) if CPU in combo else list(combo) + [CPU]
             assert plan_sessions(MANIFEST, available, RuntimeConfig())
+
+
+def test_engine_cache_is_keyed_by_file_tensorrt_and_gpu(tmp_path):
+    fp32, int8 = MANIFEST.variant("fp32").sha256, MANIFEST.variant("int8").sha256
+    base = engine_cache_dir(tmp_path, MANIFEST, int8, ORIN)
+    assert base != engine_cache_dir(tmp_path, MANIFEST, fp32, ORIN)
+    assert base != engine_cache_dir(tmp_path, MANIFEST, int8, TrtEnvironment("10.7.0", ORIN.gpu))
+    assert base != engine_cache_dir(tmp_path, MANIFEST, int8, TrtEnvironment("10.3.0", "NVIDIA-Jetson-AGX-Orin"))

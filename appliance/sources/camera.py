@@ -83,8 +83,11 @@ class CameraSpec:
         return f"{self.kind} {self.target}"
 
 
-def resolve_spec(source: str) -> CameraSpec:
-    source = source.strip()
+def resolve_spec(source: str, cfg: CameraConfig | None = None) -> CameraSpec:
+    from appliance.sources.gstreamer import CaptureFormat, expand
+
+    fmt = CaptureFormat(cfg.width, cfg.height, cfg.fps, cfg.flip) if cfg else CaptureFormat()
+    source = expand(source.strip(), fmt)
     if source == "demo":
         return CameraSpec("file", str(DEMO_VIDEO))
     if source.isdigit():

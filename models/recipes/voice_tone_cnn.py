@@ -231,6 +231,7 @@ def finalize(args) -> None:
     manifest = ModelManifest(
         name="voice_tone_cnn", version="1.0.0", task="speech-emotion", format="onnx", labels=LABELS,
         input_name="input", output_name="probabilities", variants=variants,
+        input_shape=[1, DEFAULT.n_mels, DEFAULT.frames(SEGMENT)],
         provider_precision={"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"},
         provider_precision_source="benchmarks/results/runtime_precisions.md",
         provenance=Provenance(

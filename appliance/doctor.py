@@ -1,0 +1,211 @@
+"""`appliance doctor`: one line per check of this unit, with a concrete fix for each failure."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from appliance.config import AppConfig
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warn: bool = False    # worth knowing, not a failure
+
+    def line(self) -> str:
+        mark = "FAIL" if not self.ok else ("warn" if self.warn else "ok  ")
+        text = f"[{mark}] {self.name:<13} {self.detail}"
+        return text + (f"\n       fix: {self.fix}" if self.fix and (self.warn or not self.ok) else "")
+
+
+def check_camera(cfg: AppConfig) -> Check:
+    import cv2
+
+    from appliance.sources.camera import SourceError, _default_capture, gstreamer_available, probe_file, resolve_spec
+
+    spec = resolve_spec(cfg.camera.source, cfg.camera)
+    if spec.kind == "file":
+        try:
+            info = probe_file(str(spec.target))
+        except SourceError as e:
+            return Check("camera", False, str(e), "set camera.source to a readable video file or a camera")
+        return Check("camera", True, f"file {spec.target}: {info['width']}x{info['height']} at {info['fps']:.1f} fps")
+    if spec.kind == "gstreamer" and not gstreamer_available():
+        return Check("camera", False, "GStreamer pipeline, but this OpenCV has no GStreamer",
+                     "use JetPack's OpenCV: deploy/jetson/install.sh builds the venv with --system-site-packages "
+                     "and removes pip's opencv wheels")
+    cap = _default_capture(spec)
+    try:
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+    finally:
+        cap.release()
+    if not ok:
+        return Check("camera", False, f"{spec.describe()} did not deliver a frame",
+                     "check the cable and `v4l2-ctl --list-devices`; the service user must be in group video")
+    return Check("camera", True, f"{spec.describe()}: {frame.shape[1]}x{frame.shape[0]}, backend {cv2.__version__}")
+
+
+def check_microphone(cfg: AppConfig) -> Check:
+    from appliance.pipeline import make_audio_source
+    from appliance.sources.audio import MicSource
+    from appliance.sources.camera import SourceError, resolve_spec
+
+    try:
+        source = make_audio_source(cfg, resolve_spec(cfg.camera.source, cfg.camera), False)
+    except SourceError as e:
+        return Check("microphone", False, str(e), "set audio.source to a readable WAV/FLAC file, 'mic' or 'none'")
+    if source is None:
+        return Check("microphone", True, "no audio source configured (vision only)", warn=True)
+    if not isinstance(source, MicSource):
+        return Check("microphone", True, f"{source.describe()}: {len(source.audio) / 16000:.1f} s at 16 kHz")
+    import pyaudio
+
+    pa = pyaudio.PyAudio()
+    try:
+        index = MicSource.find_device(pa, source.device)
+        info = pa.get_device_info_by_index(index) if index is not None else pa.get_default_input_device_info()
+        pa.is_format_supported(16000, input_device=info["index"], input_channels=1, input_format=pyaudio.paInt16)
+        return Check("microphone", True, f"{info['name']}: 16 kHz mono supported")
+    except (OSError, ValueError, SourceError) as e:
+        return Check("microphone", False, f"{source.describe()}: {e}",
+                     "plug the microphone in, check `arecord -l`, and that the service user is in group audio")
+    finally:
+        pa.terminate()
+
+
+def check_models(cfg: AppConfig) -> list[Check]:
+    from appliance.manifest import ModelFileError, load_manifest, verify_variant
+
+    checks = []
+    folders = [cfg.models.dir / "tflite" / "blazeface_short_range", cfg.models.dir / "onnx" / cfg.expression.model,
+               cfg.models.dir / "onnx" / cfg.voice.vad_model, cfg.models.dir / "onnx" / cfg.voice.model]
+    for folder in folders:
+        try:
+            manifest = load_manifest(folder)
+            for variant in manifest.variants:
+                verify_variant(manifest, variant)
+            acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}" for v in manifest.variants if v.accuracy]
+            checks.append(Check(f"model", True, f"{manifest.name} {manifest.version}: "
+                                f"{', '.join(manifest.precisions())} sha256 match" + (f"; {', '.join(acc)}" if acc
+                                                                                    else "")))
+        except (ModelFileError, ValueError) as e:
+            checks.append(Check("model", False, str(e), f"reinstall the models or rebuild them: make models"))
+    return checks
+
+
+def check_providers(cfg: AppConfig) -> Check:
+    import onnxruntime as ort
+
+    from appliance.runtime import SHORT_NAMES
+
+    available = [SHORT_NAMES.get(p, p) for p in ort.get_available_providers()]
+    wanted = [p for p in cfg.runtime.providers if p in available]
+    detail = f"onnxruntime {ort.__version__}: {', '.join(available)}; will use {wanted[0] if wanted else 'nothing'}"
+    if not wanted:
+        return Check("providers", False, detail, f"runtime.providers {cfg.runtime.providers} has none of these")
+    if "tensorrt" in cfg.runtime.providers and "tensorrt" not in available:
+        return Check("providers", True, detail + " (no TensorRT: CPU/CUDA only)", warn=True,
+                     fix="on a Jetson install onnxruntime-gpu for JetPack (deploy/jetson/install.sh)")
+    return Check("providers", True, detail)
+
+
+def check_engine_cache(cfg: AppConfig) -> Check:
+    import onnxruntime as ort
+
+    cache = Path(cfg.runtime.engine_cache_dir).expanduser()
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        return Check("engine cache", True, f"{cache}: not used without TensorRT", warn=True)
+    engines = list(cache.glob("*/*.engine")) if cache.is_dir() else []
+    if not engines:
+        return Check("engine cache", False, f"{cache}: no TensorRT engines yet (first start would build them)",
+                     "run: appliance models build-engines")
+    return Check("engine cache", True, f"{cache}: {len(engines)} engines")
+
+
+def check_broker(cfg: AppConfig, timeout: float = 3.0) -> Check:
+    from appliance.config import parse_broker_url
+
+    if cfg.mqtt.broker is None:
+        return Check("broker", True, "none configured: `appliance run` starts an embedded broker on loopback",
+                     warn=True)
+    addr = parse_broker_url(cfg.mqtt.broker)
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((addr.host, addr.port), timeout=timeout) as s:
+            if not addr.tls:
+                # MQTT 3.1.1 CONNECT, clean session, client id "appliance-doctor"; expect CONNACK (0x20 ... rc).
+                cid = b"appliance-doctor"
+                var = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(cid).to_bytes(2, "big") + cid
+                s.sendall(b"\x10" + bytes([len(var)]) + var)
+                s.settimeout(timeout)
+                ack = s.recv(4)
+                if len(ack) < 4 or ack[0] != 0x20:
+                    return Check("broker", False, f"{cfg.mqtt.broker} answered, but not as an MQTT broker",
+                                 "check mqtt.broker's host and port")
+                if ack[3] != 0:
+                    return Check("broker", False, f"{cfg.mqtt.broker} refused the connection (CONNACK code "
+                                 f"{ack[3]})", "check the broker's ACL / credentials for this device")
+                s.sendall(b"\xe0\x00")   # DISCONNECT
+    except OSError as e:
+        return Check("broker", False, f"{cfg.mqtt.broker}: {e}",
+                     "check the network and that the broker runs; the daemon queues events meanwhile")
+    return Check("broker", True, f"{cfg.mqtt.broker}: MQTT CONNACK in {1000 * (time.monotonic() - t0):.0f} ms")
+
+
+def check_disk(cfg: AppConfig, minimum_mb: int = 500) -> Check:
+    paths = [Path(cfg.state.dir).expanduser(), Path(cfg.runtime.engine_cache_dir).expanduser()]
+    worst = None
+    for path in paths:
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free // (1 << 20)
+        if worst is None or free < worst[1]:
+            worst = (path, free)
+    path, free = worst
+    if free < minimum_mb:
+        return Check("disk", False, f"{free} MB free for {path}", f"free at least {minimum_mb} MB (state, outbox, "
+                     "engine cache)")
+    return Check("disk", True, f"{free} MB free for {path}")
+
+
+def check_clock() -> Check:
+    import subprocess
+
+    now = time.time()
+    if now < 1_704_067_200:   # 2024-01-01: a board that booted without RTC battery or network says 1970/2018
+        return Check("clock", False, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now)),
+                     "set the time (NTP: timedatectl set-ntp true); window timestamps depend on it")
+    try:
+        out = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    if out == "no":
+        return Check("clock", True, f"{when}, not NTP-synchronised", warn=True,
+                     fix="timedatectl set-ntp true")
+    return Check("clock", True, when + (", NTP-synchronised" if out == "yes" else ""))
+
+
+def run_checks(cfg: AppConfig) -> list[Check]:
+    steps: list[Callable[[], Check | list[Check]]] = [
+        lambda: check_camera(cfg), lambda: check_microphone(cfg), lambda: check_models(cfg),
+        lambda: check_providers(cfg), lambda: check_engine_cache(cfg), lambda: check_broker(cfg),
+        lambda: check_disk(cfg), check_clock]
+    checks: list[Check] = []
+    for step in steps:
+        try:
+            result = step()
+        except Exception as e:  # a check that crashes is a failed check, never a doctor that crashes
+            result = Check(getattr(step, "__name__", "check"), False, f"{type(e).__name__}: {e}")
+        checks += result if isinstance(result, list) else [result]
+    return checks
