@@ -144,6 +144,12 @@ class WindowAggregator:
         """A tick with no new camera frame: time passes, no face is observed (voice may still be)."""
         return self.add(t, (), np.zeros((0, len(self.labels)), np.float32), speech_s, tone)
 
+    def restart(self) -> None:
+        """Forget the open window and the tracks (after a pause: what came before must not join what follows)."""
+        self._start = None
+        self.tracker = FaceTracker(self.tracker.max_age_s, self.tracker.iou_threshold)
+        self._reset()
+
     def flush(self, t: float) -> WindowSummary | None:
         """Close the open window early (at shutdown). Nothing is returned for a window with no ticks."""
         if self._start is None or self._ticks == 0:

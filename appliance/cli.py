@@ -127,6 +127,9 @@ def run(
     pipeline = Pipeline(cfg, on_summary=show, on_broker=announce, on_alert=show_alert)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: pipeline.stop())
+    # Local opt-out without a network: `systemctl kill -s USR1 appliance` pauses, USR2 resumes.
+    signal.signal(signal.SIGUSR1, lambda *_: pipeline.request_pause(True))
+    signal.signal(signal.SIGUSR2, lambda *_: pipeline.request_pause(False))
     print(f"appliance {__version__}: device {cfg.device.id}, profile {cfg.device.profile} (k={cfg.k_min}), "
           f"camera {pipeline.spec.describe()}, audio {pipeline.audio.describe() if pipeline.audio else 'none'}, "
           f"{cfg.loop.rate_hz:g} Hz, {cfg.aggregate.window_s:g} s windows, alerts "
@@ -372,6 +375,71 @@ def doctor(config: Optional[Path] = ConfigOpt) -> None:
     print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; {len(failed)} failed" if failed
                                                                              else ""))
     if failed:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ privacy
+@app.command()
+def notice(config: Optional[Path] = ConfigOpt) -> None:
+    """Print the signage text for this unit: what is measured, what is sent, retention, purpose, contact."""
+    from appliance.notice import notice_text
+
+    print(notice_text(_load(config)))
+
+
+zones_app = typer.Typer(no_args_is_help=True, help="Staff exclusion zones (never analysed).")
+app.add_typer(zones_app, name="zones")
+
+
+@zones_app.command("preview")
+def zones_preview(
+    out: Path = typer.Option(..., "--out", help="PNG to write"),
+    config: Optional[Path] = ConfigOpt,
+    video: Optional[str] = typer.Option(None, "--video", help="take the frame from this file"),
+    camera: Optional[str] = typer.Option(None, "--camera", help="take the frame from this camera"),
+    frame_index: int = typer.Option(30, "--frame", min=0, help="which frame of a file"),
+) -> None:
+    """Draw the exclusion zones and the faces that would be analysed on one frame, to check the zones."""
+    import cv2
+
+    from appliance.perception.faces import FaceDetector
+    from appliance.perception.zones import ExclusionZones
+    from appliance.pipeline import face_detector_path
+    from appliance.sources.camera import _default_capture, resolve_spec
+
+    cfg = _load(config, **{"camera.source": video or camera})
+    _setup_logging("WARNING")
+    spec = resolve_spec(cfg.camera.source, cfg.camera)
+    cap = _default_capture(spec)
+    if spec.kind == "file":
+        cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
+    ok, frame = cap.read() if cap.isOpened() else (False, None)
+    cap.release()
+    if not ok:
+        raise UserError(f"could not read a frame from {spec.describe()}")
+    zones = ExclusionZones(cfg.privacy.exclusion_zones)
+    with FaceDetector(face_detector_path(cfg), cfg.faces.score_threshold, cfg.faces.max_faces,
+                      cfg.faces.min_face_px, cfg.faces.tiles) as detector:
+        boxes = zones.drop(detector.detect(zones.apply(frame)).boxes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), zones.preview(frame, boxes))
+    print(f"wrote {out}: {len(cfg.privacy.exclusion_zones)} zones, {len(boxes)} faces would be analysed")
+
+
+@app.command()
+def audit(config: Optional[Path] = ConfigOpt, tail: int = typer.Option(20, "--tail", help="lines to show")) -> None:
+    """Show the local audit log and check that its hash chain is intact (exit 1 if not)."""
+    from appliance.audit import verify
+
+    cfg = _load(config)
+    path = Path(cfg.state.dir).expanduser() / "audit.log"
+    if not path.exists():
+        raise UserError(f"no audit log at {path} yet (written from the first `appliance run`)")
+    for line in path.read_text().splitlines()[-tail:]:
+        print(line)
+    intact, n, what = verify(path)
+    print(f"\n{path}: {n} entries, {what}")
+    if not intact:
         raise typer.Exit(1)
 
 

@@ -32,7 +32,8 @@ def default_models_dir() -> Path:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # coerce_numbers_to_str: APPLIANCE_CAMERA__SOURCE=0 (a device index) arrives as the number 0.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 # Deployment profiles fix the privacy floor: the minimum number of distinct faces a window needs before its
@@ -154,6 +155,53 @@ class StateConfig(Section):
     dir: Path = Field(default=Path("~/.local/state/appliance"), description="persistent device state (seq)")
 
 
+def is_live_camera(source: str) -> bool:
+    """A camera that looks at people now (device, stream, pipeline), as opposed to a recorded file."""
+    source = source.strip()
+    return (source.isdigit() or "!" in source or "://" in source or source.startswith("/dev/")
+            or source.split(":", 1)[0] in ("csi", "usb", "usb-raw"))
+
+
+# EU member states (ISO 3166-1 alpha-2): the EU AI Act applies in each of them.
+EU_MEMBERS = {"AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT",
+              "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"}
+Purpose = Literal["customer-experience", "market-research", "workplace", "education"]
+
+
+class PrivacyConfig(Section):
+    purpose: Purpose | None = Field(default=None, description="required for any camera but the bundled demo")
+    jurisdiction: str | None = Field(default=None, description="'EU', an ISO 3166-1 alpha-2 country code, or 'other'")
+    controller: str = Field(default="", description="who runs the unit, for the notice")
+    contact: str = Field(default="", description="where people ask or object, for the notice")
+    exclusion_zones: list[list[tuple[float, float]]] = Field(
+        default_factory=list, description="polygons in camera pixels (e.g. behind the counter), masked before "
+        "face detection: no face there is ever analysed")
+    pause_file: Path | None = Field(default=None, description="while this file exists the unit is paused; "
+                                    "default: <state.dir>/paused (a GPIO button can create and remove it)")
+
+    @field_validator("jurisdiction")
+    @classmethod
+    def _jurisdiction(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if v in ("EU", "other") or re.fullmatch(r"[A-Z]{2}", v):
+            return v
+        raise ValueError(f"{v!r} is not 'EU', 'other' or an ISO 3166-1 alpha-2 code (e.g. 'DE', 'US')")
+
+    @field_validator("exclusion_zones")
+    @classmethod
+    def _polygons(cls, zones: list) -> list:
+        for i, zone in enumerate(zones):
+            if len(zone) < 3:
+                raise ValueError(f"zone {i} has {len(zone)} points; a polygon needs at least 3")
+        return zones
+
+    @property
+    def in_eu(self) -> bool:
+        return self.jurisdiction == "EU" or self.jurisdiction in EU_MEMBERS
+
+
 class LogConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -172,19 +220,31 @@ class AppConfig(Section):
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")
     def _privacy_floor(self) -> "AppConfig":
+        if is_live_camera(self.camera.source):
+            for key in ("purpose", "jurisdiction"):
+                if getattr(self.privacy, key) is None:
+                    raise ValueError(f"privacy.{key}: required for a live camera (recordings such as the demo run "
+                                     "without); see `appliance notice` and the README's Privacy section")
+        if self.privacy.purpose in ("workplace", "education") and self.privacy.in_eu:
+            raise ValueError(
+                f"privacy.purpose: '{self.privacy.purpose}' is prohibited in {self.privacy.jurisdiction}: the EU AI "
+                "Act, Art. 5(1)(f), forbids emotion recognition in the workplace and in education institutions "
+                "(except for medical or safety reasons, which this product does not serve)")
         floor = PROFILE_MIN_K[self.device.profile]
         if self.aggregate.k_min is not None and self.aggregate.k_min < floor:
             # Cross-field errors start with the key's dotted path so the error report can name it.
             raise ValueError(
                 f"aggregate.k_min: {self.aggregate.k_min} is below the '{self.device.profile}' profile's floor "
                 f"of {floor} distinct faces")
-        if self.alerts.enabled and self.device.profile != "kiosk":
-            raise ValueError("alerts.enabled: alerts exist only in the kiosk profile (an alert is about one "
-                             "customer, which a crowd profile must not single out)")
+        if self.alerts.enabled and (self.device.profile != "kiosk" or self.purpose != "customer-experience"):
+            raise ValueError("alerts.enabled: alerts exist only in the kiosk profile with purpose "
+                             "customer-experience (an alert is about one customer's escalation, for staff to help; a "
+                             "crowd profile or a research purpose must not single anyone out)")
         if self.alerts.off_threshold >= self.alerts.on_threshold:
             raise ValueError("alerts.off_threshold: must be below alerts.on_threshold (hysteresis)")
         if self.aggregate.window_s * self.loop.rate_hz < 1:
@@ -192,8 +252,18 @@ class AppConfig(Section):
         return self
 
     @property
+    def purpose(self) -> str:
+        # The bundled demo is a customer-experience kiosk; every real camera must say its purpose.
+        return self.privacy.purpose or "customer-experience"
+
+    @property
     def alerts_enabled(self) -> bool:
-        return self.device.profile == "kiosk" and self.alerts.enabled is not False
+        return (self.device.profile == "kiosk" and self.purpose == "customer-experience"
+                and self.alerts.enabled is not False)
+
+    @property
+    def pause_file(self) -> Path:
+        return Path(self.privacy.pause_file or Path(self.state.dir) / "paused").expanduser()
 
     @property
     def k_min(self) -> int:

@@ -6,6 +6,7 @@ Data flows one way. The loop owns time; stages only compute. Every tick is timed
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,12 +16,14 @@ import numpy as np
 from appliance import __version__
 from appliance.aggregate import FaceTracker, WindowAggregator, WindowSummary
 from appliance.alerts import Alert, Anger
+from appliance.audit import AuditLog
 from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
 from appliance.loop import FixedRateScheduler, percentiles
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceDetector, crop_faces
 from appliance.perception.vad import VoiceActivity
+from appliance.perception.zones import ExclusionZones
 from appliance.perception.voice import SpeechBuffer, VoiceToneModel
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.mqtt import MqttPublisher
@@ -73,6 +76,10 @@ def face_detector_path(config: AppConfig):
     return verify_variant(manifest, manifest.variants[0])
 
 
+def face_detector_sha(config: AppConfig) -> str:
+    return load_manifest(config.models.dir / "tflite" / "blazeface_short_range").variants[0].sha256
+
+
 class Pipeline:
     def __init__(self, config: AppConfig, on_summary: Callable[[dict], None] | None = None,
                  on_broker: Callable[[str], None] | None = None, on_alert: Callable[[dict], None] | None = None,
@@ -106,9 +113,14 @@ class Pipeline:
         self.anger = Anger(config.alerts, self.scheduler.period, config.voice.step_s) \
             if config.alerts_enabled else None
         self._clip_warned_at = -1e9
+        self.zones = ExclusionZones(config.privacy.exclusion_zones)
+        self.audit = AuditLog(config.state.dir / "audit.log")
+        self.paused_by: set[str] = set()
+        self._signal_pause: bool | None = None    # set from a signal handler, applied by the loop
         self._no_faces = np.zeros((0, len(self.expression.labels)), np.float32)
         self._face_angry = self.expression.labels.index("angry")
         self._voice_angry = self.tone.labels.index("angry") if self.tone else None
+        self._detector_sha = face_detector_sha(config)
         self.detector = FaceDetector(face_detector_path(config), config.faces.score_threshold,
                                      config.faces.max_faces, config.faces.min_face_px, config.faces.tiles)
         self.broker: EmbeddedBroker | None = None
@@ -123,6 +135,7 @@ class Pipeline:
         self.summaries = 0
         self.alerts = 0
         reports = [self.expression.report] + ([self.vad.report, self.tone.report] if self.tone else [])
+        self._model_sha = {r.model: r.sha256 for r in reports} | {"blazeface_short_range": self._detector_sha}
         self.models = [{"model": "blazeface_short_range", "provider": "xnnpack", "precision": "fp32"}] + [
             {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
 
@@ -131,14 +144,72 @@ class Pipeline:
         self.scheduler.stop()
 
     def _status(self) -> dict:
-        extra = {"profile": self.config.device.profile, "camera": self.source.state.value, "models": self.models}
+        extra = {"profile": self.config.device.profile, "purpose": self.config.purpose,
+                 "camera": self.source.state.value, "models": self.models}
+        if self.paused_by:
+            extra["paused_by"] = sorted(self.paused_by)
         if getattr(self, "audio", None) is not None:
-            extra["audio"] = self.audio.state.value
+            extra["microphone"] = self.audio.state.value
         return extra
 
     def _camera_state(self, state: SourceState, detail: str) -> None:
         if self.publisher is not None:
-            self.publisher.set_status("online", **self._status())
+            self.publisher.set_status("paused" if self.paused_by else "online", **self._status())
+
+    # ------------------------------------------------------------------------------------------- opt-out
+    def request_pause(self, paused: bool) -> None:
+        """From a signal handler: only records the wish; the loop applies it at the next tick."""
+        self._signal_pause = paused
+
+    def _update_pause(self, now: float) -> None:
+        wanted = set(self.paused_by)
+        if self.config.pause_file.exists():
+            wanted.add("file")
+        else:
+            wanted.discard("file")
+        if self._signal_pause is not None:
+            (wanted.add if self._signal_pause else wanted.discard)("signal")
+            self._signal_pause = None
+        while self.publisher is not None:
+            try:
+                command = self.publisher.commands.get_nowait()
+            except queue.Empty:
+                break
+            error = None
+            if command.name == "pause":
+                wanted.add("remote")
+            elif command.name == "resume":
+                wanted.discard("remote")
+                if wanted:
+                    error = f"still paused locally ({', '.join(sorted(wanted))}); only the store can lift that"
+            self._apply_pause(wanted, now, command.reason)
+            self.publisher.reply(command, error is None, error)
+            log.info("command %s%s: %s", command.name, f" ({command.reason})" if command.reason else "",
+                     error or "done")
+        self._apply_pause(wanted, now)
+
+    def _apply_pause(self, wanted: set[str], now: float, reason: str | None = None) -> None:
+        if wanted == self.paused_by:
+            return
+        was_paused = bool(self.paused_by)
+        self.paused_by = wanted
+        if wanted and not was_paused:
+            # Close the window so far; nothing observed while paused may be mixed into any window.
+            final = self.aggregator.flush(now)
+            if final is not None:
+                self._emit(final)
+            self.aggregator.restart()
+            log.warning("paused by %s: no inference runs until resumed", ", ".join(sorted(wanted)))
+            self.audit.append("pause", by=sorted(wanted), reason=reason)
+        elif not wanted and was_paused:
+            if self.vad is not None:
+                self.vad.reset()
+                self.speech.reset()
+            log.warning("resumed")
+            self.audit.append("resume", reason=reason)
+        else:
+            self.audit.append("pause", by=sorted(wanted), reason=reason)
+        self.publisher.set_status("paused" if wanted else "online", **self._status())
 
     _audio_state = _camera_state
 
@@ -151,8 +222,10 @@ class Pipeline:
         if self._on_broker:
             self._on_broker(self._broker_url)
         self.publisher = MqttPublisher(cfg.mqtt, parse_broker_url(self._broker_url), cfg.device.id, __version__)
-        self.publisher.set_status("online", **self._status())
+        self._update_pause_file_only()
+        self.publisher.set_status("paused" if self.paused_by else "online", **self._status())
         self.publisher.start()
+        self.audit.start(cfg, __version__, [m | {"sha256": self._model_sha[m["model"]]} for m in self.models])
         self.source.start()
         if self.audio is not None:
             self.audio.start()
@@ -170,6 +243,7 @@ class Pipeline:
             if final is not None:
                 self._emit(final)
         finally:
+            self.audit.append("stop", ticks=self.scheduler.ticks, summaries=self.summaries, alerts=self.alerts)
             self.notifier.stopping()
             self.source.stop()
             if self.audio is not None:
@@ -183,19 +257,26 @@ class Pipeline:
 
     def _tick(self, tick, now: float) -> bool:
         """One tick: vision, voice, aggregation, publishing, each stage timed. Returns whether a frame was new."""
+        self._update_pause(now)
         with tick.stage("capture"):
             frame = self.source.buffer.take()
+        if self.paused_by:
+            # Opted out: frames and audio are taken only to be thrown away; no model runs at all.
+            if self.audio is not None:
+                self.audio.ring.read_new()
+            return frame is not None
         boxes, probs = (), self._no_faces
         if frame is None:
             self.source.check_stall(tick.started)
         else:
             with tick.stage("detect"):
-                boxes = self.detector.detect(frame.image).boxes
+                image = self.zones.apply(frame.image)    # staff zones are black before any model sees the frame
+                boxes = self.zones.drop(self.detector.detect(image).boxes)
             if self.replicate_faces and boxes:
                 # Benchmark stress only: the first face N times, as if N customers stood there.
                 boxes = tuple(boxes[:1]) * self.replicate_faces
             with tick.stage("crop"):
-                crops = crop_faces(frame.image, boxes, self.expression.size, self.config.faces.margin)
+                crops = crop_faces(image, boxes, self.expression.size, self.config.faces.margin)
             with tick.stage("expression"):
                 probs = self.expression.classify(crops).probabilities
         speech_s, tone, voice_anger = 0.0, None, None
@@ -237,6 +318,10 @@ class Pipeline:
         self._log_health()
         if self.on_summary:
             self.on_summary(payload)
+
+    def _update_pause_file_only(self) -> None:
+        if self.config.pause_file.exists():
+            self.paused_by.add("file")
 
     def _emit_alert(self, alert: Alert) -> None:
         payload = alert_payload(alert, self.config.device.id, self.seq.next(), self.config.device.profile)

@@ -54,7 +54,8 @@ def test_install_dry_run_prints_the_whole_plan_and_changes_nothing():
 def test_install_plan_on_jetpack6_uses_the_gpu_runtime_and_builds_engines(tmp_path):
     release = tmp_path / "nv_tegra_release"
     release.write_text(JP6)
-    proc = install("--dry-run", env={"NV_TEGRA_RELEASE": str(release)})
+    proc = install("--dry-run", "--purpose", "customer-experience", "--jurisdiction", "FR",
+                   env={"NV_TEGRA_RELEASE": str(release)})
     assert proc.returncode == 0, proc.stderr
     assert "L4T 36.4.0 (JetPack 6)" in proc.stdout
     assert re.search(r"pip install --quiet --index-url \S+/jp6/cu126 onnxruntime-gpu", proc.stdout)
@@ -63,13 +64,19 @@ def test_install_plan_on_jetpack6_uses_the_gpu_runtime_and_builds_engines(tmp_pa
 
 
 def test_generated_config_validates(tmp_path):
-    proc = install("--print-config")
+    proc = install("--print-config", "--purpose", "customer-experience", "--jurisdiction", "DE")
     assert proc.returncode == 0
     path = tmp_path / "config.toml"
     path.write_text(proc.stdout)
     cfg = load_config(path, env={})
     assert cfg.camera.source == "csi:0" and cfg.audio.source == "mic"
     assert str(cfg.runtime.engine_cache_dir) == "/var/cache/appliance/trt-engines"
+    assert (cfg.privacy.purpose, cfg.privacy.jurisdiction) == ("customer-experience", "DE")
+
+
+def test_install_needs_purpose_and_jurisdiction():
+    proc = install("--force")
+    assert proc.returncode == 2 and "--purpose and --jurisdiction are required" in proc.stderr
 
 
 def test_install_script_is_shellcheck_clean():
@@ -201,11 +208,14 @@ def test_csi_and_usb_pipelines():
 
 def test_camera_config_feeds_the_pipeline_and_is_checked_against_opencv(tmp_path):
     cfg = load_config(None, env={"APPLIANCE_CAMERA__SOURCE": "csi:0", "APPLIANCE_CAMERA__WIDTH": "640",
-                                 "APPLIANCE_CAMERA__HEIGHT": "480", "APPLIANCE_STATE__DIR": str(tmp_path)})
+                                 "APPLIANCE_CAMERA__HEIGHT": "480", "APPLIANCE_STATE__DIR": str(tmp_path),
+                                 "APPLIANCE_PRIVACY__PURPOSE": "market-research",
+                                 "APPLIANCE_PRIVACY__JURISDICTION": "US"})
     spec = resolve_spec(cfg.camera.source, cfg.camera)
     assert spec.kind == "gstreamer" and "width=640,height=480" in spec.target
     proc = subprocess.run(appliance_cmd("run", "--camera", "csi:0", "--duration", "1"), capture_output=True,
-                          text=True, timeout=60, env=appliance_env(tmp_path))
+                          text=True, timeout=60, env=appliance_env(tmp_path, APPLIANCE_PRIVACY__PURPOSE="market-research",
+                                                                   APPLIANCE_PRIVACY__JURISDICTION="US"))
     assert proc.returncode == 2 and "no GStreamer" in proc.stderr and "JetPack's OpenCV" in proc.stderr
 
 

@@ -34,7 +34,7 @@ def test_demo_summaries_carry_faces_and_voice(tmp_path, mosquitto, collect):
         expected = (s["faces"]["distribution"]["angry"] + s["voice"]["distribution"]["angry"]) / 2
         assert s["anger_index"] == pytest.approx(expected, abs=2e-3)
     status = watcher.json("/status")[0]
-    assert {m["model"] for m in status["models"]} >= {"voice_tone_cnn", "silero_vad"} and status["audio"]
+    assert {m["model"] for m in status["models"]} >= {"voice_tone_cnn", "silero_vad"} and status["microphone"]
 
 
 def speech_of(data_dir, label: str, seconds: float) -> np.ndarray:

@@ -92,4 +92,4 @@ def test_daemon_keeps_seeing_when_the_microphone_is_missing(tmp_path, mosquitto,
     assert "no input device matching" in proc.stderr
     summaries = watcher.json("/summary")
     assert any(s["faces"] for s in summaries) and all(s["voice"] is None for s in summaries)
-    assert any(s.get("audio") == "retrying" for s in watcher.json("/status"))
+    assert any(s.get("microphone") == "retrying" for s in watcher.json("/status"))

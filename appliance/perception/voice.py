@@ -28,6 +28,9 @@ class SpeechBuffer:
         self.size = int(SEGMENT_S * sample_rate)
         self.step = int(step_s * sample_rate)
         self.min_samples = int(min_speech_s * sample_rate)
+        self.reset()
+
+    def reset(self) -> None:
         self._buffer = np.zeros(0, np.float32)
         self._new = 0
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 
 from appliance.config import BrokerAddress, MqttConfig
+from appliance.publish.commands import Command, CommandError, parse_command, reply_payload
 from appliance.publish.payloads import status_payload
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ class MqttPublisher:
         self._lock = threading.Lock()
         self._failures = 0
         self._stopping = False
+        # Commands are parsed on paho's thread and executed by the loop, between ticks.
+        self.commands: queue.Queue[Command] = queue.Queue(maxsize=100)
+        self.rejected = 0
+        self.state = "online"
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"appliance-{device_id}",
                              protocol=mqtt.MQTTv311, clean_session=True)
         client.max_queued_messages_set(cfg.max_queued)
@@ -53,6 +59,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        client.on_message = self._on_message
         self._client = client
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -79,6 +86,7 @@ class MqttPublisher:
     # ------------------------------------------------------------------------------------------- publishing
     def set_status(self, state: str, **extra) -> None:
         with self._lock:
+            self.state = state
             self._status = status_payload(state, self.device_id, self.version, at=time.time(), **extra)
         self._publish(self.topics.status, self._status, retain=True)
 
@@ -108,6 +116,28 @@ class MqttPublisher:
             status = dict(self._status)
         # Re-assert availability on every (re)connect: the broker may have published our last will meanwhile.
         client.publish(self.topics.status, json.dumps(status), qos=1, retain=True)
+        client.subscribe(f"{self.topics.base}/cmd/#", qos=1)
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            command = parse_command(message.topic, message.payload, self.topics.base)
+            self.commands.put_nowait(command)
+        except CommandError as e:
+            self.rejected += 1
+            log.warning("MQTT: rejected command on %s: %s", message.topic[:120], e)
+            self.reply(None, False, error=str(e)[:300])
+        except queue.Full:
+            self.rejected += 1
+            log.warning("MQTT: command queue full; rejected %s", message.topic[:120])
+            self.reply(None, False, error="busy: too many commands queued")
+        except Exception as e:  # paho must never see an exception from us: it would drop the connection
+            self.rejected += 1
+            log.exception("MQTT: command handling failed: %s", e)
+
+    def reply(self, command: Command | None, ok: bool, error: str | None = None) -> None:
+        payload = reply_payload(self.device_id, command.name if command else None, ok, self.state,
+                                command.request_id if command else None, error)
+        self._publish(self.topics.reply, payload, retain=False)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set() and not self._stopping:

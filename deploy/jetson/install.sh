@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the emotion appliance on an NVIDIA Jetson (JetPack 5 or 6) as a hardened systemd service.
 #
-#   sudo deploy/jetson/install.sh [--dry-run] [--force] [--no-start] [--prefix /opt/appliance]
+#   sudo deploy/jetson/install.sh --purpose customer-experience --jurisdiction DE
+#                                 [--dry-run] [--force] [--no-start] [--prefix /opt/appliance]
 #                                 [--config-dir /etc/appliance] [--user appliance] [--ort-index URL]
-#   deploy/jetson/install.sh --print-config      # the config file it would write, on stdout
+#   deploy/jetson/install.sh --print-config --purpose P --jurisdiction J   # the config it would write
 #
 # Idempotent: every step checks what is already there; an existing /etc/appliance/config.toml is never
 # overwritten. --dry-run prints every action instead of doing it. On a machine that is not a Jetson it stops
@@ -21,6 +22,8 @@ DRY_RUN=0
 FORCE=0
 START=1
 PRINT_CONFIG=0
+PURPOSE=""
+JURISDICTION=""
 # Where L4T records its release; overridable so the Jetson path can be dry-run on another machine (the tests do).
 NV_TEGRA_RELEASE=${NV_TEGRA_RELEASE:-/etc/nv_tegra_release}
 # onnxruntime-gpu for JetPack (with the TensorRT and CUDA execution providers) is not on PyPI; NVIDIA's Jetson AI
@@ -39,6 +42,8 @@ while [ $# -gt 0 ]; do
         --config-dir) CONFIG_DIR=$2; shift ;;
         --user) SERVICE_USER=$2; shift ;;
         --ort-index) ORT_INDEX=$2; shift ;;
+        --purpose) PURPOSE=$2; shift ;;
+        --jurisdiction) JURISDICTION=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -80,8 +85,21 @@ render_config() {
         -e 's|^source = "auto".*|source = "mic"                # the default input device; "mic:NAME" to pick one|' \
         -e "s|^engine_cache_dir = .*|engine_cache_dir = \"${CACHE_DIR}/trt-engines\"|" \
         -e "s|^dir = \"~/.local/state/appliance\"|dir = \"${STATE_DIR}/state\"|" \
+        -e "s|^# purpose = \"customer-experience\".*|purpose = \"${PURPOSE:-SET-ME}\"|" \
+        -e "s|^# jurisdiction = \"DE\".*|jurisdiction = \"${JURISDICTION:-SET-ME}\"|" \
         "$SOURCE_DIR/appliance/config.example.toml"
 }
+
+if [ -z "$PURPOSE" ] || [ -z "$JURISDICTION" ]; then
+    msg="--purpose and --jurisdiction are required: emotion recognition is regulated, and the unit refuses to start
+  without them (e.g. --purpose customer-experience --jurisdiction DE; see README, Privacy)"
+    if [ "$DRY_RUN" = 1 ] || [ "$PRINT_CONFIG" = 1 ]; then
+        echo "install.sh: note: $msg" >&2
+    else
+        echo "install.sh: $msg" >&2
+        exit 2
+    fi
+fi
 
 if [ "$PRINT_CONFIG" = 1 ]; then
     render_config
