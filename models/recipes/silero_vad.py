@@ -10,19 +10,18 @@ numpy wrapper (appliance/perception/vad.py); neither torch nor the silero-vad pa
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from appliance.manifest import ModelManifest, Provenance, Variant, sha256_of, write_manifest  # noqa: E402
+from models.recipes.recipe_tools import files_from_wheel  # noqa: E402
 
 WHEEL = "silero-vad==6.2.3"
 MEMBER = "silero_vad/data/silero_vad_16k_op15.onnx"
+SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
 
 
 def main() -> None:
@@ -30,13 +29,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "onnx" / "silero_vad")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", tmp], check=True)
-        wheel = next(Path(tmp).glob("silero_vad-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            (args.out / "fp32.onnx").write_bytes(z.read(MEMBER))
-            licence = next(n for n in z.namelist() if n.endswith("LICENSE"))
-            (args.out / "LICENSE").write_bytes(z.read(licence))
+    files = files_from_wheel(WHEEL, {MEMBER: SHA256})
+    (args.out / "fp32.onnx").write_bytes(files[MEMBER])
+    (args.out / "LICENSE").write_bytes(files["LICENSE"])
     manifest = ModelManifest(
         name="silero_vad", version="6.2.3", task="voice-activity-detection", format="onnx",
         input_name="input", output_name="output",

@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel  # noqa: E402
+from models.recipes.recipe_tools import quantize_qdq  # noqa: E402
 
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 SR = DEFAULT.sample_rate
@@ -362,27 +362,7 @@ def export(model, path: Path) -> None:
 
 
 def quantize(fp32: Path, int8: Path, calib: list[np.ndarray]) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    softmax = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Softmax"]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter({"input": c.astype(np.float32)} for c in calib)
-
-        def get_next(self):
-            return next(self._it, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
-        quantize_static(str(prepped), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    quantize_qdq(fp32, int8, [{"input": c.astype(np.float32)} for c in calib])
 
 
 if __name__ == "__main__":
