@@ -42,10 +42,12 @@ run: setup
 test: setup system-deps
 	APPLIANCE_TEST_DATA=$(DATA) $(BIN)/pytest -q
 
-## FER2013 PublicTest accuracy of both precisions, JSON into benchmarks/results/.
+## Accuracy of both precisions of both models, JSON (+ confusion PNG for voice) into benchmarks/results/.
 eval: setup
 	$(BIN)/appliance eval faces $(DATA)/faces/fer2013/public_test --precision fp32 --json benchmarks/results/eval_faces_fp32.json
 	$(BIN)/appliance eval faces $(DATA)/faces/fer2013/public_test --precision int8 --json benchmarks/results/eval_faces_int8.json
+	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision fp32 --json benchmarks/results/eval_voice_fp32.json
+	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision int8 --json benchmarks/results/eval_voice_int8.json
 
 ## Rebuild the shipped models from their recipes (needs the registries and $(DATA)).
 models: setup
@@ -56,10 +58,14 @@ models: setup
 	$(BIN)/python scripts/demo_audio.py
 	$(BIN)/python models/recipes/voice_tone_cnn.py --data $(DATA)
 
-## Benchmarks of this machine into benchmarks/results/.
+VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20
+## Benchmarks of this machine into benchmarks/results/ (about 10 minutes).
 bench: setup
 	$(BIN)/python benchmarks/runtime_precisions.py
-	$(BIN)/python benchmarks/demo_loop.py
+	$(BIN)/python benchmarks/vad_eval.py --data $(DATA)
+	$(BIN)/appliance bench --seconds 300 --faces 4 --matrix --faces-data $(DATA)/faces/fer2013/public_test \
+		--voice-data $(DATA)/speech --voice-where $(VAL_SPEAKERS) --json benchmarks/results/bench.json
+	$(BIN)/python benchmarks/repeatability.py --seconds 60
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

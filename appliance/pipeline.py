@@ -116,6 +116,7 @@ class Pipeline:
         self.zones = ExclusionZones(config.privacy.exclusion_zones)
         self.audit = AuditLog(config.state.dir / "audit.log")
         self.paused_by: set[str] = set()
+        self._pause_file = config.pause_file
         self._signal_pause: bool | None = None    # set from a signal handler, applied by the loop
         self._no_faces = np.zeros((0, len(self.expression.labels)), np.float32)
         self._face_angry = self.expression.labels.index("angry")
@@ -163,7 +164,7 @@ class Pipeline:
 
     def _update_pause(self, now: float) -> None:
         wanted = set(self.paused_by)
-        if self.config.pause_file.exists():
+        if self._pause_file.exists():
             wanted.add("file")
         else:
             wanted.discard("file")
@@ -192,7 +193,7 @@ class Pipeline:
         if wanted == self.paused_by:
             return
         was_paused = bool(self.paused_by)
-        self.paused_by = wanted
+        self.paused_by = set(wanted)    # a copy: the caller goes on editing its own set
         if wanted and not was_paused:
             # Close the window so far; nothing observed while paused may be mixed into any window.
             final = self.aggregator.flush(now)
@@ -320,7 +321,7 @@ class Pipeline:
             self.on_summary(payload)
 
     def _update_pause_file_only(self) -> None:
-        if self.config.pause_file.exists():
+        if self._pause_file.exists():
             self.paused_by.add("file")
 
     def _emit_alert(self, alert: Alert) -> None:
