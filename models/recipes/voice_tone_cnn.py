@@ -34,6 +34,13 @@ SR = DEFAULT.sample_rate
 SEGMENT = 2 * SR
 EVAL_HOP = SR // 2
 VAL_SPEAKERS = {f"ravdess-{i:02d}" for i in range(17, 21)}
+WEIGHTS_LICENCE = """voice_tone_cnn weights: trained by models/recipes/voice_tone_cnn.py of this repository.
+
+The training data carry non-commercial licences, and so may these weights:
+- RAVDESS (Livingstone & Russo 2018), CC BY-NC-SA 4.0
+- TESS (Toronto Emotional Speech Set), CC BY-NC-ND 4.0
+Use them for evaluation and research; retrain on licensed recordings before commercial deployment.
+"""
 
 
 def load_index(data: Path):
@@ -268,6 +275,7 @@ def finalize(args) -> None:
                   "(mean-normalised); output softmax probabilities"),
     )
     write_manifest(manifest, args.out)
+    (args.out / "LICENSE").write_text(WEIGHTS_LICENCE)
     manifest = load_manifest(args.out)
     for variant in manifest.variants:
         model = VoiceToneModel(manifest, RuntimeConfig(providers=["cpu"], precision=variant.precision))
