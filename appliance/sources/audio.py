@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from appliance.sources.base import ReportsState, SourceError, SourceState
+from appliance.sources.base import SourceError, SourceState, ThreadedSource
 
 log = logging.getLogger(__name__)
 
@@ -95,31 +95,12 @@ def load_audio_file(path: str | Path) -> np.ndarray:
     return mono
 
 
-class _Source(ReportsState):
+class _Source(ThreadedSource):
     kind = "audio"
 
     def __init__(self, ring: AudioRing | None, on_state: Callable[[SourceState, str], None] | None):
+        super().__init__(self.kind, on_state)
         self.ring = ring or AudioRing()
-        self._on_state = on_state
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self.kind, daemon=True)
-        self.state = SourceState.STARTING
-        self.detail = ""
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    @property
-    def ended(self) -> bool:
-        return self.state == SourceState.ENDED
-
-    def _run(self) -> None:
-        raise NotImplementedError
 
 
 class FileAudioSource(_Source):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from typing import Callable
 
 log = logging.getLogger("appliance.sources")
@@ -39,3 +40,29 @@ class ReportsState:
             log.log(level, "%s: %s%s", self.describe(), state.value, f" ({detail})" if detail else "")
         if changed and self._on_state:
             self._on_state(state, detail)
+
+
+class ThreadedSource(ReportsState):
+    """A source that produces in its own daemon thread (``_run``) until ``stop()``."""
+
+    def __init__(self, name: str, on_state: Callable[[SourceState, str], None] | None = None):
+        self._on_state = on_state
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.state = SourceState.STARTING
+        self.detail = ""
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def ended(self) -> bool:
+        return self.state == SourceState.ENDED

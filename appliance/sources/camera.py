@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import DEMO_VIDEO, CameraConfig
-from appliance.sources.base import ReportsState, SourceError, SourceState
+from appliance.sources.base import SourceError, SourceState, ThreadedSource
 
 __all__ = ["CameraSource", "CameraSpec", "Frame", "FrameBuffer", "SourceError", "SourceState", "resolve_spec"]
 
@@ -134,21 +134,17 @@ def _default_capture(spec: CameraSpec):
     return cv2.VideoCapture(spec.target)
 
 
-class CameraSource(ReportsState):
+class CameraSource(ThreadedSource):
     """Reads frames in a thread into a FrameBuffer; survives a camera that comes and goes."""
 
     def __init__(self, spec: CameraSpec, cfg: CameraConfig, buffer: FrameBuffer | None = None,
                  capture_factory: Callable[[CameraSpec], object] = _default_capture,
                  on_state: Callable[[SourceState, str], None] | None = None):
+        super().__init__("camera", on_state)
         self.spec = spec
         self.cfg = cfg
         self.buffer = buffer or FrameBuffer(cfg.buffer_frames)
         self._factory = capture_factory
-        self._on_state = on_state
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="camera", daemon=True)
-        self.state = SourceState.STARTING
-        self.detail = ""
         self.reopens = 0
         self.frames_read = 0
         self.fps: float | None = None
@@ -160,18 +156,6 @@ class CameraSource(ReportsState):
         elif spec.kind == "gstreamer" and not gstreamer_available():
             raise SourceError("camera.source is a GStreamer pipeline but this OpenCV build has no GStreamer "
                               "(pip's opencv never does; on a Jetson use JetPack's OpenCV, see deploy/jetson)")
-
-    def start(self) -> "CameraSource":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    @property
-    def ended(self) -> bool:
-        return self.state == SourceState.ENDED
 
     def check_stall(self, now: float) -> None:
         """Called by the loop: an open camera with no frame for stall_timeout_s is reported as stalled.
