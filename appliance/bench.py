@@ -52,7 +52,8 @@ def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = Tr
             bar.join()
     cpu1, wall = os.times(), time.monotonic() - wall0
     ticks = list(pipeline.scheduler.recent)
-    work = sum(t.latency for t in ticks)
+    # The tick's work runs from when its body started; the wake-up delay before that is latency, not work.
+    work = sum(t.finished - t.started for t in ticks)
     model = sum(t.stages.get(s, 0.0) for t in ticks for s in MODEL_STAGES)
     return {
         "stages": {s: percentiles([t.stages[s] for t in ticks if s in t.stages]) | {

@@ -21,6 +21,11 @@ def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _event(schema: str, device_id: str, seq: int, profile: str) -> dict:
+    """What every event carries: its schema, a unique id for dedup, the device's sequence number."""
+    return {"schema": schema, "event_id": uuid.uuid4().hex, "seq": seq, "device_id": device_id, "profile": profile}
+
+
 def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: str) -> dict:
     faces = voice = None
     if window.distribution is not None:
@@ -28,12 +33,7 @@ def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: st
                  "observed_seconds": window.observed_s, "distribution": window.distribution}
     if window.voice_distribution is not None:
         voice = {"speech_seconds": window.speech_s, "distribution": window.voice_distribution}
-    return {
-        "schema": SUMMARY_SCHEMA,
-        "event_id": uuid.uuid4().hex,
-        "seq": seq,
-        "device_id": device_id,
-        "profile": profile,
+    return _event(SUMMARY_SCHEMA, device_id, seq, profile) | {
         "window_start": iso_utc(window.start),
         "window_end": iso_utc(window.end),
         "faces": faces,
@@ -46,12 +46,7 @@ def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: st
 
 
 def alert_payload(alert: Alert, device_id: str, seq: int, profile: str) -> dict:
-    return {
-        "schema": ALERT_SCHEMA,
-        "event_id": uuid.uuid4().hex,
-        "seq": seq,
-        "device_id": device_id,
-        "profile": profile,
+    return _event(ALERT_SCHEMA, device_id, seq, profile) | {
         "kind": "anger",
         "at": iso_utc(alert.at),
         "window_seconds": alert.window_s,
