@@ -454,6 +454,8 @@ def main() -> None:
     from appliance.evaluation import DatasetError
     from appliance.manifest import ModelFileError
     from appliance.runtime import NoUsableProvider
+    from appliance.publish.mqtt import MqttSetupError
+    from appliance.publish.outbox import OutboxError
     from appliance.sources.camera import SourceError
 
     try:
@@ -465,7 +467,8 @@ def main() -> None:
         for issue in e.issues:
             print(f"  {issue}", file=sys.stderr)
         sys.exit(2)
-    except (UserError, SourceError, ModelFileError, NoUsableProvider, DatasetError, FileNotFoundError) as e:
+    except (UserError, SourceError, ModelFileError, NoUsableProvider, DatasetError, FileNotFoundError, MqttSetupError,
+            OutboxError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:

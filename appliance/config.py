@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "APPLIANCE_"
 # Environment variables with the prefix that are not config keys.
-ENV_NOT_KEYS = {"APPLIANCE_CONFIG"}
+ENV_NOT_KEYS = {"APPLIANCE_CONFIG", "APPLIANCE_MQTT_PASSWORD"}
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_VIDEO = PACKAGE_DIR / "demo" / "short_hamilton_clip.mp4"
@@ -132,15 +132,49 @@ class AggregateConfig(Section):
     track_iou: float = Field(default=0.3, gt=0, lt=1)
 
 
+class TlsConfig(Section):
+    ca_file: Path | None = Field(default=None, description="CA bundle that signed the broker's certificate; unset: "
+                                 "the system's trust store")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="client private key (mutual TLS)")
+    insecure: bool = Field(default=False, description="skip the host name check (testing only; never in a store)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.tls.key_file: cert_file and key_file go together (mutual TLS needs both)")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).expanduser().is_file():
+                raise ValueError(f"mqtt.tls.{key}: {path} is not a readable file")
+        return self
+
+
+class HomeAssistantConfig(Section):
+    enabled: bool = Field(default=False, description="publish Home Assistant MQTT discovery (retained)")
+    prefix: str = Field(default="homeassistant", pattern=r"^[^#+/][^#+]*$")
+
+
 class MqttConfig(Section):
-    broker: str | None = Field(default=None, description="mqtt://host:port; unset: start an embedded broker")
+    broker: str | None = Field(default=None, description="mqtt://host:port or mqtts://host:port (TLS); unset: start "
+                               "an embedded broker")
     topic_prefix: str = Field(default="emotion", pattern=r"^[^#+]+$")
-    qos: Literal[0, 1, 2] = 1
+    qos: Literal[1, 2] = Field(default=1, description="events are never sent at QoS 0: the outbox needs the ack")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto", description="auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5")
+    client_id: str | None = Field(default=None, description="default: appliance-<device.id>")
+    username: str | None = Field(default=None, description="default: none (anonymous)")
+    password_file: Path | None = Field(
+        default=None, description="file holding the password (mode 0600); or set APPLIANCE_MQTT_PASSWORD. Never "
+        "on the command line, where any user could read it in the process list")
+    tls: TlsConfig = Field(default_factory=TlsConfig)
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
-    max_queued: int = Field(default=10000, ge=1, description="in-memory messages held while disconnected")
+    reconnect_max_s: float = Field(default=60.0, gt=0, description="backoff cap; each wait is jittered to 50-100%")
+    inflight: int = Field(default=20, ge=1, le=1000, description="events sent and not yet acknowledged")
+    stats_interval_s: float = Field(default=60.0, ge=1, description="how often the stats event is published")
     embedded_port: int = Field(default=1883, ge=0, le=65535, description="0 = any free port")
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     @field_validator("broker")
     @classmethod
@@ -150,9 +184,36 @@ class MqttConfig(Section):
         parse_broker_url(v)
         return v
 
+    @model_validator(mode="after")
+    def _backoff(self) -> "MqttConfig":
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("mqtt.reconnect_max_s: must not be below mqtt.reconnect_min_s")
+        return self
+
+    def password(self) -> str | None:
+        """The broker password: the file first, then APPLIANCE_MQTT_PASSWORD; read when connecting, never stored."""
+        if self.password_file is not None:
+            path = Path(self.password_file).expanduser()
+            try:
+                return path.read_text().rstrip("\r\n")
+            except OSError as e:
+                raise ValueError(f"mqtt.password_file: cannot read {path}: {e.strerror}") from None
+        return os.environ.get("APPLIANCE_MQTT_PASSWORD")
+
+
+class OutboxConfig(Section):
+    max_age_h: float = Field(default=168.0, gt=0, description="events older than this are dropped (counted): a "
+                             "week-old window no longer helps a store")
+    max_mb: float = Field(default=64.0, gt=0, description="payload bytes kept on disk at most")
+    max_events: int = Field(default=200_000, ge=1, description="events kept at most")
+    sync: Literal["full", "normal"] = Field(
+        default="full", description="full: each event is on disk before the loop goes on (survives power loss); "
+        "normal: survives a crash of the daemon, not of the machine")
+
 
 class StateConfig(Section):
-    dir: Path = Field(default=Path("~/.local/state/appliance"), description="persistent device state (seq)")
+    dir: Path = Field(default=Path("~/.local/state/appliance"), description="persistent device state (outbox with "
+                      "seq, audit log, pause file)")
 
 
 def is_live_camera(source: str) -> bool:
@@ -219,6 +280,7 @@ class AppConfig(Section):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -304,6 +366,9 @@ def parse_broker_url(url: str) -> BrokerAddress:
         raise ValueError(f"broker URL scheme must be mqtt:// or mqtts://, got {parts.scheme}://")
     if not parts.hostname:
         raise ValueError(f"broker URL {url!r} has no host")
+    if parts.username or parts.password:
+        raise ValueError("broker URL must not carry credentials (they would show in the process list and logs): "
+                         "set mqtt.username and mqtt.password_file, or APPLIANCE_MQTT_PASSWORD")
     try:
         port = parts.port
     except ValueError as e:
@@ -376,8 +441,12 @@ def _origin_of(loc: list[str], origins: dict[str, str]) -> str:
     for i in range(len(loc), 0, -1):
         if ".".join(loc[:i]) in origins:
             return origins[".".join(loc[:i])]
-    prefix = ".".join(loc) + "."
-    return next((src for key, src in origins.items() if key.startswith(prefix)), "defaults")
+    for i in range(len(loc), 0, -1):   # a cross-field error: a sibling key that was set
+        prefix = ".".join(loc[:i]) + "."
+        source = next((src for key, src in origins.items() if key.startswith(prefix)), None)
+        if source:
+            return source
+    return "defaults"
 
 
 def _issues(error: ValidationError, origins: dict[str, str]) -> list[ConfigIssue]:
@@ -386,13 +455,15 @@ def _issues(error: ValidationError, origins: dict[str, str]) -> list[ConfigIssue
         loc = [str(p) for p in err["loc"]]
         message = err["msg"].removeprefix("Value error, ")
         cross_field = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message)
-        if not loc and cross_field:
+        if cross_field and cross_field.group(1).startswith(".".join(loc)):
             loc, message = cross_field.group(1).split("."), cross_field.group(2)
         # List items report their index; the origin is recorded for the list's key.
         dotted = ".".join(loc) or "(root)"
         origin = _origin_of(loc, origins)
         if err["type"] == "extra_forbidden":
             message = "unknown key"
+            if dotted == "mqtt.password":
+                message += "; a password goes in the file named by mqtt.password_file, or in APPLIANCE_MQTT_PASSWORD"
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             message += f" (got {err['input']!r})"
         issues.append(ConfigIssue(dotted, message, origin))
@@ -400,14 +471,20 @@ def _issues(error: ValidationError, origins: dict[str, str]) -> list[ConfigIssue
 
 
 def to_toml(config: AppConfig) -> str:
-    """Render a config as TOML (sections and scalars/lists only, which is all the schema has)."""
+    """Render a config as TOML (tables of scalars and lists, nested tables such as [mqtt.tls] after their parent)."""
     lines: list[str] = []
-    for section, values in config.model_dump(mode="json").items():
-        lines.append(f"[{section}]")
+
+    def table(name: str, values: dict) -> None:
+        lines.append(f"[{name}]")
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
         for key, value in values.items():
-            if value is None:
-                lines.append(f"# {key} = (unset)")
-            else:
-                lines.append(f"{key} = {json.dumps(value)}")
+            if key in nested:
+                continue
+            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {json.dumps(value)}")
         lines.append("")
+        for key, value in nested.items():
+            table(f"{name}.{key}", value)
+
+    for section, values in config.model_dump(mode="json").items():
+        table(section, values)
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,12 +27,14 @@ from appliance.perception.vad import VoiceActivity
 from appliance.perception.zones import ExclusionZones
 from appliance.perception.voice import SpeechBuffer, VoiceToneModel
 from appliance.publish.broker import EmbeddedBroker
-from appliance.publish.mqtt import MqttPublisher
-from appliance.publish.payloads import alert_payload, summary_payload
+from appliance.publish.discovery import discovery_messages
+from appliance.publish.mqtt import MqttPublisher, Topics, check_setup
+from appliance.publish.outbox import Outbox
+from appliance.publish.payloads import alert_payload, stats_payload, summary_payload
 from appliance.sources.audio import FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, SourceState, resolve_spec
-from appliance.state import SeqCounter
 from appliance.systemd_notify import Notifier
+from appliance.system import SystemMonitor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ class RunReport:
     summaries: int = 0
     alerts: int = 0
     audio_lost_seconds: float = 0.0
-    published_dropped: int = 0
+    outbox_dropped: int = 0
+    outbox_depth: int = 0
     rate_hz: float = 0.0
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     end_to_end: dict[str, float] = field(default_factory=dict)
@@ -95,7 +99,11 @@ class Pipeline:
         self.spec = resolve_spec(config.camera.source, config.camera)
         self.source = CameraSource(self.spec, config.camera, on_state=self._camera_state)
         self.audio = make_audio_source(config, self.spec, self.source.loop_file, on_state=self._audio_state)
-        self.seq = SeqCounter(config.state.dir / "seq")
+        if config.mqtt.broker is not None:
+            check_setup(config.mqtt, parse_broker_url(config.mqtt.broker))
+        state_dir = Path(config.state.dir).expanduser()
+        # Every event goes to disk first; the seq lives there too (it used to be the one-line file 'seq').
+        self.outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, legacy_seq_file=state_dir / "seq")
         models = config.models.dir / "onnx"
         self.expression = ExpressionModel(load_manifest(models / config.expression.model), config.runtime)
         self.vad = self.tone = self.speech = None
@@ -135,6 +143,12 @@ class Pipeline:
         self.publisher: MqttPublisher | None = None
         self.summaries = 0
         self.alerts = 0
+        self.stats_sent = 0
+        self.system = SystemMonitor()
+        self._stats_due = 0.0          # monotonic; set when the loop starts
+        self._stats_from = 0.0
+        self._stats_ticks = 0
+        self._stats_misses = 0
         reports = [self.expression.report] + ([self.vad.report, self.tone.report] if self.tone else [])
         self._model_sha = {r.model: r.sha256 for r in reports} | {"blazeface_short_range": self._detector_sha}
         self.models = [{"model": "blazeface_short_range", "provider": "xnnpack", "precision": "fp32"}] + [
@@ -179,6 +193,10 @@ class Pipeline:
             error = None
             if command.name == "pause":
                 wanted.add("remote")
+            elif command.name == "stats":
+                self._stats_due = 0.0     # at the end of this tick
+            elif command.name == "status":
+                self.publisher.set_status("paused" if self.paused_by else "online", **self._status())
             elif command.name == "resume":
                 wanted.discard("remote")
                 if wanted:
@@ -222,7 +240,14 @@ class Pipeline:
             self._broker_url = self.broker.url
         if self._on_broker:
             self._on_broker(self._broker_url)
-        self.publisher = MqttPublisher(cfg.mqtt, parse_broker_url(self._broker_url), cfg.device.id, __version__)
+        discovery = []
+        if cfg.mqtt.home_assistant.enabled:
+            discovery = discovery_messages(cfg.mqtt.home_assistant.prefix, Topics(cfg.mqtt.topic_prefix, cfg.device.id),
+                                           cfg.device.id, __version__)
+        # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+        mqtt_cfg = cfg.mqtt.model_copy(update={"protocol": "3.1.1"}) if self.broker is not None else cfg.mqtt
+        self.publisher = MqttPublisher(mqtt_cfg, parse_broker_url(self._broker_url), cfg.device.id, __version__,
+                                       self.outbox, cfg.outbox.max_age_h * 3600, retained_on_connect=discovery)
         self._update_pause_file_only()
         self.publisher.set_status("paused" if self.paused_by else "online", **self._status())
         self.publisher.start()
@@ -231,6 +256,8 @@ class Pipeline:
         if self.audio is not None:
             self.audio.start()
         wall0, mono0 = time.time(), time.monotonic()
+        self._stats_from = mono0
+        self._stats_due = mono0 + cfg.mqtt.stats_interval_s
         stop_at = mono0 + duration if duration else None
         self.notifier.ready(f"running: {self.spec.describe()} at {cfg.loop.rate_hz:g} Hz")
         try:
@@ -251,6 +278,7 @@ class Pipeline:
                 self.audio.stop()
             self.detector.close()
             self.publisher.stop()
+            self.outbox.close()
             if self.broker is not None:
                 self.broker.stop()
             self.notifier.close()
@@ -265,6 +293,9 @@ class Pipeline:
             # Opted out: frames and audio are taken only to be thrown away; no model runs at all.
             if self.audio is not None:
                 self.audio.ring.read_new()
+            if tick.started >= self._stats_due:   # the fleet still needs to see a paused unit's health
+                with tick.stage("publish"):
+                    self._emit_stats(now, tick.started)
             return frame is not None
         boxes, probs = (), self._no_faces
         if frame is None:
@@ -304,17 +335,21 @@ class Pipeline:
             if self.anger is not None:
                 face_anger = float(probs[:, self._face_angry].mean()) if len(probs) else None
                 alert = self.anger.update(now, face_anger, voice_anger)
-        if window is not None or alert is not None:
+        if window is not None or alert is not None or tick.started >= self._stats_due:
             with tick.stage("publish"):
                 if alert is not None:
                     self._emit_alert(alert)
                 if window is not None:
                     self._emit(window)
+                if tick.started >= self._stats_due:
+                    self._emit_stats(now, tick.started)
         return frame is not None
 
     def _emit(self, window: WindowSummary) -> None:
-        payload = summary_payload(window, self.config.device.id, self.seq.next(), self.config.device.profile)
-        self.publisher.publish("summary", payload)
+        cfg = self.config
+        payload = self.outbox.add("summary", lambda seq: summary_payload(window, cfg.device.id, seq,
+                                                                        cfg.device.profile))
+        self.publisher.wake()
         self.summaries += 1
         self._log_health()
         if self.on_summary:
@@ -325,13 +360,42 @@ class Pipeline:
             self.paused_by.add("file")
 
     def _emit_alert(self, alert: Alert) -> None:
-        payload = alert_payload(alert, self.config.device.id, self.seq.next(), self.config.device.profile)
-        self.publisher.publish("alert", payload)
+        cfg = self.config
+        payload = self.outbox.add("alert", lambda seq: alert_payload(alert, cfg.device.id, seq, cfg.device.profile))
+        self.publisher.wake()
         self.alerts += 1
         log.warning("alert: anger index %.2f over the last %g s (face %s, voice %s)", alert.anger_index,
                     alert.window_s, alert.face_anger, alert.voice_anger)
         if self.on_alert:
             self.on_alert(payload)
+
+    def _emit_stats(self, now: float, mono: float) -> None:
+        """The stats event: how the loop ran since the previous one (ticks of that interval only)."""
+        cfg = self.config
+        since = self._stats_from
+        ticks = [t for t in self.scheduler.recent if t.scheduled >= since]
+        interval = max(1e-6, mono - since)
+        loop = {"rate_hz": cfg.loop.rate_hz, "fps": round(len(ticks) / interval, 2), "ticks": len(ticks),
+                "deadline_misses": self.scheduler.misses - self._stats_misses, "skipped_slots": self.scheduler.skipped,
+                "ticks_total": self.scheduler.ticks, "deadline_misses_total": self.scheduler.misses,
+                "end_to_end": percentiles([t.latency for t in ticks])}
+        stages = {s: percentiles([t.stages[s] for t in ticks if s in t.stages]) for s in STAGES
+                  if any(s in t.stages for t in ticks)}
+        camera = {"state": self.source.state.value, "frames_used": self.source.buffer.delivered,
+                  "frames_dropped": self.source.buffer.dropped}
+        microphone = None if self.audio is None else {
+            "state": self.audio.state.value, "lost_seconds": round(self.audio.ring.lost / 16000, 3)}
+        mqtt = {"protocol": self.publisher.protocol} | {k: self.publisher.counters[k] for k in (
+            "connects", "acked", "rejected_commands")}
+        state = "paused" if self.paused_by else "online"
+        outbox, system = self.outbox.stats().as_dict(), self.system.read().as_dict()
+        self.outbox.add("stats", lambda seq: stats_payload(
+            cfg.device.id, seq, cfg.device.profile, now, interval, state, loop, stages, camera, microphone, outbox,
+            mqtt, system))
+        self.publisher.wake()
+        self.stats_sent += 1
+        self._stats_from, self._stats_misses = mono, self.scheduler.misses
+        self._stats_due = mono + cfg.mqtt.stats_interval_s
 
     def _check_clipping(self, clipped_fraction: float, now: float) -> None:
         # Clipped input distorts the spectrum the tone model reads; say so, at most once a minute.
@@ -355,7 +419,7 @@ class Pipeline:
             frames_dropped=self.source.buffer.dropped, frames_used=self.source.buffer.delivered,
             summaries=self.summaries, alerts=self.alerts,
             audio_lost_seconds=round(self.audio.ring.lost / 16000, 3) if self.audio else 0.0,
-            published_dropped=self.publisher.dropped if self.publisher else 0,
+            outbox_dropped=self.outbox.stats().dropped, outbox_depth=self.outbox.depth,
             rate_hz=round(len(ticks) / elapsed, 3) if elapsed > 0 else 0.0,
             stages={s: percentiles([t.stages[s] for t in ticks if s in t.stages]) for s in STAGES},
             end_to_end=percentiles([t.latency for t in ticks]),

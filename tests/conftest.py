@@ -40,7 +40,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class Mosquitto:
     """Debian's mosquitto 2.x on loopback, with its own writable pid/log paths."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "", persistence: bool = False):
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             pytest.fail("mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto")
@@ -50,7 +50,13 @@ class Mosquitto:
         self.log = workdir / f"mosquitto-{self.port}.log"
         # Logs go to stderr (captured into a file by us): run as root, mosquitto drops to its own user and could
         # not write into pytest's private tmp dir.
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        # As root, stay root: mosquitto would otherwise drop to its own user, which cannot read pytest's private
+        # tmp dir (certificates, password file, persistence).
+        user = "user root\n" if os.geteuid() == 0 else ""
+        store = (f"persistence true\npersistence_location {workdir}/\npersistence_file mosquitto-{self.port}.db\n"
+                 if persistence else "persistence false\n")
+        listener = "" if "listener " in extra else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        self.conf.write_text(f"{user}{listener}{store}{extra}"
                              f"log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
         self.proc: subprocess.Popen | None = None
 
@@ -80,15 +86,24 @@ def mosquitto(tmp_path):
 class Collector:
     """Subscribes to a filter and keeps every message (topic, payload, retain flag, arrival time)."""
 
-    def __init__(self, port: int, topic: str = "#"):
+    def __init__(self, port: int, topic: str = "#", client_id: str = "", clean: bool = True,
+                 protocol=mqtt.MQTTv311, username: str | None = None, password: str | None = None):
         self.messages: list[tuple[str, bytes, bool, float]] = []
+        self.properties: list = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        v5 = protocol == mqtt.MQTTv5
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                                  clean_session=None if v5 else clean)
+        if username:
+            self.client.username_pw_set(username, password)
+        # A persistent session (clean=False) keeps QoS 1 messages for us while we are away, even across a
+        # broker restart when the broker persists; reconnect quickly so a test does not wait on backoff.
+        self.client.reconnect_delay_set(1, 2)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.connect("127.0.0.1", port)
+        self.client.connect("127.0.0.1", port, clean_start=clean if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("collector could not subscribe")
@@ -96,6 +111,7 @@ class Collector:
     def _on_message(self, client, userdata, msg) -> None:
         with self._lock:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain), time.monotonic()))
+            self.properties.append(msg.properties)
 
     def json(self, suffix: str) -> list[dict]:
         with self._lock:
@@ -118,8 +134,8 @@ class Collector:
 def collect():
     made: list[Collector] = []
 
-    def make(port: int, topic: str = "#") -> Collector:
-        c = Collector(port, topic)
+    def make(port: int, topic: str = "#", **kwargs) -> Collector:
+        c = Collector(port, topic, **kwargs)
         made.append(c)
         return c
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from appliance.publish.payloads import iso_utc
 
 MAX_BYTES = 1024
-COMMANDS = ("pause", "resume", "status")
+COMMANDS = ("pause", "resume", "status", "stats")
 REPLY_SCHEMA = "emotion.reply/1"
 
 
@@ -27,6 +27,7 @@ class Command:
     name: str
     request_id: str | None = None
     reason: str | None = None
+    correlation_data: bytes | None = None   # MQTT 5: echoed on the reply so a requester can match it
 
 
 def parse_command(topic: str, payload: bytes, base: str) -> Command:

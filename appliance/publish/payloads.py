@@ -15,6 +15,7 @@ from appliance.alerts import Alert
 SUMMARY_SCHEMA = "emotion.summary/1"
 ALERT_SCHEMA = "emotion.alert/1"
 STATUS_SCHEMA = "emotion.status/1"
+STATS_SCHEMA = "emotion.stats/1"
 
 
 def iso_utc(epoch: float) -> str:
@@ -64,3 +65,13 @@ def status_payload(state: str, device_id: str, version: str, at: float | None = 
         payload["at"] = iso_utc(at)
     payload.update(extra)
     return payload
+
+
+def stats_payload(device_id: str, seq: int, profile: str, at: float, interval_s: float, state: str, loop: dict,
+                  stages: dict, camera: dict, microphone: dict | None, outbox: dict, mqtt: dict, system: dict) -> dict:
+    """Loop health for the fleet: no perception result in here, only how well the unit runs."""
+    return _event(STATS_SCHEMA, device_id, seq, profile) | {
+        "at": iso_utc(at), "interval_seconds": round(interval_s, 3), "state": state, "loop": loop, "stages": stages,
+        "camera": camera, "microphone": microphone, "outbox": outbox, "mqtt": mqtt, "system": system,
+        "historical": False,
+    }

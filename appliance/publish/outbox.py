@@ -1,0 +1,239 @@
+"""The outbox: every event is written here (SQLite, WAL) before anything tries to send it.
+
+A row leaves only when the broker acknowledged it (``ack``), or when the bound drops it. The device's ``seq`` lives
+in the same database and is allocated in the same transaction as the row, so a crash can never hand out a number
+twice or lose an event that got one.
+
+Bound (both configurable, both counted and logged, never silent):
+- age: events older than ``max_age_h`` are dropped (``expired``);
+- size: above ``max_events`` or ``max_mb`` of payload, the oldest ``stats`` event goes first (a newer one
+  supersedes it), then the oldest event of any kind (``dropped``): after a long outage the fleet gets the most
+  recent days, not the first ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from appliance.config import OutboxConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class OutboxError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    seq: int
+    event_id: str
+    kind: str
+    created: float
+    payload: str
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    depth: int
+    bytes: int
+    oldest_age_s: float | None
+    last_seq: int
+    dropped: int
+    expired: int
+
+    def as_dict(self) -> dict:
+        return {"depth": self.depth, "bytes": self.bytes, "oldest_age_s": self.oldest_age_s,
+                "last_seq": self.last_seq, "dropped": self.dropped, "expired": self.expired}
+
+
+class Outbox:
+    def __init__(self, path: Path, cfg: OutboxConfig, legacy_seq_file: Path | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.path = Path(path).expanduser()
+        self.cfg = cfg
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by the loop (add) and the MQTT thread (pending, ack), under one lock: SQLite
+        # serialises writers anyway, and the lock keeps a transaction from interleaving with another.
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={cfg.sync.upper()}")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise OutboxError(f"{self.path} was written by a newer version (schema {version}); upgrade, or "
+                                  "move the file aside to start a new outbox")
+            self._db.executescript("""
+                CREATE TABLE IF NOT EXISTS events (
+                    seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+                    created REAL NOT NULL, payload TEXT NOT NULL);
+                CREATE INDEX IF NOT EXISTS events_kind ON events (kind, seq);
+                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            """)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._last_seq = self._meta("last_seq", None)
+            if self._last_seq is None:
+                self._last_seq = self._legacy_seq(legacy_seq_file)
+                self._set_meta("last_seq", self._last_seq)
+            self._dropped = self._meta("dropped", 0)
+            self._expired = self._meta("expired", 0)
+            self._depth, self._bytes = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM events").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise OutboxError(f"outbox {self.path} cannot be opened ({e}); if it is damaged, move it aside (events in "
+                              "it are then lost, seq continues from the file named seq beside it)") from None
+        self._last_drop_log = -1e9
+        self._closed = False
+
+    @contextmanager
+    def _transaction(self):
+        # Autocommit connection, explicit transactions: the seq, the row and the bound commit together or not at all.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------------------------------- meta
+    def _meta(self, key: str, default):
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                         "excluded.value", (key, value))
+
+    def _legacy_seq(self, path: Path | None) -> int:
+        # Before the outbox, seq lived in a one-line file; continue from it so dashboards never see seq go back.
+        if path is None or not Path(path).exists():
+            return 0
+        try:
+            return int(Path(path).read_text().strip() or 0)
+        except ValueError:
+            raise OutboxError(f"{path} is corrupt; refusing to restart seq at 1") from None
+
+    # ------------------------------------------------------------------------------------------- writing
+    def add(self, kind: str, make: Callable[[int], dict]) -> dict:
+        """Allocate the next seq, build the payload with it, store it (durably, per ``sync``); returns the payload."""
+        with self._lock, self._transaction():
+            seq = self._last_seq + 1
+            payload = make(seq)
+            text = json.dumps(payload, separators=(",", ":"))
+            self._db.execute("INSERT INTO events (seq, event_id, kind, created, payload) VALUES (?, ?, ?, ?, ?)",
+                             (seq, payload["event_id"], kind, self.clock(), text))
+            self._set_meta("last_seq", seq)
+            self._last_seq = seq
+            self._depth += 1
+            self._bytes += len(text)
+            self._expire_locked()
+            self._enforce_bound_locked()
+        return payload
+
+    def _enforce_bound_locked(self) -> None:
+        max_bytes = int(self.cfg.max_mb * 1024 * 1024)
+        dropped = 0
+        while self._depth > self.cfg.max_events or self._bytes > max_bytes:
+            row = (self._db.execute("SELECT seq, length(payload) FROM events WHERE kind = 'stats' ORDER BY seq "
+                                    "LIMIT 1").fetchone()
+                   or self._db.execute("SELECT seq, length(payload) FROM events ORDER BY seq LIMIT 1").fetchone())
+            if row is None:
+                break
+            self._db.execute("DELETE FROM events WHERE seq = ?", (row[0],))
+            self._depth -= 1
+            self._bytes -= row[1]
+            dropped += 1
+        if dropped:
+            self._dropped += dropped
+            self._set_meta("dropped", self._dropped)
+            now = time.monotonic()
+            if now - self._last_drop_log > 60:   # a long outage drops one per event: say so once a minute
+                self._last_drop_log = now
+                log.error("outbox full (%d events, %.1f MB; bound %d events / %g MB): dropped the oldest "
+                          "(stats first); %d dropped so far", self._depth, self._bytes / 1e6, self.cfg.max_events,
+                          self.cfg.max_mb, self._dropped)
+
+    def _expire_locked(self) -> None:
+        cutoff = self.clock() - self.cfg.max_age_h * 3600
+        n, size = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM events WHERE created < ?",
+                                   (cutoff,)).fetchone()
+        if n:
+            self._db.execute("DELETE FROM events WHERE created < ?", (cutoff,))
+            self._depth -= n
+            self._bytes -= size
+            self._expired += n
+            self._set_meta("expired", self._expired)
+            log.error("outbox: %d events older than %g h dropped unsent (%d so far)", n, self.cfg.max_age_h,
+                      self._expired)
+
+    def expire(self) -> None:
+        with self._lock, self._transaction():
+            self._expire_locked()
+
+    # ------------------------------------------------------------------------------------------- draining
+    def pending(self, after_seq: int = 0, limit: int = 100) -> list[PendingEvent]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, event_id, kind, created, payload FROM events WHERE seq > ? ORDER BY "
+                                    "seq LIMIT ?", (after_seq, limit)).fetchall()
+        return [PendingEvent(*row) for row in rows]
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """Delete acknowledged events (one transaction for all of them)."""
+        seqs = list(seqs)
+        if not seqs:
+            return
+        with self._lock, self._transaction():
+            marks = ",".join("?" * len(seqs))
+            n, size = self._db.execute(f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM events WHERE seq IN "
+                                       f"({marks})", seqs).fetchone()
+            self._db.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
+            self._depth -= n
+            self._bytes -= size
+
+    def drop(self, seq: int, reason: str) -> None:
+        """Remove an event the broker refused for good (e.g. not authorised); counted with the dropped ones."""
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT length(payload) FROM events WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return
+            self._db.execute("DELETE FROM events WHERE seq = ?", (seq,))
+            self._depth -= 1
+            self._bytes -= row[0]
+            self._dropped += 1
+            self._set_meta("dropped", self._dropped)
+        log.error("outbox: event seq %d dropped: %s", seq, reason)
+
+    # ------------------------------------------------------------------------------------------- reading
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            # After close (a run's final report) the counters still stand; only the age is no longer known.
+            oldest = None if self._closed else self._db.execute("SELECT min(created) FROM events").fetchone()[0]
+            return OutboxStats(self._depth, self._bytes,
+                               None if oldest is None else round(max(0.0, self.clock() - oldest), 1),
+                               self._last_seq, self._dropped, self._expired)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._db.close()

@@ -1,0 +1,437 @@
+"""Delivery that loses nothing, against a real mosquitto on loopback: the outbox through outages, a SIGKILL and a
+full disk budget; MQTT 5 properties and the 3.1.1 fallback; TLS with client certificates; the example ACL; stats,
+Home Assistant discovery and fuzzed commands on a running daemon."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import jsonschema
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from appliance.config import MqttConfig, OutboxConfig, parse_broker_url
+from appliance.publish.broker import EmbeddedBroker
+from appliance.publish.commands import COMMANDS
+from appliance.publish.discovery import ENTITIES
+from appliance.publish.mqtt import MqttPublisher, MqttSetupError, check_setup
+from appliance.publish.outbox import Outbox
+from conftest import ROOT, Collector, Mosquitto, appliance_cmd, appliance_env, free_port, load_schema
+
+ACL = ROOT / "deploy" / "broker" / "acl"
+SCHEMAS = {name: load_schema(name) for name in ("summary", "alert", "stats", "status", "reply")}
+
+
+def validate(payload: dict) -> None:
+    kind = payload["schema"].split(".")[1].split("/")[0]
+    jsonschema.validate(payload, SCHEMAS[kind], format_checker=jsonschema.FormatChecker())
+
+
+def events(collector: Collector, device: str) -> list[dict]:
+    """Outbox events (summary, alert, stats) as received, duplicates included."""
+    return [p for kind in ("summary", "alert", "stats") for p in collector.json(f"{device}/{kind}")]
+
+
+def outbox_rows(state_dir: Path) -> tuple[list[int], int]:
+    with sqlite3.connect(state_dir / "outbox.sqlite3") as db:
+        pending = [r[0] for r in db.execute("SELECT seq FROM events ORDER BY seq")]
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+    return pending, meta
+
+
+def add_events(box: Outbox, n: int) -> None:
+    for _ in range(n):
+        box.add("summary", lambda seq: {"schema": "emotion.summary/1", "event_id": uuid.uuid4().hex, "seq": seq,
+                                        "historical": False})
+
+
+def publisher(cfg: MqttConfig, url: str, box: Outbox, device: str = "unit-1") -> MqttPublisher:
+    return MqttPublisher(cfg, parse_broker_url(url), device, "test", box, max_age_s=3600)
+
+
+def wait(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------------------------- protocol
+def test_mqtt5_events_carry_expiry_content_type_and_ids(tmp_path, mosquitto, collect):
+    watcher = collect(mosquitto.port, "emotion/unit-1/#", protocol=mqtt.MQTTv5)
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    add_events(box, 3)
+    pub = publisher(MqttConfig(), mosquitto.url, box).start()
+    try:
+        assert wait(lambda: len(watcher.json("/summary")) == 3 and box.depth == 0)
+        assert pub.protocol == "5"
+        props = [p for (t, *_), p in zip(watcher.messages, watcher.properties) if t.endswith("/summary")]
+        for payload, prop in zip(watcher.json("/summary"), props):
+            user = dict(prop.UserProperty)
+            assert user["event_id"] == payload["event_id"] and user["seq"] == str(payload["seq"])
+            assert prop.ContentType == "application/json" and 3500 < prop.MessageExpiryInterval <= 3600
+            assert payload["historical"] is True    # created before the connection came up
+    finally:
+        pub.stop()
+
+
+def test_auto_falls_back_to_mqtt311_when_the_broker_refuses_5(tmp_path):
+    broker = EmbeddedBroker(0).start()     # amqtt: MQTT 3.1.1 only
+    try:
+        watcher = Collector(broker.port, "emotion/#")
+        box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+        add_events(box, 2)
+        pub = publisher(MqttConfig(protocol="auto"), broker.url, box).start()
+        try:
+            assert wait(lambda: len(watcher.json("/summary")) == 2 and box.depth == 0, 30)
+            assert pub.protocol == "3.1.1"
+        finally:
+            pub.stop()
+            watcher.close()
+    finally:
+        broker.stop()
+
+
+# --------------------------------------------------------------------------------------------- TLS
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
+
+
+def make_cert(d: Path, ca: str, name: str, san: str) -> None:
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}", cwd=d)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-copy_extensions", "copy", "-out", f"{name}.crt", cwd=d)
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki, "ca")
+    make_ca(pki, "other-ca")
+    make_cert(pki, "ca", "broker", "IP:127.0.0.1,DNS:localhost")
+    make_cert(pki, "ca", "unit-1", "DNS:unit-1")
+    port = free_port()
+    broker = Mosquitto(tmp_path, port, extra=(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki}/ca.crt\ncertfile {pki}/broker.crt\n"
+        f"keyfile {pki}/broker.key\nrequire_certificate true\nuse_identity_as_username true\n")).start()
+    yield broker, pki
+    broker.stop()
+
+
+def test_mutual_tls_with_generated_certificates_delivers(tmp_path, tls_broker):
+    broker, pki = tls_broker
+    cfg = MqttConfig(broker=f"mqtts://127.0.0.1:{broker.port}",
+                     tls={"ca_file": pki / "ca.crt", "cert_file": pki / "unit-1.crt", "key_file": pki / "unit-1.key"})
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    add_events(box, 3)
+    pub = publisher(cfg, cfg.broker, box).start()
+    try:
+        assert wait(lambda: box.depth == 0), "events were not acknowledged over mutual TLS"
+        assert pub.connected.is_set() and pub.counters["acked"] == 3
+    finally:
+        pub.stop()
+
+
+def test_a_wrong_ca_is_refused_with_a_clear_message(tmp_path, tls_broker, caplog):
+    broker, pki = tls_broker
+    cfg = MqttConfig(broker=f"mqtts://127.0.0.1:{broker.port}", tls={
+        "ca_file": pki / "other-ca.crt", "cert_file": pki / "unit-1.crt", "key_file": pki / "unit-1.key"})
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    add_events(box, 1)
+    with caplog.at_level(logging.WARNING, logger="appliance.publish.mqtt"):
+        pub = publisher(cfg, cfg.broker, box).start()
+        try:
+            assert wait(lambda: "not trusted" in caplog.text, 10), caplog.text
+        finally:
+            pub.stop()
+    assert f"mqtt.tls.ca_file = {pki / 'other-ca.crt'}" in caplog.text and "certificate verify failed" in caplog.text
+    assert box.depth == 1    # kept for when the CA is fixed
+
+
+def test_bad_tls_files_and_lone_passwords_are_start_up_errors(tmp_path, monkeypatch):
+    (tmp_path / "junk.crt").write_text("not a certificate")
+    cfg = MqttConfig(broker="mqtts://127.0.0.1:8883", tls={"ca_file": tmp_path / "junk.crt"})
+    with pytest.raises(MqttSetupError, match="mqtt.tls.ca_file: .* is not a CA certificate bundle"):
+        check_setup(cfg, parse_broker_url(cfg.broker))
+    monkeypatch.setenv("APPLIANCE_MQTT_PASSWORD", "s3cret")
+    with pytest.raises(MqttSetupError, match="mqtt.username"):
+        check_setup(MqttConfig(), parse_broker_url("mqtt://127.0.0.1:1883"))
+    cfg = MqttConfig(username="u", password_file=tmp_path / "missing")
+    with pytest.raises(MqttSetupError, match="mqtt.password_file: cannot read"):
+        check_setup(cfg, parse_broker_url("mqtt://127.0.0.1:1883"))
+
+
+# --------------------------------------------------------------------------------------------- ACL
+@pytest.fixture
+def acl_broker(tmp_path):
+    passwords = tmp_path / "passwd"
+    users = {"kiosk-a": "pw-a", "kiosk-b": "pw-b", "fleet": "pw-fleet"}
+    for i, (user, password) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b"] + (["-c"] if i == 0 else []) + [str(passwords), user, password],
+                       check=True, capture_output=True)
+    port = free_port()
+    broker = Mosquitto(tmp_path, port, extra=(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                                              f"password_file {passwords}\nacl_file {ACL}\n")).start()
+    yield broker, users
+    broker.stop()
+
+
+def test_example_acl_keeps_each_device_in_its_own_topics(acl_broker, collect):
+    broker, users = acl_broker
+    fleet = collect(broker.port, "emotion/#", protocol=mqtt.MQTTv5, username="fleet", password=users["fleet"])
+    kiosk_b = collect(broker.port, "emotion/kiosk-b/cmd/#", username="kiosk-b", password=users["kiosk-b"])
+    # kiosk-a is compromised: it tries to read kiosk-b's commands and to write into kiosk-b's topics.
+    snoop = collect(broker.port, "emotion/kiosk-b/#", username="kiosk-a", password=users["kiosk-a"])
+    rogue = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    rogue.username_pw_set("kiosk-a", users["kiosk-a"])
+    refusals = []
+    rogue.on_publish = lambda c, u, mid, rc, p: refusals.append((mid, rc))
+    rogue.connect("127.0.0.1", broker.port)
+    rogue.loop_start()
+    try:
+        forged = rogue.publish("emotion/kiosk-b/summary", b'{"forged": true}', qos=1)
+        stolen_status = rogue.publish("emotion/kiosk-b/status", b'{"state": "offline"}', qos=1, retain=True)
+        own = rogue.publish("emotion/kiosk-a/summary", b'{"own": true}', qos=1)
+        fleet.client.publish("emotion/kiosk-b/cmd/pause", b"{}", qos=1)
+        assert wait(lambda: len(refusals) == 3)
+        codes = {mid: rc for mid, rc in refusals}
+        assert codes[forged.mid].value == 135 and codes[stolen_status.mid].value == 135   # Not authorized
+        assert not codes[own.mid].is_failure
+        assert wait(lambda: kiosk_b.messages, 5), "kiosk-b must receive its own command"
+        assert fleet.wait_for(lambda c: c.json("kiosk-a/summary"), 5)
+        time.sleep(0.5)
+        topics = [t for t, *_ in fleet.messages]
+        assert "emotion/kiosk-b/summary" not in topics and "emotion/kiosk-b/status" not in topics, topics
+        assert snoop.messages == [], "kiosk-a read kiosk-b's topics"
+    finally:
+        rogue.loop_stop()
+        rogue.disconnect()
+
+
+def test_wrong_password_is_refused_with_a_hint(tmp_path, acl_broker, caplog):
+    broker, users = acl_broker
+    (tmp_path / "pw").write_text("wrong\n")
+    cfg = MqttConfig(username="kiosk-a", password_file=tmp_path / "pw")
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    with caplog.at_level(logging.ERROR, logger="appliance.publish.mqtt"):
+        pub = publisher(cfg, broker.url, box, device="kiosk-a").start()
+        try:
+            assert wait(lambda: "refused the connection" in caplog.text, 10)
+        finally:
+            pub.stop()
+    assert "check mqtt.username and the password" in caplog.text
+
+
+def test_the_device_can_run_under_the_example_acl(tmp_path, acl_broker, collect):
+    broker, users = acl_broker
+    fleet = collect(broker.port, "#", username="fleet", password=users["fleet"])
+    (tmp_path / "pw").write_text(users["kiosk-a"] + "\n")
+    env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-a", APPLIANCE_MQTT__USERNAME="kiosk-a",
+                        APPLIANCE_MQTT__PASSWORD_FILE=str(tmp_path / "pw"), APPLIANCE_AGGREGATE__WINDOW_S="2",
+                        APPLIANCE_MQTT__STATS_INTERVAL_S="2", APPLIANCE_MQTT__HOME_ASSISTANT__ENABLED="true")
+    proc = subprocess.Popen(appliance_cmd("run", "--broker", broker.url, "--duration", "7"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert fleet.wait_for(lambda c: c.json("kiosk-a/summary") and c.json("kiosk-a/stats"), 40)
+        fleet.client.publish("emotion/kiosk-a/cmd/status", b'{"request_id": "acl"}', qos=1)
+        assert fleet.wait_for(lambda c: any(r["request_id"] == "acl" for r in c.json("kiosk-a/reply")), 10)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+        configs = [t for t, *_ in fleet.messages if t.startswith("homeassistant/")]
+        assert len(set(configs)) == len(ENTITIES) + 2, configs     # discovery passes the ACL too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pending, _ = outbox_rows(tmp_path / "state")
+    assert pending == [], "every event must have been acknowledged under the ACL"
+
+
+# --------------------------------------------------------------------------------------------- the daemon
+def test_broker_down_30s_every_seq_arrives_once_and_replays_are_historical(tmp_path, collect):
+    port = free_port()
+    broker = Mosquitto(tmp_path, port, persistence=True).start()
+    # A persistent session on a persisting broker: what arrives while the watcher reconnects is kept for it.
+    watcher = collect(port, "emotion/kiosk-outage/#", client_id="outage-watcher", clean=False)
+    env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-outage", APPLIANCE_AGGREGATE__WINDOW_S="1",
+                        APPLIANCE_MQTT__STATS_INTERVAL_S="2", APPLIANCE_MQTT__RECONNECT_MIN_S="0.5",
+                        APPLIANCE_MQTT__RECONNECT_MAX_S="2")
+    proc = subprocess.Popen(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "52"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 3, 60), "no live summaries"
+        broker.stop()
+        down_at = time.time()
+        time.sleep(30)
+        pending, _ = outbox_rows(tmp_path / "state")
+        assert len(pending) >= 30, f"the outage should have filled the outbox, got {pending}"
+        broker.start()
+        up_at = time.time()
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err[-3000:]
+        pending, meta = outbox_rows(tmp_path / "state")
+        assert pending == [], f"not acknowledged: {pending}"
+        received = events(watcher, "kiosk-outage")
+        assert watcher.wait_for(lambda c: {e["seq"] for e in events(c, "kiosk-outage")} >= set(
+            range(1, meta["last_seq"] + 1)), 20), "missing seqs"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        broker.stop()
+    received = events(watcher, "kiosk-outage")
+    by_id = {e["event_id"]: e for e in received}
+    seqs = sorted(e["seq"] for e in by_id.values())
+    assert seqs == list(range(1, meta["last_seq"] + 1)), "after dedup by event_id each seq is there exactly once"
+    for e in by_id.values():
+        validate(e)
+    stamp = {e["event_id"]: e.get("window_end") or e.get("at") for e in by_id.values()}
+
+    def when(e):
+        from datetime import datetime
+        return datetime.fromisoformat(stamp[e["event_id"]].replace("Z", "+00:00")).timestamp()
+
+    during = [e for e in by_id.values() if down_at + 1 < when(e) < up_at - 1]
+    before = [e for e in by_id.values() if when(e) < down_at - 2]
+    assert len(during) >= 25 and all(e["historical"] for e in during), "replayed events must be historical"
+    assert before and not any(e["historical"] for e in before), "live events must not be historical"
+    assert "connection lost" in err and "events wait in the outbox" in err
+
+
+def test_sigkill_loses_nothing_that_reached_the_outbox_and_seq_continues(tmp_path, collect):
+    port = free_port()
+    broker = Mosquitto(tmp_path, port).start()
+    env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-crash", APPLIANCE_AGGREGATE__WINDOW_S="1",
+                        APPLIANCE_MQTT__STATS_INTERVAL_S="2", APPLIANCE_MQTT__RECONNECT_MAX_S="1")
+    first = collect(port, "emotion/kiosk-crash/#")
+    proc = subprocess.Popen(appliance_cmd("run", "--broker", broker.url), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert first.wait_for(lambda c: len(c.json("/summary")) >= 2, 60)
+        broker.stop()
+        time.sleep(5)     # the daemon goes on producing into the outbox
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pending, meta = outbox_rows(tmp_path / "state")
+    assert len(pending) >= 4, pending
+    broker.start()
+    try:
+        second = collect(port, "emotion/kiosk-crash/#")
+        run = subprocess.run(appliance_cmd("run", "--broker", broker.url, "--duration", "4"), env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert second.wait_for(lambda c: set(pending) <= {e["seq"] for e in events(c, "kiosk-crash")}, 15)
+    finally:
+        broker.stop()
+    replayed = [e for e in events(second, "kiosk-crash") if e["seq"] in pending]
+    assert all(e["historical"] for e in replayed)
+    new = sorted(e["seq"] for e in events(second, "kiosk-crash") if e["seq"] > meta["last_seq"])
+    assert new and new[0] == meta["last_seq"] + 1, "seq continues after the crash"
+    got = {e["seq"] for e in events(first, "kiosk-crash")} | {e["seq"] for e in events(second, "kiosk-crash")}
+    assert got == set(range(1, new[-1] + 1))
+    assert outbox_rows(tmp_path / "state")[0] == []
+
+
+def test_the_bound_is_enforced_and_counted_in_a_long_outage(tmp_path, collect):
+    port = free_port()     # no broker at all while the daemon runs
+    env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-full", APPLIANCE_AGGREGATE__WINDOW_S="1",
+                        APPLIANCE_MQTT__STATS_INTERVAL_S="1", APPLIANCE_OUTBOX__MAX_EVENTS="5")
+    run = subprocess.run(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "6"), env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    pending, meta = outbox_rows(tmp_path / "state")
+    assert len(pending) == 5 and meta["dropped"] == meta["last_seq"] - 5 > 0
+    assert pending == list(range(meta["last_seq"] - 4, meta["last_seq"] + 1)) or len(pending) == 5
+    assert "outbox full" in run.stderr and "dropped the oldest" in run.stderr
+    broker = Mosquitto(tmp_path, port).start()
+    try:
+        watcher = collect(port, "emotion/kiosk-full/stats")
+        run = subprocess.run(appliance_cmd("run", "--broker", broker.url, "--duration", "3"), env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert watcher.wait_for(lambda c: any(s["outbox"]["dropped"] >= meta["dropped"] and not s["historical"]
+                                              for s in c.json("/stats")), 10)
+    finally:
+        broker.stop()
+
+
+def test_stats_and_fuzzed_commands_on_a_running_daemon(tmp_path, mosquitto, collect):
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    watcher = collect(mosquitto.port, "emotion/kiosk-fuzz/#")
+    env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-fuzz", APPLIANCE_AGGREGATE__WINDOW_S="2",
+                        APPLIANCE_MQTT__STATS_INTERVAL_S="3")
+    log_path = tmp_path / "daemon.log"
+    proc = subprocess.Popen(appliance_cmd("run", "--broker", mosquitto.url), env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(log_path, "w"))
+    sender = watcher.client
+    sent = [0]
+    try:
+        assert watcher.wait_for(lambda c: c.json("emotion/kiosk-fuzz/stats"), 60)
+        # Control characters are left out of topics: mosquitto disconnects a client that publishes one (MQTT 5
+        # spec, 1.5.4), so they never reach a unit.
+        level = st.text(st.characters(blacklist_characters="#+/", blacklist_categories=("Cs", "Cc")), max_size=12)
+        topic = st.one_of(st.sampled_from(COMMANDS), level, st.lists(level, min_size=2, max_size=4).map("/".join))
+        payload = st.one_of(
+            st.binary(max_size=1500),
+            st.dictionaries(st.text(max_size=12), st.one_of(st.none(), st.integers(), st.text(max_size=80)),
+                            max_size=4).map(lambda d: json.dumps(d).encode()),
+            st.sampled_from([b"", b"{}", b'{"request_id": "x"}', b"null", b"[]", b'{"reason": 1}']))
+
+        # No shrinking: each failing try waits out a timeout, and the daemon's log below says what happened.
+        @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+                  phases=[Phase.explicit, Phase.generate])
+        @given(topic, payload)
+        def one_command(suffix: str, body: bytes) -> None:
+            sender.publish(f"emotion/kiosk-fuzz/cmd/{suffix}", body, qos=1)
+            sent[0] += 1
+            # Every command gets exactly one reply: an error for anything malformed.
+            assert watcher.wait_for(lambda c: len(c.json("emotion/kiosk-fuzz/reply")) >= sent[0], 10), \
+                (suffix, body, log_path.read_text()[-3000:])
+            assert proc.poll() is None, "the daemon died"
+
+        one_command()
+        replies = watcher.json("emotion/kiosk-fuzz/reply")
+        assert len(replies) == sent[0]
+        for reply in replies:
+            validate(reply)
+        assert any(not r["ok"] for r in replies)
+        # Still alive and serving: resume (the fuzz may have paused it), then ask for stats on demand.
+        sender.publish("emotion/kiosk-fuzz/cmd/resume", b"", qos=1)
+        before = len(watcher.json("emotion/kiosk-fuzz/stats"))
+        sender.publish("emotion/kiosk-fuzz/cmd/stats", b'{"request_id": "now"}', qos=1)
+        assert watcher.wait_for(lambda c: len(c.json("emotion/kiosk-fuzz/stats")) > before, 5)
+        assert watcher.wait_for(lambda c: c.json("emotion/kiosk-fuzz/summary") and c.json("emotion/kiosk-fuzz/status")[-1]["state"] == "online", 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    err = log_path.read_text()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "rejected command" in err
+    stats = watcher.json("emotion/kiosk-fuzz/stats")
+    for s in stats:
+        validate(s)
+    last = stats[-1]
+    assert last["loop"]["rate_hz"] == 10 and last["loop"]["ticks"] > 0
+    assert any(s["stages"].get("detect", {}).get("p50_ms", 0) > 0 for s in stats)   # not while paused
+    assert last["system"]["rss_mb"] > 50 and last["mqtt"]["protocol"] == "5" and last["outbox"]["depth"] >= 0

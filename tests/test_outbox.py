@@ -1,0 +1,147 @@
+"""The outbox on a real SQLite file: seq allocation, durability across reopen, acks, and the bound."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import uuid
+
+import pytest
+
+from appliance.config import OutboxConfig
+from appliance.publish.mqtt import Backoff
+from appliance.publish.outbox import Outbox, OutboxError
+
+
+def event(kind: str = "summary", size: int = 0):
+    def make(seq: int) -> dict:
+        return {"schema": f"emotion.{kind}/1", "event_id": uuid.uuid4().hex, "seq": seq, "pad": "x" * size,
+                "historical": False}
+    return make
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_seq_is_allocated_with_the_row_and_survives_reopen(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    seqs = [box.add("summary", event())["seq"] for _ in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    box.ack([1, 2])
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    assert box.last_seq == 5 and box.depth == 3
+    assert [e.seq for e in box.pending()] == [3, 4, 5]
+    assert box.add("alert", event("alert"))["seq"] == 6
+
+
+def test_a_failing_payload_builder_consumes_no_seq_and_stores_nothing(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    box.add("summary", event())
+
+    def broken(seq):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        box.add("summary", broken)
+    assert box.add("summary", event())["seq"] == 2
+    assert [e.seq for e in box.pending()] == [1, 2]
+
+
+def test_seq_continues_from_the_legacy_file(tmp_path):
+    (tmp_path / "seq").write_text("41\n")
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(), legacy_seq_file=tmp_path / "seq")
+    assert box.add("summary", event())["seq"] == 42
+
+
+def test_pending_is_in_seq_order_after_a_cursor(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    for _ in range(10):
+        box.add("summary", event())
+    assert [e.seq for e in box.pending(after_seq=4, limit=3)] == [5, 6, 7]
+    first = box.pending(limit=1)[0]
+    assert first.kind == "summary" and '"seq":1' in first.payload
+
+
+def test_size_bound_drops_stats_first_then_the_oldest_and_counts(tmp_path, caplog):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(max_events=5))
+    box.add("summary", event())          # 1
+    box.add("stats", event("stats"))     # 2
+    box.add("summary", event())          # 3
+    box.add("stats", event("stats"))     # 4
+    box.add("alert", event("alert"))     # 5
+    with caplog.at_level(logging.ERROR):
+        box.add("summary", event())      # 6: over by one, the oldest stats goes
+        box.add("summary", event())      # 7: the next stats goes
+        box.add("summary", event())      # 8: no stats left, the oldest event goes
+    assert [e.seq for e in box.pending()] == [3, 5, 6, 7, 8]
+    assert box.stats().dropped == 3 and box.depth == 5
+    assert "outbox full" in caplog.text
+    box.close()
+    assert Outbox(tmp_path / "o.sqlite3", OutboxConfig(max_events=5)).stats().dropped == 3   # persisted
+
+
+def test_byte_bound_is_enforced(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(max_mb=0.01))   # ~10 kB
+    for _ in range(40):
+        box.add("summary", event(size=1000))
+    stats = box.stats()
+    assert stats.bytes <= 0.01 * 1024 * 1024 and stats.depth < 40 and stats.dropped == 40 - stats.depth
+    assert box.pending()[-1].seq == 40    # the newest are kept
+
+
+def test_age_bound_expires_old_events(tmp_path):
+    clock = Clock()
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(max_age_h=1), clock=clock)
+    box.add("summary", event())
+    box.add("summary", event())
+    clock.t += 1800
+    box.add("summary", event())
+    clock.t += 1801     # the first two are now older than an hour
+    box.expire()
+    assert [e.seq for e in box.pending()] == [3]
+    assert box.stats().expired == 2 and box.stats().oldest_age_s == 1801.0
+
+
+def test_acks_and_refusals_keep_the_counters_true(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    for _ in range(4):
+        box.add("summary", event(size=100))
+    before = box.stats().bytes
+    box.ack([1, 2, 99])      # an unknown seq (already acked) is harmless
+    box.drop(3, "broker refused it: Not authorized")
+    stats = box.stats()
+    assert stats.depth == 1 and stats.dropped == 1 and 0 < stats.bytes < before / 3
+    with sqlite3.connect(tmp_path / "o.sqlite3") as db:
+        assert db.execute("SELECT count(*), sum(length(payload)) FROM events").fetchone() == (1, stats.bytes)
+
+
+def test_a_file_that_is_not_an_outbox_is_a_clear_error(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OutboxError, match="cannot be opened.*move it aside"):
+        Outbox(path, OutboxConfig())
+
+
+def test_an_outbox_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=99")
+    with pytest.raises(OutboxError, match="newer version"):
+        Outbox(path, OutboxConfig())
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    backoff = Backoff(1.0, 30.0, random.Random(3))
+    waits = [backoff.next() for _ in range(12)]
+    caps = [min(30.0, 2.0 ** i) for i in range(12)]
+    assert all(cap / 2 <= w <= cap for w, cap in zip(waits, caps)), waits
+    assert len({round(w / cap, 6) for w, cap in zip(waits, caps)}) > 6    # jittered, not a fixed ratio
+    backoff.reset()
+    assert 0.5 <= backoff.next() <= 1.0
