@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -376,6 +378,88 @@ def doctor(config: Optional[Path] = ConfigOpt) -> None:
                                                                              else ""))
     if failed:
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ watch
+@app.command()
+def watch(
+    config: Optional[Path] = ConfigOpt,
+    broker: Optional[str] = typer.Option(None, "--broker", help="mqtt(s)://HOST:PORT (default: mqtt.broker of "
+                                         "the config, else mqtt://127.0.0.1:1883)"),
+    username: Optional[str] = typer.Option(None, "--username", help="dashboard user (password: "
+                                           "APPLIANCE_MQTT_PASSWORD or --password-file)"),
+    password_file: Optional[Path] = typer.Option(None, "--password-file", help="file holding the password"),
+    seconds: Optional[float] = typer.Option(None, "--seconds", min=0.5, help="collect this long, print the "
+                                            "table once and exit (default: live until Ctrl-C)"),
+    json_out: bool = typer.Option(False, "--json", help="with --seconds: one JSON object per unit instead"),
+) -> None:
+    """Live table of every unit on the broker: status, last summary, anger index, alerts, stats, outbox depth."""
+    import paho.mqtt.client as mqtt
+
+    from appliance.config import parse_broker_url
+    from appliance.publish.mqtt import check_setup, tls_context
+    from appliance.watch import FleetView
+
+    overrides = {"mqtt.broker": broker, "mqtt.username": username, "mqtt.password_file": password_file}
+    cfg = _load(config, **overrides)
+    _setup_logging("WARNING")
+    url = cfg.mqtt.broker or "mqtt://127.0.0.1:1883"
+    addr = parse_broker_url(url)
+    check_setup(cfg.mqtt, addr)
+    view = FleetView(cfg.mqtt.topic_prefix)
+    lock = threading.Lock()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"appliance-watch-{os.getpid()}",
+                         protocol=mqtt.MQTTv311)
+    if cfg.mqtt.username:
+        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password())
+    if addr.tls:
+        client.tls_set_context(tls_context(cfg.mqtt))
+    connected = threading.Event()
+
+    def on_connect(c, userdata, flags, reason, props) -> None:
+        if reason.is_failure:
+            print(f"broker refused the connection: {reason}", file=sys.stderr, flush=True)
+            return
+        connected.set()
+        for topic in view.subscriptions():
+            c.subscribe(topic, qos=1)
+
+    def on_message(c, userdata, message) -> None:
+        with lock:
+            view.update(message.topic, message.payload)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(addr.host, addr.port, keepalive=30)
+    except OSError as e:
+        from appliance.publish.mqtt import describe_connect_error
+
+        raise UserError(describe_connect_error(e, addr, cfg.mqtt)) from None
+    client.loop_start()
+    print(f"watching {url} ({', '.join(view.subscriptions())})", file=sys.stderr, flush=True)
+    live = seconds is None and sys.stdout.isatty()
+    try:
+        if seconds is not None:
+            time.sleep(seconds)
+            if not connected.is_set():
+                raise UserError(f"no MQTT connection to {url} within {seconds:g} s")
+            with lock:
+                print(json.dumps([u.as_dict() for u in view.units.values()], indent=1) if json_out
+                      else view.render(), flush=True)
+            return
+        while True:
+            with lock:
+                table = view.render()
+            stamp = datetime.now().strftime("%H:%M:%S")
+            # A terminal gets a table redrawn in place every second; a log or pipe one every 10 s.
+            print(("\x1b[H\x1b[J" if live else "") + f"{stamp}  {url}\n{table}\n", flush=True)
+            time.sleep(1 if live else 10)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 # ------------------------------------------------------------------------------------------------ privacy

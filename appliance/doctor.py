@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,33 +130,70 @@ def check_engine_cache(cfg: AppConfig) -> Check:
 
 
 def check_broker(cfg: AppConfig, timeout: float = 3.0) -> Check:
+    """Connect the way the daemon does (TLS, client certificate, credentials) and wait for the CONNACK."""
+    import paho.mqtt.client as mqtt
+
     from appliance.config import parse_broker_url
+    from appliance.publish.mqtt import MqttSetupError, check_setup, describe_connect_error, refusal_hint, tls_context
 
     if cfg.mqtt.broker is None:
         return Check("broker", True, "none configured: `appliance run` starts an embedded broker on loopback",
                      warn=True)
     addr = parse_broker_url(cfg.mqtt.broker)
+    try:
+        check_setup(cfg.mqtt, addr)
+    except MqttSetupError as e:
+        return Check("broker", False, str(e), "fix the mqtt section of the config")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"appliance-doctor-{cfg.device.id}",
+                         protocol=mqtt.MQTTv311)
+    if cfg.mqtt.username:
+        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password())
+    if addr.tls:
+        client.tls_set_context(tls_context(cfg.mqtt))
+    answer = {}
+    client.on_connect = lambda c, u, flags, reason, props: answer.update(reason=reason)
     t0 = time.monotonic()
     try:
-        with socket.create_connection((addr.host, addr.port), timeout=timeout) as s:
-            if not addr.tls:
-                # MQTT 3.1.1 CONNECT, clean session, client id "appliance-doctor"; expect CONNACK (0x20 ... rc).
-                cid = b"appliance-doctor"
-                var = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(cid).to_bytes(2, "big") + cid
-                s.sendall(b"\x10" + bytes([len(var)]) + var)
-                s.settimeout(timeout)
-                ack = s.recv(4)
-                if len(ack) < 4 or ack[0] != 0x20:
-                    return Check("broker", False, f"{cfg.mqtt.broker} answered, but not as an MQTT broker",
-                                 "check mqtt.broker's host and port")
-                if ack[3] != 0:
-                    return Check("broker", False, f"{cfg.mqtt.broker} refused the connection (CONNACK code "
-                                 f"{ack[3]})", "check the broker's ACL / credentials for this device")
-                s.sendall(b"\xe0\x00")   # DISCONNECT
+        client.connect(addr.host, addr.port, keepalive=10)
+        while "reason" not in answer and time.monotonic() - t0 < timeout:
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
     except OSError as e:
-        return Check("broker", False, f"{cfg.mqtt.broker}: {e}",
-                     "check the network and that the broker runs; the daemon queues events meanwhile")
-    return Check("broker", True, f"{cfg.mqtt.broker}: MQTT CONNACK in {1000 * (time.monotonic() - t0):.0f} ms")
+        return Check("broker", False, describe_connect_error(e, addr, cfg.mqtt),
+                     "check the network, the broker and mqtt.tls; the daemon keeps events in the outbox meanwhile")
+    finally:
+        client.disconnect()
+    if "reason" not in answer:
+        return Check("broker", False, f"{cfg.mqtt.broker} did not answer the MQTT CONNECT",
+                     "check mqtt.broker's host and port (and mqtt.tls for a broker that needs client certificates)")
+    if answer["reason"].is_failure:
+        reason = str(answer["reason"])
+        return Check("broker", False, f"{cfg.mqtt.broker} refused the connection: {reason}",
+                     refusal_hint(reason).lstrip(": ") or "check the broker's ACL for this device")
+    return Check("broker", True, f"{cfg.mqtt.broker}: MQTT CONNACK in {1000 * (time.monotonic() - t0):.0f} ms"
+                 + (" over TLS" if addr.tls else ""))
+
+
+def check_outbox(cfg: AppConfig) -> Check:
+    """What waits to be sent, and whether the bound has had to drop anything."""
+    import sqlite3
+
+    path = Path(cfg.state.dir).expanduser() / "outbox.sqlite3"
+    if not path.exists():
+        return Check("outbox", True, f"{path}: not created yet (first `appliance run` creates it)", warn=True)
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            depth, oldest = db.execute("SELECT count(*), min(created) FROM events").fetchone()
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.DatabaseError as e:
+        return Check("outbox", False, f"{path}: {e}", "move the file aside; the daemon creates a new one")
+    lost = meta.get("dropped", 0) + meta.get("expired", 0)
+    age = f", oldest {(time.time() - oldest) / 3600:.1f} h old" if oldest else ""
+    detail = f"{path}: {depth} events waiting{age}; seq {meta.get('last_seq', 0)}; {lost} dropped by the bound"
+    if lost:
+        return Check("outbox", True, detail, "the broker was unreachable for longer than [outbox] allows; raise "
+                     "outbox.max_mb / max_age_h or fix the link", warn=True)
+    return Check("outbox", True, detail)
 
 
 def check_disk(cfg: AppConfig, minimum_mb: int = 500) -> Check:
@@ -199,7 +235,7 @@ def check_clock() -> Check:
 def run_checks(cfg: AppConfig) -> list[Check]:
     steps: list[Callable[[], Check | list[Check]]] = [
         lambda: check_camera(cfg), lambda: check_microphone(cfg), lambda: check_models(cfg),
-        lambda: check_providers(cfg), lambda: check_engine_cache(cfg), lambda: check_broker(cfg),
+        lambda: check_providers(cfg), lambda: check_engine_cache(cfg), lambda: check_broker(cfg), lambda: check_outbox(cfg),
         lambda: check_disk(cfg), check_clock]
     checks: list[Check] = []
     for step in steps:

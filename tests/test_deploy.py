@@ -233,7 +233,7 @@ def test_doctor_one_line_per_check_and_a_fix_for_each_failure(tmp_path):
     assert proc.returncode == 1
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     names = {line[7:20].strip() for line in lines}
-    assert {"camera", "microphone", "model", "providers", "engine cache", "broker", "disk", "clock"} <= names
+    assert {"camera", "microphone", "model", "providers", "engine cache", "broker", "outbox", "disk", "clock"} <= names
     broker = next(i for i, line in enumerate(proc.stdout.splitlines()) if "] broker" in line)
     assert proc.stdout.splitlines()[broker].startswith("[FAIL]")
     assert proc.stdout.splitlines()[broker + 1].strip().startswith("fix:")
