@@ -1,0 +1,20 @@
+"""The fleet load script runs end to end on a small fleet and accounts for every message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_fleet_load_small_run_loses_nothing(tmp_path):
+    out = tmp_path / "load.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fleet_load.py"), "--units", "20",
+                           "--seconds", "2", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["published"] >= 40 and report["acked_by_broker"] == report["published"]
+    assert report["lost"] == 0 and report["received_unique"] == report["published"]
+    assert report["broker_cpu_percent_of_one_core"] >= 0 and "| 20 |" in out.with_suffix(".md").read_text()
