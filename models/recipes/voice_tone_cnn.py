@@ -119,14 +119,15 @@ def clip_features(audio: np.ndarray) -> np.ndarray:
     return np.stack([log_mel(s) for s in clip_segments(audio, SEGMENT, EVAL_HOP)])
 
 
-def evaluate(model, clips) -> tuple[float, float, np.ndarray]:
+def evaluate(model, clips, probabilities: bool = False) -> tuple[float, float, np.ndarray]:
     import torch
 
     model.eval()
     preds = []
     with torch.no_grad():
         for feats in clips["features"]:
-            probs = torch.softmax(model(torch.from_numpy(feats[:, None])), dim=1).mean(dim=0)
+            out = model(torch.from_numpy(feats[:, None]))
+            probs = (out if probabilities else torch.softmax(out, dim=1)).mean(dim=0)
             preds.append(int(probs.argmax()))
     y = np.array(clips["labels"])
     p = np.array(preds)
@@ -149,20 +150,25 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / "voice_training")
     parser.add_argument("--finalize-only", action="store_true",
                         help="skip training: evaluate the exported files and (re)write the manifest")
+    parser.add_argument("--seeds", type=str, default=None,
+                        help="comma-separated seeds: one model per seed, shipped as one ONNX file that averages "
+                             "their probabilities (default: --seed alone)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train and save each seed's weights (<log>/seed<N>.pt); no export")
+    parser.add_argument("--reuse", action="store_true", help="load a seed's weights from <log>/seed<N>.pt if there")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    args.seed_list = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     if args.finalize_only:
         finalize(args)
         return
 
     import torch
-    from torch import nn
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
-    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     args.log.mkdir(parents=True, exist_ok=True)
-    log_file = open(args.log / "training_log.txt", "w")
+    log_file = open(args.log / "training_log.txt", "a" if args.reuse else "w")
 
     def say(msg: str) -> None:
         print(msg, flush=True)
@@ -174,7 +180,49 @@ def main() -> None:
     say(f"train {len(train)} clips ({len({i[3] for i in train})} speakers), validation {len(val)} clips "
         f"(speakers {sorted(VAL_SPEAKERS)}); loaded in {time.time() - t0:.0f} s")
     val_clips = {"features": [clip_features(i[0]) for i in val], "labels": [i[1] for i in val]}
+    history_path = args.log / "history.json"
+    histories = json.loads(history_path.read_text()) if args.reuse and history_path.exists() else {}
+    if isinstance(histories, list):      # written by a single-seed version of this recipe
+        histories = {}
+    models = []
+    for seed in args.seed_list:
+        state = args.log / f"seed{seed}.pt"
+        model = build_model()
+        if args.reuse and state.exists():
+            model.load_state_dict(torch.load(state))
+            model.eval()
+            say(f"seed {seed}: weights from {state}")
+        else:
+            model, history = train_one(args, seed, train, val_clips, say)
+            torch.save(model.state_dict(), state)
+            histories[str(seed)] = history
+            history_path.write_text(json.dumps(histories, indent=1) + "\n")
+            plot_history(history, args.log / f"training_curve_seed{seed}.png")
+        models.append(model)
+    if args.train_only:
+        return
+    rng = np.random.default_rng(args.seed_list[0])
+    model = models[0] if len(models) == 1 else Ensemble(models)
+    if len(models) > 1:
+        acc, angry_recall, _ = evaluate(model, val_clips, probabilities=True)
+        say(f"ensemble of seeds {args.seed_list} (mean of their probabilities): val acc {acc:.3f}  angry recall "
+            f"{angry_recall:.3f}")
+    export(model, args.out / "fp32.onnx", probabilities=len(models) > 1)
+    augment = Augment(rng)
+    calib = [augment(train[int(i)][0])[None, None] for i in rng.choice(len(train), 400, replace=False)]
+    quantize(args.out / "fp32.onnx", args.out / "int8.onnx", calib)
+    say(f"exported {args.out}/fp32.onnx and int8.onnx in {time.time() - t0:.0f} s total")
+    log_file.close()
+    finalize(args)
 
+
+def train_one(args, seed: int, train, val_clips, say):
+    """One model from one seed: OneCycle, SWA over the last quarter, BatchNorm re-estimated. Returns it + history."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     # Balanced over labels within each corpus, and RAVDESS (16 speakers) drawn more often than TESS (2 speakers,
     # 1,399 clips): speaker variety is what generalises to new voices.
     corpus_share = {"ravdess": 0.65, "tess": 0.35}
@@ -187,7 +235,7 @@ def main() -> None:
 
     model = build_model()
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"model: {n_params} parameters; {args.epochs} epochs, batch {args.batch}, seed {args.seed}, "
+    say(f"model: {n_params} parameters; {args.epochs} epochs, batch {args.batch}, seed {seed}, "
         f"angry loss weight {args.angry_weight:g}, speed perturbation +-{args.speed:g}")
     steps_per_epoch = len(train) // args.batch
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
@@ -223,28 +271,39 @@ def main() -> None:
         acc, angry_recall, _ = evaluate(model, val_clips)
         history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4), "val_accuracy": round(acc, 4),
                         "val_angry_recall": round(angry_recall, 4)})
-        say(f"epoch {epoch:3d}/{args.epochs}  loss {total / steps_per_epoch:.3f}  val acc {acc:.3f}  "
+        say(f"seed {seed} epoch {epoch:3d}/{args.epochs}  loss {total / steps_per_epoch:.3f}  val acc {acc:.3f}  "
             f"angry recall {angry_recall:.3f}  ({time.time() - started:.0f} s)")
     # BatchNorm statistics for the averaged weights, from clean (unaugmented) training crops: the eval-time input.
     model = swa.module
     recalibrate_batchnorm(model, train, rng)
     acc, angry_recall, _ = evaluate(model, val_clips)
-    say(f"final model (weights averaged over epochs {swa_from}-{args.epochs}, BatchNorm re-estimated on clean "
-        f"training audio): val acc {acc:.3f}  angry recall {angry_recall:.3f}")
+    say(f"seed {seed} final model (weights averaged over epochs {swa_from}-{args.epochs}, BatchNorm re-estimated on "
+        f"clean training audio): val acc {acc:.3f}  angry recall {angry_recall:.3f}")
     history.append({"epoch": "final", "val_accuracy": round(acc, 4), "val_angry_recall": round(angry_recall, 4)})
-    torch.save(model.state_dict(), args.log / "model_state.pt")
-    (args.log / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     last = history[-6:-1]
-    say("last 5 epochs: val acc " + ", ".join(f"{h['val_accuracy']:.3f}" for h in last) +
+    say(f"seed {seed} last 5 epochs: val acc " + ", ".join(f"{h['val_accuracy']:.3f}" for h in last) +
         "; angry recall " + ", ".join(f"{h['val_angry_recall']:.3f}" for h in last))
-    plot_history(history, args.log / "training_curve.png")
+    return model, history
 
-    export(model, args.out / "fp32.onnx")
-    calib = [augment(train[int(i)][0])[None, None] for i in rng.choice(len(train), 400, replace=False)]
-    quantize(args.out / "fp32.onnx", args.out / "int8.onnx", calib)
-    say(f"exported {args.out}/fp32.onnx and int8.onnx in {time.time() - t0:.0f} s total")
-    log_file.close()
-    finalize(args)
+
+def build_ensemble_class():
+    import torch
+
+    class Ensemble(torch.nn.Module):
+        """Several independently trained models; the output is the mean of their probabilities."""
+
+        def __init__(self, models):
+            super().__init__()
+            self.members = torch.nn.ModuleList(models)
+
+        def forward(self, x):
+            return torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(dim=0)
+
+    return Ensemble
+
+
+def Ensemble(models):  # noqa: N802 - a factory that reads like the class it builds (torch is imported lazily)
+    return build_ensemble_class()(models)
 
 
 def finalize(args) -> None:
@@ -256,8 +315,11 @@ def finalize(args) -> None:
     from appliance.perception.voice import VoiceToneModel
 
     history = args.log / "history.json"
-    epochs = [h for h in json.loads(history.read_text()) if h["epoch"] != "final"] if history.exists() else []
-    last = epochs[-5:]
+    histories = json.loads(history.read_text()) if history.exists() else {}
+    finals = {seed: next((h for h in histories.get(str(seed), []) if h["epoch"] == "final"), None)
+              for seed in args.seed_list}
+    members = "; ".join(f"seed {seed}: accuracy {h['val_accuracy']:.3f}, angry recall {h['val_angry_recall']:.3f}"
+                        for seed, h in finals.items() if h)
     variants = [Variant(precision=p, file=f"{p}.onnx", sha256=sha256_of(args.out / f"{p}.onnx"),
                         bytes=(args.out / f"{p}.onnx").stat().st_size,
                         quantization=None if p == "fp32" else {
@@ -272,10 +334,12 @@ def finalize(args) -> None:
         provider_precision={"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"},
         provider_precision_source="benchmarks/results/runtime_precisions.md",
         provenance=Provenance(
-            source="trained here from scratch on RAVDESS actors 01-16 + TESS (../shared/data/speech), "
-                   f"{args.epochs} epochs, seed {args.seed}, angry loss weight {args.angry_weight:g}, speed perturbation +-{args.speed:g}, weights averaged over the last quarter, BatchNorm "
-                   "re-estimated on clean training audio; single-epoch validation accuracy of the last 5 epochs "
-                   + ", ".join(f"{h['val_accuracy']:.3f}" for h in last) + " (the averaged model's is below)",
+            source="trained here from scratch on RAVDESS actors 01-16 + TESS (../shared/data/speech): "
+                   f"{len(args.seed_list)} model(s), seeds {args.seed_list}, each {args.epochs} epochs, angry loss "
+                   f"weight {args.angry_weight:g}, speed perturbation +-{args.speed:g}, weights averaged over the "
+                   "last quarter, BatchNorm re-estimated on clean training audio"
+                   + ("; the file averages their probabilities" if len(args.seed_list) > 1 else "")
+                   + (f". Members on validation: {members}" if members else ""),
             licence="weights: trained on CC BY-NC-SA (RAVDESS) and CC BY-NC-ND (TESS) data: non-commercial "
                     "research use until retrained on licensed data",
             recipe="models/recipes/voice_tone_cnn.py",
@@ -367,7 +431,8 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def export(model, path: Path) -> None:
+def export(model, path: Path, probabilities: bool = False) -> None:
+    """ONNX with probabilities out: a single model gets a Softmax appended; an ensemble already averages them."""
     import torch
 
     class WithSoftmax(torch.nn.Module):
@@ -380,7 +445,7 @@ def export(model, path: Path) -> None:
 
     model.eval()
     dummy = torch.zeros(1, 1, DEFAULT.n_mels, DEFAULT.frames(SEGMENT))
-    torch.onnx.export(WithSoftmax(model), dummy, str(path), input_names=["input"], output_names=["probabilities"],
+    torch.onnx.export(model if probabilities else WithSoftmax(model), dummy, str(path), input_names=["input"], output_names=["probabilities"],
                       dynamic_axes={"input": {0: "N"}, "probabilities": {0: "N"}}, opset_version=17, dynamo=False)
 
 
