@@ -170,7 +170,7 @@ class MqttConfig(Section):
     tls: TlsConfig = Field(default_factory=TlsConfig)
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0, description="backoff cap; each wait is jittered to 50-100%")
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="backoff cap; each wait is jittered to 50-100%")
     inflight: int = Field(default=20, ge=1, le=1000, description="events sent and not yet acknowledged")
     stats_interval_s: float = Field(default=60.0, ge=1, description="how often the stats event is published")
     embedded_port: int = Field(default=1883, ge=0, le=65535, description="0 = any free port")

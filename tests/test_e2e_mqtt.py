@@ -116,18 +116,6 @@ def test_unreachable_broker_at_start_is_retried_and_nothing_is_lost(tmp_path, co
             proc.kill()
 
 
-def test_seq_survives_restart(tmp_path, mosquitto, collect):
-    watcher = collect(mosquitto.port, "emotion/+/summary")
-    env = appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2")
-    for _ in range(2):
-        proc = subprocess.run(appliance_cmd("run", "--broker", mosquitto.url, "--duration", "3"), env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 4, 10)
-    seqs = [s["seq"] for s in watcher.json("/summary")]
-    assert seqs == list(range(1, len(seqs) + 1)), seqs
-
-
 @pytest.mark.parametrize("broker", ["mqtt://", "ftp://host:1", "mqtt://host:notaport"])
 def test_bad_broker_url_is_a_config_error(tmp_path, broker):
     proc = subprocess.run(appliance_cmd("run", "--broker", broker, "--duration", "1"), env=appliance_env(tmp_path),

@@ -38,7 +38,7 @@ from appliance.publish.payloads import status_payload
 
 log = logging.getLogger(__name__)
 
-CONNACK_TIMEOUT_S = 10.0
+CONNACK_TIMEOUT_S = 5.0
 UNSUPPORTED_PROTOCOL = {132, 1}   # MQTT 5 reason code / MQTT 3.1.1 CONNACK return code
 
 
@@ -280,14 +280,16 @@ class MqttPublisher:
         self._socket_up = True
         self._connack_deadline = time.monotonic() + CONNACK_TIMEOUT_S
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, quiet: bool = False) -> None:
         delay = self._backoff.next()
         self._next_attempt = time.monotonic() + delay
+        if quiet:
+            return
         self._failures_logged += 1
         # First failure and then every 10th, so a long outage does not flood the log.
         if self._failures_logged == 1 or self._failures_logged % 10 == 0:
-            log.warning("MQTT: cannot connect (attempt %d): %s; retrying in %.1f s, events wait in the outbox (%d)",
-                        self._backoff.failures, why, delay, self.outbox.depth)
+            log.warning("MQTT: cannot connect (attempt %d): %s; retrying in %.1f s, %d events wait in the outbox",
+                        self._failures_logged, why, delay, self.outbox.depth)
 
     def _lost(self, why: str) -> None:
         was_connected = self.connected.is_set()
@@ -312,7 +314,7 @@ class MqttPublisher:
             log.warning("MQTT: connection lost (%s); reconnecting, events wait in the outbox", why)
             self._failures_logged = 0
             self._backoff.reset()
-        self._failed(why)
+        self._failed(why, quiet=was_connected)
 
     def _drained(self) -> bool:
         return self.outbox.depth == 0 and not self._inflight and not self._control and not self._status_dirty
