@@ -10,3 +10,7 @@ __version__ = "0.1.0"
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 # - mediapipe's vision package imports matplotlib, which writes a font cache; keep it with our other caches.
 _os.environ.setdefault("MPLCONFIGDIR", _os.path.expanduser("~/.cache/appliance/matplotlib"))
+# - numpy's OpenBLAS starts one thread per core for every matrix product. The daemon's products are tiny (log-mel:
+#   197x257 @ 257x64) and its cores are busy with inference: waking those threads cost a mean 3.5 ms per log-mel
+#   call with a p95 of 8.8 ms (benchmarks, 2 cores), against 1.0 ms single-threaded.
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

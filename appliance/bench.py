@@ -72,6 +72,12 @@ def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = Tr
         "summaries": report.summaries,
         "alerts": report.alerts,
         "loop_overhead_fraction": round(1 - model / work, 4) if work else 0.0,
+        # Where the overhead goes, in ms per tick: each non-model stage, and the loop's own untimed work (pause
+        # checks, stall checks, bookkeeping) as "untimed".
+        "overhead_ms_per_tick": {s: round(sum(t.stages.get(s, 0.0) for t in ticks) * 1000 / len(ticks), 3)
+                                 for s in STAGES if s not in MODEL_STAGES} | {
+            "untimed": round(sum(t.finished - t.started - sum(t.stages.values()) for t in ticks) * 1000
+                             / len(ticks), 3)} if ticks else {},
         "cpu_percent_of_one_core": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall, 1),
         "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "providers": {m["model"]: {"provider": m["provider"], "precision": m["precision"]}
@@ -183,7 +189,9 @@ def markdown(result: dict) -> str:
              f"- end-to-end tick latency p50 {loop['end_to_end']['p50_ms']:.2f} ms, p95 "
              f"{loop['end_to_end']['p95_ms']:.2f}, **p99 {loop['end_to_end']['p99_ms']:.2f}**, max "
              f"{loop['end_to_end']['max_ms']:.2f}",
-             f"- loop overhead (not a model call) {100 * loop['loop_overhead_fraction']:.1f}% of tick work; CPU "
+             f"- loop overhead (not a model call) {100 * loop['loop_overhead_fraction']:.1f}% of tick work ("
+             + ", ".join(f"{k} {v:.2f}" for k, v in loop.get("overhead_ms_per_tick", {}).items() if v >= 0.005)
+             + " ms per tick); CPU "
              f"{loop['cpu_percent_of_one_core']:.0f}% of one core; RSS {loop['rss_mb']:.0f} MB",
              f"- camera frames dropped {loop['frames_dropped']} (used {loop['frames_used']}); audio lost "
              f"{loop['audio_lost_seconds']} s",

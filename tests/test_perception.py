@@ -125,3 +125,39 @@ def test_int8_agrees_with_fp32_on_real_faces(model_path, expression):
 def test_wrong_crop_shape_is_rejected(expression):
     with pytest.raises(ValueError, match="expected"):
         expression.classify(np.zeros((2, 48, 48), np.uint8))
+
+
+def _reference_crop(frame, box, size, margin=0.15):
+    """The plain way: each face's own square, converted and resized at full resolution."""
+    import cv2
+
+    side = int(round(max(box.w, box.h) * (1 + 2 * margin)))
+    x0, y0 = int(round(box.x + box.w / 2 - side / 2)), int(round(box.y + box.h / 2 - side / 2))
+    h, w = frame.shape[:2]
+    region = cv2.cvtColor(frame[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)], cv2.COLOR_BGR2GRAY)
+    pads = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
+    if any(pads):
+        region = cv2.copyMakeBorder(region, *pads, cv2.BORDER_REPLICATE)
+    return cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+
+
+def test_shared_gray_region_crops_match_per_face_crops():
+    import cv2
+
+    from appliance.perception.faces import FaceBox, crop_faces
+
+    cap = cv2.VideoCapture(str(DEMO))
+    for _ in range(30):
+        ok, frame = cap.read()
+    assert ok
+    boxes = [FaceBox(250, 60, 140, 160, 0.9), FaceBox(20, 200, 150, 150, 0.8),    # large: halved path
+             FaceBox(560, 300, 130, 130, 0.7)]                                      # leaves the frame: padded
+    crops = crop_faces(frame, boxes, (64, 64))
+    for crop, box in zip(crops, boxes):
+        diff = np.abs(crop.astype(int) - _reference_crop(frame, box, (64, 64)).astype(int))
+        # Half resolution rounds positions to 2 px: a small shift, most visible where the edge is padded.
+        assert diff.mean() < 3.0 and np.percentile(diff, 99) < 24, (box, diff.mean())
+    small = [FaceBox(300, 100, 40, 44, 0.9), FaceBox(100, 150, 36, 36, 0.9)]       # full-resolution path: exact
+    for crop, box in zip(crop_faces(frame, small, (64, 64)), small):
+        assert np.array_equal(crop, _reference_crop(frame, box, (64, 64)))
+    assert crop_faces(frame, [FaceBox(5000, 5000, 50, 50, 0.5)], (64, 64)).shape == (1, 64, 64)

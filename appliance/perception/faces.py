@@ -118,21 +118,63 @@ def crop_faces(frame_bgr: np.ndarray, boxes: tuple[FaceBox, ...] | list[FaceBox]
                margin: float = 0.15) -> np.ndarray:
     """Square gray crops around each box (plus ``margin`` per side), edge-padded where they leave the frame.
 
-    Returns (N, size[0], size[1]) uint8, ready for ExpressionModel.classify.
+    Returns (N, size[0], size[1]) uint8, ready for ExpressionModel.classify. Only the part of the frame the crops
+    cover is converted to gray, once for all faces; when every crop is at least twice the output size, that part is
+    first halved (a 2x2 box filter): an anti-aliased result for a quarter of the resize work per face.
     """
     import cv2
 
     out = np.empty((len(boxes), size[0], size[1]), dtype=np.uint8)
+    if not len(boxes):
+        return out
     height, width = frame_bgr.shape[:2]
-    for i, b in enumerate(boxes):
+    squares = []
+    for b in boxes:
         side = int(round(max(b.w, b.h) * (1 + 2 * margin)))
-        cx, cy = b.x + b.w / 2, b.y + b.h / 2
-        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-        x1, y1 = x0 + side, y0 + side
-        region = frame_bgr[max(0, y0):min(height, y1), max(0, x0):min(width, x1)]
-        gray = cv2.cvtColor(region, cv2.COLOR_BGR2GRAY)
+        x0, y0 = int(round(b.x + b.w / 2 - side / 2)), int(round(b.y + b.h / 2 - side / 2))
+        squares.append((x0, y0, side))
+    ux0, uy0 = max(0, min(q[0] for q in squares)), max(0, min(q[1] for q in squares))
+    ux1, uy1 = min(width, max(q[0] + q[2] for q in squares)), min(height, max(q[1] + q[2] for q in squares))
+    if ux1 <= ux0 or uy1 <= uy0:    # every box lies outside the frame: nothing real to crop
+        out[:] = 0
+        return out
+    gray = cv2.cvtColor(frame_bgr[uy0:uy1, ux0:ux1], cv2.COLOR_BGR2GRAY)
+    scale = 1.0
+    if min(q[2] for q in squares) >= 2 * max(size):
+        gray = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        scale = 0.5
+    gh, gw = gray.shape
+    for i, (x0, y0, side) in enumerate(squares):
+        # Coordinates in the (possibly halved) gray region; a square that leaves the frame leaves it here too.
+        sx0, sy0 = int(round((x0 - ux0) * scale)), int(round((y0 - uy0) * scale))
+        s = max(1, int(round(side * scale)))
+        sx1, sy1 = sx0 + s, sy0 + s
+        region = gray[max(0, sy0):min(gh, sy1), max(0, sx0):min(gw, sx1)]
+        pads = (max(0, -sy0), max(0, sy1 - gh), max(0, -sx0), max(0, sx1 - gw))
+        if any(pads):
+            region = cv2.copyMakeBorder(region, *pads, cv2.BORDER_REPLICATE)
+        out[i] = cv2.resize(region, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return out
+    sides = [int(round(max(b.w, b.h) * (1 + 2 * margin))) for b in boxes]
+    # One face: converting just its region is cheapest. Several: convert (and halve) the frame once.
+    gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if len(boxes) > 1 else None
+    half = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) \
+        if gray is not None and min(sides) >= 2 * max(size) else None
+    for i, (b, side) in enumerate(zip(boxes, sides)):
+        source, scale = (half, 0.5) if half is not None else (gray, 1.0)
+        cx, cy = (b.x + b.w / 2) * scale, (b.y + b.h / 2) * scale
+        side_s = max(1, int(round(side * scale)))
+        x0, y0 = int(round(cx - side_s / 2)), int(round(cy - side_s / 2))
+        x1, y1 = x0 + side_s, y0 + side_s
+        if source is None:    # one small face: convert just its region
+            height, width = frame_bgr.shape[:2]
+            region = cv2.cvtColor(frame_bgr[max(0, y0):min(height, y1), max(0, x0):min(width, x1)],
+                                  cv2.COLOR_BGR2GRAY)
+        else:
+            height, width = source.shape[:2]
+            region = source[max(0, y0):min(height, y1), max(0, x0):min(width, x1)]
         pads = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
         if any(pads):
-            gray = cv2.copyMakeBorder(gray, *pads, cv2.BORDER_REPLICATE)
-        out[i] = cv2.resize(gray, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            region = cv2.copyMakeBorder(region, *pads, cv2.BORDER_REPLICATE)
+        out[i] = cv2.resize(region, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return out
