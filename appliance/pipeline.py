@@ -125,6 +125,7 @@ class Pipeline:
         self.audit = AuditLog(config.state.dir / "audit.log")
         self.paused_by: set[str] = set()
         self._pause_file = config.pause_file
+        self._pause_file_checked = float("-inf")
         self._signal_pause: bool | None = None    # set from a signal handler, applied by the loop
         self._no_faces = np.zeros((0, len(self.expression.labels)), np.float32)
         self._face_angry = self.expression.labels.index("angry")
@@ -178,10 +179,10 @@ class Pipeline:
 
     def _update_pause(self, now: float) -> None:
         wanted = set(self.paused_by)
-        if self._pause_file.exists():
-            wanted.add("file")
-        else:
-            wanted.discard("file")
+        # Twice a second is prompt for a person (or a GPIO button) and spares the loop a syscall per tick.
+        if now - self._pause_file_checked >= 0.5:
+            self._pause_file_checked = now
+            (wanted.add if self._pause_file.exists() else wanted.discard)("file")
         if self._signal_pause is not None:
             (wanted.add if self._signal_pause else wanted.discard)("signal")
             self._signal_pause = None
