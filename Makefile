@@ -25,8 +25,9 @@ build-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq portaudio19-dev >/dev/null; \
 	fi
 
-# What the tests talk to or run: mosquitto (the real broker), shellcheck and systemd-analyze (the deploy checks).
-TEST_PACKAGES := mosquitto shellcheck systemd
+# What the tests talk to or run: mosquitto (the real broker, mosquitto_passwd), openssl (test certificates),
+# shellcheck and systemd-analyze (the deploy checks).
+TEST_PACKAGES := mosquitto openssl shellcheck systemd
 system-deps:
 	@missing=$$(for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -69,7 +70,8 @@ bench: setup
 	$(BIN)/python benchmarks/vad_eval.py --data $(DATA)
 	$(BIN)/appliance bench --seconds 300 --faces 4 --matrix --faces-data $(DATA)/faces/fer2013/public_test \
 		--voice-data $(DATA)/speech --voice-where $(VAL_SPEAKERS) --json benchmarks/results/bench.json
-	$(BIN)/python benchmarks/repeatability.py --seconds 60
+	$(BIN)/python benchmarks/repeatability.py --seconds 120 --faces 4
+	$(BIN)/python benchmarks/fleet_load.py --units 1000 --seconds 60 --period 1 --json benchmarks/results/fleet_load.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
