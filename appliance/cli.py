@@ -394,10 +394,8 @@ def watch(
     json_out: bool = typer.Option(False, "--json", help="with --seconds: one JSON object per unit instead"),
 ) -> None:
     """Live table of every unit on the broker: status, last summary, anger index, alerts, stats, outbox depth."""
-    import paho.mqtt.client as mqtt
-
     from appliance.config import parse_broker_url
-    from appliance.publish.mqtt import check_setup, tls_context
+    from appliance.publish.mqtt import check_setup, tool_client
     from appliance.watch import FleetView
 
     overrides = {"mqtt.broker": broker, "mqtt.username": username, "mqtt.password_file": password_file}
@@ -408,12 +406,7 @@ def watch(
     check_setup(cfg.mqtt, addr)
     view = FleetView(cfg.mqtt.topic_prefix)
     lock = threading.Lock()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"appliance-watch-{os.getpid()}",
-                         protocol=mqtt.MQTTv311)
-    if cfg.mqtt.username:
-        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password())
-    if addr.tls:
-        client.tls_set_context(tls_context(cfg.mqtt))
+    client = tool_client(cfg.mqtt, addr, f"appliance-watch-{os.getpid()}")
     connected = threading.Event()
 
     def on_connect(c, userdata, flags, reason, props) -> None:

@@ -92,11 +92,11 @@ def check_models(cfg: AppConfig) -> list[Check]:
             for variant in manifest.variants:
                 verify_variant(manifest, variant)
             acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}" for v in manifest.variants if v.accuracy]
-            checks.append(Check(f"model", True, f"{manifest.name} {manifest.version}: "
+            checks.append(Check("model", True, f"{manifest.name} {manifest.version}: "
                                 f"{', '.join(manifest.precisions())} sha256 match" + (f"; {', '.join(acc)}" if acc
                                                                                     else "")))
         except (ModelFileError, ValueError) as e:
-            checks.append(Check("model", False, str(e), f"reinstall the models or rebuild them: make models"))
+            checks.append(Check("model", False, str(e), "reinstall the models or rebuild them: make models"))
     return checks
 
 
@@ -134,7 +134,7 @@ def check_broker(cfg: AppConfig, timeout: float = 3.0) -> Check:
     import paho.mqtt.client as mqtt
 
     from appliance.config import parse_broker_url
-    from appliance.publish.mqtt import MqttSetupError, check_setup, describe_connect_error, refusal_hint, tls_context
+    from appliance.publish.mqtt import MqttSetupError, check_setup, describe_connect_error, refusal_hint, tool_client
 
     if cfg.mqtt.broker is None:
         return Check("broker", True, "none configured: `appliance run` starts an embedded broker on loopback",
@@ -144,12 +144,7 @@ def check_broker(cfg: AppConfig, timeout: float = 3.0) -> Check:
         check_setup(cfg.mqtt, addr)
     except MqttSetupError as e:
         return Check("broker", False, str(e), "fix the mqtt section of the config")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"appliance-doctor-{cfg.device.id}",
-                         protocol=mqtt.MQTTv311)
-    if cfg.mqtt.username:
-        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password())
-    if addr.tls:
-        client.tls_set_context(tls_context(cfg.mqtt))
+    client = tool_client(cfg.mqtt, addr, f"appliance-doctor-{cfg.device.id}")
     answer = {}
     client.on_connect = lambda c, u, flags, reason, props: answer.update(reason=reason)
     t0 = time.monotonic()

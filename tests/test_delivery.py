@@ -16,8 +16,6 @@ from pathlib import Path
 import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from appliance.config import MqttConfig, OutboxConfig, parse_broker_url
 from appliance.publish.broker import EmbeddedBroker

@@ -11,7 +11,7 @@ import time
 import jsonschema
 import pytest
 
-from conftest import DEMO, Collector, Mosquitto, appliance_cmd, appliance_env, free_port, load_schema
+from conftest import DEMO, Mosquitto, appliance_cmd, appliance_env, free_port, load_schema
 
 SUMMARY = load_schema("summary")
 STATUS = load_schema("status")

@@ -11,10 +11,9 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 import soundfile as sf
 
-from conftest import DEMO, Collector, appliance_cmd, appliance_env
+from conftest import DEMO, appliance_cmd, appliance_env
 
 CAPTURE = textwrap.dedent("""
     import json, sys, time

@@ -6,11 +6,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
 
 from appliance.audit import AuditLog, verify

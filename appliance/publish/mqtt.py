@@ -104,6 +104,16 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     return context
 
 
+def tool_client(cfg: MqttConfig, broker: BrokerAddress, client_id: str) -> mqtt.Client:
+    """A plain MQTT 3.1.1 client for the CLI tools (doctor, watch), with the config's TLS and credentials."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password())
+    if broker.tls:
+        client.tls_set_context(tls_context(cfg))
+    return client
+
+
 def describe_connect_error(error: BaseException, broker: BrokerAddress, cfg: MqttConfig) -> str:
     """A connection failure in words a technician can act on."""
     where = f"{broker.host}:{broker.port}"
