@@ -31,6 +31,8 @@ class Anger:
         self.voice_step_s = voice_step_s
         self._face: deque[tuple[float, float]] = deque()
         self._voice: deque[tuple[float, float]] = deque()
+        self._face_sum = 0.0
+        self._voice_sum = 0.0
         self._armed = True
         self._last_alert: float | None = None
         self.index: float | None = None
@@ -38,17 +40,21 @@ class Anger:
         self.held_back = 0    # crossings inside the cool-down
 
     def update(self, t: float, face_anger: float | None, voice_anger: float | None) -> Alert | None:
+        # Running sums beside the deques: this runs every tick, and the window holds ~50 face values.
         if face_anger is not None:
             self._face.append((t, face_anger))
+            self._face_sum += face_anger
         if voice_anger is not None:
             self._voice.append((t, voice_anger))
+            self._voice_sum += voice_anger
         horizon = t - self.cfg.window_s
-        for q in (self._face, self._voice):
-            while q and q[0][0] <= horizon:
-                q.popleft()
+        while self._face and self._face[0][0] <= horizon:
+            self._face_sum -= self._face.popleft()[1]
+        while self._voice and self._voice[0][0] <= horizon:
+            self._voice_sum -= self._voice.popleft()[1]
         evidence = len(self._face) * self.tick_period_s + len(self._voice) * self.voice_step_s
-        face = sum(v for _, v in self._face) / len(self._face) if self._face else None
-        voice = sum(v for _, v in self._voice) / len(self._voice) if self._voice else None
+        face = self._face_sum / len(self._face) if self._face else None
+        voice = self._voice_sum / len(self._voice) if self._voice else None
         self.index = anger_index(face, voice) if evidence >= self.cfg.min_evidence_s else None
         if self.index is None:
             return None

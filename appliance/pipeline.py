@@ -6,7 +6,6 @@ Data flows one way. The loop owns time; stages only compute. Every tick is timed
 from __future__ import annotations
 
 import logging
-import queue
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -186,11 +185,8 @@ class Pipeline:
         if self._signal_pause is not None:
             (wanted.add if self._signal_pause else wanted.discard)("signal")
             self._signal_pause = None
-        while self.publisher is not None:
-            try:
-                command = self.publisher.commands.get_nowait()
-            except queue.Empty:
-                break
+        while self.publisher is not None and self.publisher.commands:
+            command = self.publisher.commands.popleft()
             error = None
             if command.name == "pause":
                 wanted.add("remote")

@@ -198,3 +198,25 @@ def test_face_and_voice_each_count_once():
     seq = [(0.9, 0.1 if i % 10 == 0 else None) for i in range(100)]
     alerts, anger = run_anger(seq)
     assert anger.index == pytest.approx(0.5, abs=0.01)
+
+
+def test_speech_buffer_ring_hands_out_what_a_plain_buffer_would():
+    """The ring copies only new samples; what it hands out must equal the last seconds of speech, in order."""
+    from appliance.perception.features import fit_length
+    from appliance.perception.voice import SpeechBuffer
+
+    rng = np.random.default_rng(0)
+    buffer, plain, new, handed = SpeechBuffer(1.0, 1.0), np.zeros(0, np.float32), 0, 0
+    for i in range(400):
+        chunk = rng.standard_normal(40000 if i == 200 else int(rng.integers(0, 2500))).astype(np.float32)
+        got = buffer.push(chunk)
+        expected = None
+        if len(chunk):
+            plain, new = np.concatenate([plain, chunk])[-buffer.size:], new + len(chunk)
+            if new >= buffer.step and len(plain) >= buffer.min_samples:
+                new, expected = 0, fit_length(plain, buffer.size)
+        assert (got is None) == (expected is None), i
+        if got is not None:
+            assert np.array_equal(got, expected), i
+            handed += 1
+    assert handed > 20

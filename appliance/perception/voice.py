@@ -31,17 +31,29 @@ class SpeechBuffer:
         self.reset()
 
     def reset(self) -> None:
-        self._buffer = np.zeros(0, np.float32)
+        # A ring of the last `size` samples of speech: a push copies only the new samples; the segment is put in
+        # order only when one is handed out (once per `step_s` of speech).
+        self._ring = np.zeros(self.size, np.float32)
+        self._pos = 0
+        self._filled = 0
         self._new = 0
 
     def push(self, speech: np.ndarray) -> np.ndarray | None:
-        if len(speech) == 0:
+        n = len(speech)
+        if n == 0:
             return None
-        self._buffer = np.concatenate([self._buffer, speech])[-self.size:]
-        self._new += len(speech)
-        if self._new >= self.step and len(self._buffer) >= self.min_samples:
+        if n >= self.size:
+            speech, n = speech[-self.size:], self.size
+        first = min(n, self.size - self._pos)
+        self._ring[self._pos:self._pos + first] = speech[:first]
+        self._ring[:n - first] = speech[first:]
+        self._pos = (self._pos + n) % self.size
+        self._filled = min(self.size, self._filled + n)
+        self._new += n
+        if self._new >= self.step and self._filled >= self.min_samples:
             self._new = 0
-            return fit_length(self._buffer, self.size)
+            ordered = np.concatenate([self._ring[self._pos:], self._ring[:self._pos]])
+            return fit_length(ordered[self.size - self._filled:], self.size)
         return None
 
 

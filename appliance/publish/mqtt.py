@@ -39,6 +39,7 @@ from appliance.publish.payloads import status_payload
 log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 5.0
+MAX_QUEUED_COMMANDS = 100
 UNSUPPORTED_PROTOCOL = {132, 1}   # MQTT 5 reason code / MQTT 3.1.1 CONNACK return code
 
 
@@ -167,8 +168,9 @@ class MqttPublisher:
         self.connected = threading.Event()
         self.protocol = "5" if cfg.protocol in ("auto", "5") else "3.1.1"
         self.counters = {"acked": 0, "connects": 0, "refused": 0, "rejected_commands": 0}
-        # Commands are parsed on the MQTT thread and executed by the loop, between ticks.
-        self.commands: queue.Queue[Command] = queue.Queue(maxsize=100)
+        # Commands are parsed on the MQTT thread and executed by the loop, between ticks. A deque: the loop looks
+        # at it every tick, and an empty deque costs a length check where a Queue costs a lock and an exception.
+        self.commands: deque[Command] = deque()
         self.state = "online"
         self._ssl = tls_context(cfg) if broker.tls else None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng or random.Random())
@@ -452,7 +454,9 @@ class MqttPublisher:
             correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None
             if correlation is not None:
                 command = replace(command, correlation_data=bytes(correlation)[:64])
-            self.commands.put_nowait(command)
+            if len(self.commands) >= MAX_QUEUED_COMMANDS:
+                raise queue.Full
+            self.commands.append(command)
         except CommandError as e:
             self.counters["rejected_commands"] += 1
             log.warning("MQTT: rejected command on %s: %s", message.topic[:120], e)
