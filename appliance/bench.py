@@ -58,6 +58,10 @@ def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = Tr
     return {
         "stages": {s: percentiles([t.stages[s] for t in ticks if s in t.stages]) | {
             "calls": sum(1 for t in ticks if s in t.stages)} for s in STAGES},
+        # Stages whose work per tick varies (faces, 32 ms VAD chunks): time per item, a single-valued figure where
+        # the per-tick one is a mix of 3- and 4-chunk ticks.
+        "per_item": {s: percentiles([t.stages[s] / t.items[s] for t in ticks if t.items.get(s)]) | {
+            "items": sum(t.items.get(s, 0) for t in ticks)} for s in ("expression", "vad")},
         "end_to_end": percentiles([t.latency for t in ticks]),
         "deadline_misses": report.deadline_misses,
         "skipped_slots": report.skipped_slots,
@@ -193,6 +197,8 @@ def markdown(result: dict) -> str:
              + ", ".join(f"{k} {v:.2f}" for k, v in loop.get("overhead_ms_per_tick", {}).items() if v >= 0.005)
              + " ms per tick); CPU "
              f"{loop['cpu_percent_of_one_core']:.0f}% of one core; RSS {loop['rss_mb']:.0f} MB",
+             "- per item: " + ", ".join(f"{s} {v['p50_ms']:.3f} ms p50 ({v['items']} items)"
+                                        for s, v in loop.get("per_item", {}).items()),
              f"- camera frames dropped {loop['frames_dropped']} (used {loop['frames_used']}); audio lost "
              f"{loop['audio_lost_seconds']} s",
              "- models: " + ", ".join(f"{m} on {p['provider']} {p['precision']}" for m, p in loop["providers"].items()),

@@ -23,6 +23,7 @@ class Tick:
     deadline: float       # scheduled + period
     started: float        # when the body actually started (>= scheduled)
     stages: dict[str, float] = field(default_factory=dict)   # seconds per stage
+    items: dict[str, int] = field(default_factory=dict)      # work items of a stage (faces, VAD chunks)
     finished: float = 0.0
     missed: bool = False
 

@@ -308,12 +308,14 @@ class Pipeline:
                 crops = crop_faces(image, boxes, self.expression.size, self.config.faces.margin)
             with tick.stage("expression"):
                 probs = self.expression.classify(crops).probabilities
+            tick.items["expression"] = len(crops)
         speech_s, tone, voice_anger = 0.0, None, None
         if self.audio is not None:
             with tick.stage("audio"):
                 new_audio = self.audio.ring.read_new()
             with tick.stage("vad"):
                 chunks = self.vad.feed(new_audio)
+            tick.items["vad"] = chunks.chunks
             speech_s = chunks.seconds_speech
             self._check_clipping(chunks.clipped, tick.started)
             segment = self.speech.push(chunks.speech)

@@ -21,6 +21,7 @@ class SpeechChunks:
     seconds_speech: float
     peak: float               # max |sample| of the input, to notice clipping
     clipped: float            # fraction of input samples at full scale
+    chunks: int = 0           # 32 ms chunks the model ran on (the stage's work, for per-chunk timing)
 
 
 class VoiceActivity:
@@ -70,4 +71,4 @@ class VoiceActivity:
             if self._speaking:
                 kept.append(chunk)
         speech = np.concatenate(kept) if kept else np.zeros(0, np.float32)
-        return SpeechChunks(speech, len(audio) / 16000, len(speech) / 16000, peak, clipped)
+        return SpeechChunks(speech, len(audio) / 16000, len(speech) / 16000, peak, clipped, n)
