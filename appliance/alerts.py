@@ -52,6 +52,10 @@ class Anger:
             self._face_sum -= self._face.popleft()[1]
         while self._voice and self._voice[0][0] <= horizon:
             self._voice_sum -= self._voice.popleft()[1]
+        if not self._face:
+            self._face_sum = 0.0     # an empty window resets the sums, so rounding cannot creep over days
+        if not self._voice:
+            self._voice_sum = 0.0
         evidence = len(self._face) * self.tick_period_s + len(self._voice) * self.voice_step_s
         face = self._face_sum / len(self._face) if self._face else None
         voice = self._voice_sum / len(self._voice) if self._voice else None

@@ -103,3 +103,8 @@ def percentiles(values: list[float] | np.ndarray, qs=(50, 95, 99)) -> dict[str, 
     if a.size == 0:
         return {f"p{q}_ms": 0.0 for q in qs} | {"max_ms": 0.0}
     return {f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in qs} | {"max_ms": round(float(a.max()), 3)}
+
+
+def stage_percentiles(ticks: list[Tick], stages) -> dict[str, dict[str, float]]:
+    """percentiles() of each stage over the ticks that ran it; a stage that never ran is left out."""
+    return {s: percentiles(times) for s in stages if (times := [t.stages[s] for t in ticks if s in t.stages])}

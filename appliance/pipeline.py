@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,7 +18,7 @@ from appliance.aggregate import FaceTracker, WindowAggregator, WindowSummary
 from appliance.alerts import Alert, Anger
 from appliance.audit import AuditLog
 from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
-from appliance.loop import FixedRateScheduler, percentiles
+from appliance.loop import FixedRateScheduler, percentiles, stage_percentiles
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceDetector, crop_faces
@@ -143,12 +143,11 @@ class Pipeline:
         self.publisher: MqttPublisher | None = None
         self.summaries = 0
         self.alerts = 0
-        self.stats_sent = 0
         self.system = SystemMonitor()
         self._stats_due = 0.0          # monotonic; set when the loop starts
         self._stats_from = 0.0
-        self._stats_ticks = 0
-        self._stats_misses = 0
+        self._stats_misses = 0         # scheduler totals at the previous stats event
+        self._stats_skipped = 0
         reports = [self.expression.report] + ([self.vad.report, self.tone.report] if self.tone else [])
         self._model_sha = {r.model: r.sha256 for r in reports} | {"blazeface_short_range": self._detector_sha}
         self.models = [{"model": "blazeface_short_range", "provider": "xnnpack", "precision": "fp32"}] + [
@@ -344,11 +343,16 @@ class Pipeline:
                     self._emit_stats(now, tick.started)
         return frame is not None
 
+    def _enqueue(self, kind: str, make: Callable[[int], dict]) -> dict:
+        """Every event goes to the outbox (which gives it its seq); the MQTT thread is woken to send it."""
+        payload = self.outbox.add(kind, make)
+        self.publisher.wake()
+        return payload
+
     def _emit(self, window: WindowSummary) -> None:
         cfg = self.config
-        payload = self.outbox.add("summary", lambda seq: summary_payload(window, cfg.device.id, seq,
-                                                                        cfg.device.profile))
-        self.publisher.wake()
+        payload = self._enqueue("summary", lambda seq: summary_payload(window, cfg.device.id, seq,
+                                                                       cfg.device.profile))
         self.summaries += 1
         self._log_health()
         if self.on_summary:
@@ -360,8 +364,7 @@ class Pipeline:
 
     def _emit_alert(self, alert: Alert) -> None:
         cfg = self.config
-        payload = self.outbox.add("alert", lambda seq: alert_payload(alert, cfg.device.id, seq, cfg.device.profile))
-        self.publisher.wake()
+        payload = self._enqueue("alert", lambda seq: alert_payload(alert, cfg.device.id, seq, cfg.device.profile))
         self.alerts += 1
         log.warning("alert: anger index %.2f over the last %g s (face %s, voice %s)", alert.anger_index,
                     alert.window_s, alert.face_anger, alert.voice_anger)
@@ -375,11 +378,11 @@ class Pipeline:
         ticks = [t for t in self.scheduler.recent if t.scheduled >= since]
         interval = max(1e-6, mono - since)
         loop = {"rate_hz": cfg.loop.rate_hz, "fps": round(len(ticks) / interval, 2), "ticks": len(ticks),
-                "deadline_misses": self.scheduler.misses - self._stats_misses, "skipped_slots": self.scheduler.skipped,
+                "deadline_misses": self.scheduler.misses - self._stats_misses,
+                "skipped_slots": self.scheduler.skipped - self._stats_skipped,
                 "ticks_total": self.scheduler.ticks, "deadline_misses_total": self.scheduler.misses,
                 "end_to_end": percentiles([t.latency for t in ticks])}
-        stages = {s: percentiles([t.stages[s] for t in ticks if s in t.stages]) for s in STAGES
-                  if any(s in t.stages for t in ticks)}
+        stages = stage_percentiles(ticks, STAGES)
         camera = {"state": self.source.state.value, "frames_used": self.source.buffer.delivered,
                   "frames_dropped": self.source.buffer.dropped}
         microphone = None if self.audio is None else {
@@ -388,12 +391,10 @@ class Pipeline:
             "connects", "acked", "rejected_commands")}
         state = "paused" if self.paused_by else "online"
         outbox, system = self.outbox.stats().as_dict(), self.system.read().as_dict()
-        self.outbox.add("stats", lambda seq: stats_payload(
+        self._enqueue("stats", lambda seq: stats_payload(
             cfg.device.id, seq, cfg.device.profile, now, interval, state, loop, stages, camera, microphone, outbox,
             mqtt, system))
-        self.publisher.wake()
-        self.stats_sent += 1
-        self._stats_from, self._stats_misses = mono, self.scheduler.misses
+        self._stats_from, self._stats_misses, self._stats_skipped = mono, self.scheduler.misses, self.scheduler.skipped
         self._stats_due = mono + cfg.mqtt.stats_interval_s
 
     def _check_clipping(self, clipped_fraction: float, now: float) -> None:
@@ -420,7 +421,7 @@ class Pipeline:
             audio_lost_seconds=round(self.audio.ring.lost / 16000, 3) if self.audio else 0.0,
             outbox_dropped=self.outbox.stats().dropped, outbox_depth=self.outbox.depth,
             rate_hz=round(len(ticks) / elapsed, 3) if elapsed > 0 else 0.0,
-            stages={s: percentiles([t.stages[s] for t in ticks if s in t.stages]) for s in STAGES},
+            stages={s: percentiles([]) for s in STAGES} | stage_percentiles(ticks, STAGES),
             end_to_end=percentiles([t.latency for t in ticks]),
             providers={m["model"]: m for m in self.models},
         )

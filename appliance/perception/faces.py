@@ -155,26 +155,3 @@ def crop_faces(frame_bgr: np.ndarray, boxes: tuple[FaceBox, ...] | list[FaceBox]
             region = cv2.copyMakeBorder(region, *pads, cv2.BORDER_REPLICATE)
         out[i] = cv2.resize(region, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return out
-    sides = [int(round(max(b.w, b.h) * (1 + 2 * margin))) for b in boxes]
-    # One face: converting just its region is cheapest. Several: convert (and halve) the frame once.
-    gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if len(boxes) > 1 else None
-    half = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) \
-        if gray is not None and min(sides) >= 2 * max(size) else None
-    for i, (b, side) in enumerate(zip(boxes, sides)):
-        source, scale = (half, 0.5) if half is not None else (gray, 1.0)
-        cx, cy = (b.x + b.w / 2) * scale, (b.y + b.h / 2) * scale
-        side_s = max(1, int(round(side * scale)))
-        x0, y0 = int(round(cx - side_s / 2)), int(round(cy - side_s / 2))
-        x1, y1 = x0 + side_s, y0 + side_s
-        if source is None:    # one small face: convert just its region
-            height, width = frame_bgr.shape[:2]
-            region = cv2.cvtColor(frame_bgr[max(0, y0):min(height, y1), max(0, x0):min(width, x1)],
-                                  cv2.COLOR_BGR2GRAY)
-        else:
-            height, width = source.shape[:2]
-            region = source[max(0, y0):min(height, y1), max(0, x0):min(width, x1)]
-        pads = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
-        if any(pads):
-            region = cv2.copyMakeBorder(region, *pads, cv2.BORDER_REPLICATE)
-        out[i] = cv2.resize(region, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return out

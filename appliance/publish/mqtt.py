@@ -108,11 +108,16 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
 def tool_client(cfg: MqttConfig, broker: BrokerAddress, client_id: str) -> mqtt.Client:
     """A plain MQTT 3.1.1 client for the CLI tools (doctor, watch), with the config's TLS and credentials."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    secure(client, cfg, tls_context(cfg) if broker.tls else None)
+    return client
+
+
+def secure(client: mqtt.Client, cfg: MqttConfig, ssl_context: ssl.SSLContext | None) -> None:
+    """Credentials and TLS, the same for the daemon and the tools. The password is read now, never kept."""
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password())
-    if broker.tls:
-        client.tls_set_context(tls_context(cfg))
-    return client
+    if ssl_context is not None:
+        client.tls_set_context(ssl_context)
 
 
 def describe_connect_error(error: BaseException, broker: BrokerAddress, cfg: MqttConfig) -> str:
@@ -273,11 +278,8 @@ class MqttPublisher:
         client.max_inflight_messages_set(self.cfg.inflight)
         will = status_payload("offline", self.device_id, self.version, reason="connection lost")
         client.will_set(self.topics.status, json.dumps(will), qos=1, retain=True,
-                        properties=self._properties("status", PacketTypes.WILLMESSAGE))
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, self.cfg.password())
-        if self._ssl is not None:
-            client.tls_set_context(self._ssl)
+                        properties=self._properties(PacketTypes.WILLMESSAGE))
+        secure(client, self.cfg, self._ssl)
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -339,8 +341,7 @@ class MqttPublisher:
     def _shutdown(self) -> None:
         if self._socket_up and self.connected.is_set():
             offline = status_payload("offline", self.device_id, self.version, at=time.time(), reason="shutdown")
-            info = self._client.publish(self.topics.status, json.dumps(offline), qos=1, retain=True,
-                                        properties=self._properties("status"))
+            info = self._publish_status(offline)
             deadline = time.monotonic() + 2.0
             while not info.is_published() and time.monotonic() < deadline:
                 if self._client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
@@ -354,7 +355,7 @@ class MqttPublisher:
             log.warning("MQTT: %d events stay in the outbox; they are sent after the next start", self.outbox.depth)
 
     # ------------------------------------------------------------------------------------------- sending
-    def _properties(self, schema_kind: str, packet: int = PacketTypes.PUBLISH, event: PendingEvent | None = None):
+    def _properties(self, packet: int = PacketTypes.PUBLISH, event: PendingEvent | None = None):
         if self.protocol != "5":
             return None
         props = Properties(packet)
@@ -369,13 +370,16 @@ class MqttPublisher:
         props.UserProperty = user
         return props
 
+    def _publish_status(self, status: dict) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(self.topics.status, json.dumps(status), qos=1, retain=True,
+                                    properties=self._properties())
+
     def _send_control(self) -> None:
         with self._lock:
             status, dirty = self._status, self._status_dirty
             self._status_dirty = False
         if dirty:
-            self._client.publish(self.topics.status, json.dumps(status), qos=1, retain=True,
-                                 properties=self._properties("status"))
+            self._publish_status(status)
         while self._control:
             out = self._control.popleft()
             self._client.publish(out.topic, out.payload, qos=1, retain=out.retain, properties=out.properties)
@@ -395,7 +399,7 @@ class MqttPublisher:
                 data["historical"] = True
                 payload = json.dumps(data, separators=(",", ":"))
             info = self._client.publish(f"{self.topics.base}/{event.kind}", payload, qos=self.cfg.qos,
-                                        properties=self._properties(event.kind, event=event))
+                                        properties=self._properties(event=event))
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 log.warning("MQTT: publish of seq %d failed (%s); retried", event.seq, mqtt.error_string(info.rc))
                 self._more = True

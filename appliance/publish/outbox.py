@@ -168,6 +168,11 @@ class Outbox:
 
     def _expire_locked(self) -> None:
         cutoff = self.clock() - self.cfg.max_age_h * 3600
+        # Runs on every add (the loop's thread): look at the oldest row by primary key first; the scan below only
+        # happens when something has actually expired.
+        oldest = self._db.execute("SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()
+        if oldest is None or oldest[0] >= cutoff:
+            return
         n, size = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM events WHERE created < ?",
                                    (cutoff,)).fetchone()
         if n:
@@ -228,7 +233,9 @@ class Outbox:
     def stats(self) -> OutboxStats:
         with self._lock:
             # After close (a run's final report) the counters still stand; only the age is no longer known.
-            oldest = None if self._closed else self._db.execute("SELECT min(created) FROM events").fetchone()[0]
+            row = None if self._closed else self._db.execute(
+                "SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()    # by key: no scan on the loop
+            oldest = row[0] if row else None
             return OutboxStats(self._depth, self._bytes,
                                None if oldest is None else round(max(0.0, self.clock() - oldest), 1),
                                self._last_seq, self._dropped, self._expired)
