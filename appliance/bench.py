@@ -22,6 +22,8 @@ from appliance.loop import percentiles
 
 # Stages that are model calls; everything else in a tick is loop overhead.
 MODEL_STAGES = ("detect", "expression", "vad", "tone")
+# A CPU reference that moved more than this between the halves of a run is reported as a changing machine.
+DRIFT_WARNING = 0.05
 
 
 def _progress(total_s: float, scheduler, stop: threading.Event, out=sys.stderr) -> None:
@@ -34,11 +36,49 @@ def _progress(total_s: float, scheduler, stop: threading.Event, out=sys.stderr) 
     print(file=out, flush=True)
 
 
+class CpuReference:
+    """A fixed piece of arithmetic timed in the loop's slack after every tick: how fast the CPU is in the state the
+    ticks run in, independent of the appliance's code.
+
+    Why: a loop that sleeps 90 % of each period runs on a CPU the machine may have slowed or moved meanwhile (a
+    shared virtual host parks and migrates idle vCPUs; a Jetson without ``jetson_clocks`` scales its clock down;
+    a hot one throttles). On this project's 2-core VM such phases last seconds to minutes and make every stage
+    20-30 % slower at once, while a back-to-back timing of the same call stays within 2 %. Two reports whose
+    references differ were taken on a CPU running at different speeds, and their stage times differ for that
+    reason alone; ``appliance compare`` says so.
+    """
+
+    WORKLOAD = "float64 matmul 160x160, one thread, in the slack after each tick"
+    MIN_SLACK_S = 0.005     # never sample when it could delay the next tick
+
+    def __init__(self, size: int = 160):
+        rng = np.random.default_rng(0)
+        self._a, self._b = rng.standard_normal((size, size)), rng.standard_normal((size, size))
+        self._out = np.empty((size, size))
+        self.samples: list[float] = []
+
+    def sample(self, slack_s: float) -> None:
+        if slack_s < self.MIN_SLACK_S:
+            return
+        t0 = time.perf_counter()
+        np.matmul(self._a, self._b, out=self._out)
+        self.samples.append(time.perf_counter() - t0)
+
+    def report(self) -> dict:
+        half = len(self.samples) // 2
+        first, second = (float(np.median(h)) if len(h) else 0.0 for h in (self.samples[:half], self.samples[half:]))
+        return {"workload": self.WORKLOAD, "samples": len(self.samples)} | percentiles(self.samples) | {
+            # How much slower the CPU ran in the second half of the run than in the first.
+            "drift": round(second / first - 1, 4) if first else 0.0}
+
+
 def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = True) -> dict:
     """Drive the real pipeline for ``seconds`` and measure it."""
     from appliance.pipeline import STAGES, Pipeline
 
     pipeline = Pipeline(cfg, history_ticks=int(seconds * cfg.loop.rate_hz) + 100, replicate_faces=faces)
+    reference = CpuReference()
+    pipeline.scheduler.on_idle = reference.sample
     stop = threading.Event()
     bar = threading.Thread(target=_progress, args=(seconds, pipeline.scheduler, stop), daemon=True)
     cpu0, wall0 = os.times(), time.monotonic()
@@ -86,6 +126,8 @@ def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = Tr
         "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "providers": {m["model"]: {"provider": m["provider"], "precision": m["precision"]}
                       for m in report.providers.values()},
+        "cpu_reference": reference.report(),
+        "cpu_wakeup_latency": pipeline.cpu_latency.describe() if pipeline.cpu_latency else None,
         "timeline_ms": [round(t.latency * 1000, 3) for t in ticks],
         "stage_samples_ms": {s: [round(t.stages[s] * 1000, 3) for t in ticks if s in t.stages] for s in STAGES},
     }
@@ -202,6 +244,8 @@ def markdown(result: dict) -> str:
              f"- camera frames dropped {loop['frames_dropped']} (used {loop['frames_used']}); audio lost "
              f"{loop['audio_lost_seconds']} s",
              "- models: " + ", ".join(f"{m} on {p['provider']} {p['precision']}" for m, p in loop["providers"].items()),
+             *_reference_line(loop.get("cpu_reference")),
+             *_wakeup_line(loop.get("cpu_wakeup_latency")),
              "", "| stage | calls | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
     for name, p in loop["stages"].items():
         if p["calls"]:
@@ -241,6 +285,25 @@ def markdown(result: dict) -> str:
                     f"{by_precision[p]['per_class'][label]['recall']:.3f}" for p in precisions) + " |")
             lines += ["", "confusion matrices: " + ", ".join(by_precision[p]["confusion_png"] for p in precisions), ""]
     return "\n".join(lines) + "\n"
+
+
+def _reference_line(ref: dict | None) -> list[str]:
+    if not ref or not ref["samples"]:
+        return []
+    line = (f"- CPU reference ({ref['workload']}): p50 {ref['p50_ms']:.3f} ms over {ref['samples']} samples, "
+            f"second half {100 * ref['drift']:+.1f}% against the first")
+    if abs(ref["drift"]) > DRIFT_WARNING:
+        line += ("; **the CPU's speed changed during the run** (other load, clock scaling, throttling or a shared "
+                 "host): medians mix two speeds, re-run before comparing")
+    return [line]
+
+
+def _wakeup_line(request: dict | None) -> list[str]:
+    if not request:
+        return ["- CPU idle states: the kernel's choice (loop.cpu_wakeup_latency_us unset)"]
+    if request["applied"]:
+        return [f"- CPU idle states: wake-up latency held at {request['requested_us']} us during the run"]
+    return [f"- CPU idle states: **{request['requested_us']} us requested but not held**: {request['problem']}"]
 
 
 def plot(result: dict, path: Path) -> Path:

@@ -158,6 +158,9 @@ def bench(
     faces: int = typer.Option(0, "--faces", min=0, max=64, help="replicate the detected face N times to stress "
                               "the expression stage"),
     rate: Optional[float] = typer.Option(None, "--rate", help="try another loop rate (Hz)"),
+    wakeup_us: Optional[int] = typer.Option(None, "--cpu-wakeup-latency-us", min=0, help="hold CPUs out of idle "
+                                            "states slower than this to wake (0 = poll; see loop."
+                                            "cpu_wakeup_latency_us)"),
     do_matrix: bool = typer.Option(False, "--matrix", help="also time every model x provider x precision"),
     faces_data: Optional[Path] = typer.Option(None, "--faces-data", help="face dataset folder for accuracy"),
     voice_data: Optional[Path] = typer.Option(None, "--voice-data", help="voice dataset folder for accuracy"),
@@ -171,7 +174,7 @@ def bench(
         raise UserError("give --video or --camera, not both")
     audio_source = audio or (("mic" if mic == "default" else f"mic:{mic}") if mic else None)
     cfg = _load(config, **{"camera.source": video or camera, "audio.source": audio_source, "loop.rate_hz": rate,
-                           "mqtt.embedded_port": 0, "log.level": "WARNING"})
+                           "loop.cpu_wakeup_latency_us": wakeup_us, "mqtt.embedded_port": 0, "log.level": "WARNING"})
     _setup_logging(cfg.log.level)
     desc = f"camera {cfg.camera.source}, audio {cfg.audio.source}"
     print(f"bench: {seconds:g} s of the real loop at {cfg.loop.rate_hz:g} Hz on {desc}", file=sys.stderr)
@@ -183,6 +186,38 @@ def bench(
     for path in b.save(result, json_out):
         print(f"wrote {path}", file=sys.stderr)
     print(b.markdown(result), end="")
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="a JSON report written by appliance bench --json"),
+    b: Path = typer.Argument(..., help="another one: another unit, another version, or the same unit again"),
+    tolerance: float = typer.Option(0.10, "--tolerance", min=0.0, help="largest relative difference of medians "
+                                    "that counts as the same"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the comparison as JSON"),
+) -> None:
+    """Compare two saved bench reports: medians per stage, and whether the CPU itself ran at another speed.
+    Exit 0 when every median is within the tolerance, 1 when one is not, 3 when only the machine's speed differed."""
+    from appliance import compare as c
+
+    reports = []
+    for path in (a, b):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read a bench report ({e})") from e
+        if not isinstance(report, dict) or not {"stages", "end_to_end"} <= set(report):
+            raise UserError(f"{path}: not an appliance bench report (no 'stages'/'end_to_end'); write one with "
+                            f"appliance bench --json FILE")
+        reports.append(report)
+    result = c.compare(*reports, tolerance=tolerance)
+    print(f"A: {a} (appliance {reports[0].get('version', '?')}, {reports[0].get('machine', '?')})")
+    print(f"B: {b} (appliance {reports[1].get('version', '?')}, {reports[1].get('machine', '?')})")
+    print()
+    print(c.markdown(result), end="")
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    raise typer.Exit({"same": 0, "differs": 1, "machine": 3}[result.verdict])
 
 
 def _filters(items: Optional[list[str]]) -> dict[str, set[str]]:

@@ -64,6 +64,9 @@ class FixedRateScheduler:
         self.misses = 0
         self.skipped = 0
         self.recent: deque[Tick] = deque(maxlen=history)
+        # Called with the slack (seconds) before each wait, on the loop thread: the benchmark samples the machine's
+        # speed there, in the same state the ticks run in, without taking time from any tick.
+        self.on_idle: Callable[[float], None] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -78,6 +81,8 @@ class FixedRateScheduler:
         k = 0
         while not self._stop.is_set():
             scheduled = start + k * self.period
+            if self.on_idle is not None and k:
+                self.on_idle(scheduled - self.clock())
             delay = scheduled - self.clock()
             if delay > 0:
                 self._wait(delay)

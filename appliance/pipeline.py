@@ -18,6 +18,7 @@ from appliance.aggregate import FaceTracker, WindowAggregator, WindowSummary
 from appliance.alerts import Alert, Anger
 from appliance.audit import AuditLog
 from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
+from appliance.cpu_latency import CpuLatencyRequest
 from appliance.loop import FixedRateScheduler, percentiles, stage_percentiles
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
@@ -28,7 +29,7 @@ from appliance.perception.voice import SpeechBuffer, VoiceToneModel
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.discovery import discovery_messages
 from appliance.publish.mqtt import MqttPublisher, Topics, check_setup
-from appliance.publish.outbox import Outbox
+from appliance.publish.outbox import Outbox, OutboxWriter
 from appliance.publish.payloads import alert_payload, stats_payload, summary_payload
 from appliance.sources.audio import FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, SourceState, resolve_spec
@@ -93,6 +94,8 @@ class Pipeline:
         self.replicate_faces = replicate_faces
         self.notifier = Notifier()
         self.scheduler = FixedRateScheduler(config.loop.rate_hz, history=history_ticks)
+        latency = config.loop.cpu_wakeup_latency_us
+        self.cpu_latency = CpuLatencyRequest(latency) if latency is not None else None
         # Everything that can fail on bad input fails here, before anything is started; cheapest checks first,
         # and the MediaPipe detector (which must be closed explicitly) last.
         self.spec = resolve_spec(config.camera.source, config.camera)
@@ -247,10 +250,14 @@ class Pipeline:
         self._update_pause_file_only()
         self.publisher.set_status("paused" if self.paused_by else "online", **self._status())
         self.publisher.start()
+        self.writer = OutboxWriter(self.outbox, on_stored=self.publisher.wake)
+        self.writer.start()
         self.audit.start(cfg, __version__, [m | {"sha256": self._model_sha[m["model"]]} for m in self.models])
         self.source.start()
         if self.audio is not None:
             self.audio.start()
+        if self.cpu_latency is not None:
+            self.cpu_latency.acquire()
         wall0, mono0 = time.time(), time.monotonic()
         self._stats_from = mono0
         self._stats_due = mono0 + cfg.mqtt.stats_interval_s
@@ -269,10 +276,13 @@ class Pipeline:
         finally:
             self.audit.append("stop", ticks=self.scheduler.ticks, summaries=self.summaries, alerts=self.alerts)
             self.notifier.stopping()
+            if self.cpu_latency is not None:
+                self.cpu_latency.release()
             self.source.stop()
             if self.audio is not None:
                 self.audio.stop()
             self.detector.close()
+            self.writer.close()           # every event made so far is in the outbox before the last drain
             self.publisher.stop()
             self.outbox.close()
             if self.broker is not None:
@@ -343,20 +353,14 @@ class Pipeline:
                     self._emit_stats(now, tick.started)
         return frame is not None
 
-    def _enqueue(self, kind: str, make: Callable[[int], dict]) -> dict:
-        """Every event goes to the outbox (which gives it its seq); the MQTT thread is woken to send it."""
-        payload = self.outbox.add(kind, make)
-        self.publisher.wake()
-        return payload
-
     def _emit(self, window: WindowSummary) -> None:
         cfg = self.config
-        payload = self._enqueue("summary", lambda seq: summary_payload(window, cfg.device.id, seq,
-                                                                       cfg.device.profile))
+        # Every event goes to the outbox through the writer thread (which gives it its seq and wakes the MQTT
+        # thread): the loop never waits on the disk.
+        self.writer.submit("summary", lambda seq: summary_payload(window, cfg.device.id, seq, cfg.device.profile),
+                           then=self.on_summary)
         self.summaries += 1
         self._log_health()
-        if self.on_summary:
-            self.on_summary(payload)
 
     def _update_pause_file_only(self) -> None:
         if self._pause_file.exists():
@@ -364,12 +368,11 @@ class Pipeline:
 
     def _emit_alert(self, alert: Alert) -> None:
         cfg = self.config
-        payload = self._enqueue("alert", lambda seq: alert_payload(alert, cfg.device.id, seq, cfg.device.profile))
+        self.writer.submit("alert", lambda seq: alert_payload(alert, cfg.device.id, seq, cfg.device.profile),
+                           then=self.on_alert)
         self.alerts += 1
         log.warning("alert: anger index %.2f over the last %g s (face %s, voice %s)", alert.anger_index,
                     alert.window_s, alert.face_anger, alert.voice_anger)
-        if self.on_alert:
-            self.on_alert(payload)
 
     def _emit_stats(self, now: float, mono: float) -> None:
         """The stats event: how the loop ran since the previous one (ticks of that interval only)."""
@@ -390,10 +393,11 @@ class Pipeline:
         mqtt = {"protocol": self.publisher.protocol} | {k: self.publisher.counters[k] for k in (
             "connects", "acked", "rejected_commands")}
         state = "paused" if self.paused_by else "online"
-        outbox, system = self.outbox.stats().as_dict(), self.system.read().as_dict()
-        self._enqueue("stats", lambda seq: stats_payload(
-            cfg.device.id, seq, cfg.device.profile, now, interval, state, loop, stages, camera, microphone, outbox,
-            mqtt, system))
+        # Built on the writer thread: the outbox figures and /proc reads stay off the loop, and the outbox depth
+        # is the one this event is stored into.
+        self.writer.submit("stats", lambda seq: stats_payload(
+            cfg.device.id, seq, cfg.device.profile, now, interval, state, loop, stages, camera, microphone,
+            self.outbox.stats().as_dict(), mqtt, self.system.read().as_dict()))
         self._stats_from, self._stats_misses, self._stats_skipped = mono, self.scheduler.misses, self.scheduler.skipped
         self._stats_due = mono + cfg.mqtt.stats_interval_s
 

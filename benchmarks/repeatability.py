@@ -1,12 +1,17 @@
-"""Is `appliance bench` repeatable? Run it twice on the same input and compare the medians.
+"""Is `appliance bench` repeatable? Run it twice on the same input and compare the medians (`appliance compare`).
 
-    python benchmarks/repeatability.py [--seconds 120] [--faces 4]
+    python benchmarks/repeatability.py [--seconds 120] [--faces 4] [--attempts 3] [--cpu-wakeup-latency-us 0]
 
-Writes benchmarks/results/repeatability.{json,md}: per stage, the two p50s and their relative difference
-(target: within 10%), and for the stages whose work per tick varies (faces, VAD chunks) the median per item.
-Stages whose median is a few microseconds (capture, audio) are judged by an absolute floor
-as well: 0.01 ms is timer and scheduler noise, not a different result. ``--faces 4`` holds the expression batch
-constant (the demo's own face count changes along the clip), as in the benchmark's 4-faces target.
+A pair only counts when the machine held still: both runs' CPU reference (a fixed matmul timed in the loop's
+slack, see appliance.bench.CpuReference) within 5 % of each other and neither drifting by more than 5 % inside its
+run. This project's 2-core VM shares its host: for seconds to minutes at a time every stage runs 20-30 % slower
+(the reference with it), so a pair taken across such a change measures the host, not the benchmark. Such pairs are
+kept in the record, marked, and the next pair is run, up to ``--attempts``. ``--faces 4`` holds the expression
+batch constant (the demo's own face count changes along the clip), as in the benchmark's 4-faces target.
+``--cpu-wakeup-latency-us 0`` runs both with idle CPUs polling (loop.cpu_wakeup_latency_us), which keeps the
+vCPUs from being parked between ticks.
+
+Writes benchmarks/results/<out>.{json,md}: every pair, its verdict, and the table of the pair judged.
 """
 
 from __future__ import annotations
@@ -19,61 +24,71 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOISE_FLOOR_MS = 0.01
+sys.path.insert(0, str(ROOT))
+
+from appliance.compare import STEADY, TOLERANCE, compare, markdown  # noqa: E402
+
+
+def bench(args: argparse.Namespace, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "appliance", "bench", "--seconds", str(args.seconds), "--faces", str(args.faces),
+           "--json", str(out)]
+    if args.cpu_wakeup_latency_us is not None:
+        cmd += ["--cpu-wakeup-latency-us", str(args.cpu_wakeup_latency_us)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--faces", type=int, default=4)
+    parser.add_argument("--attempts", type=int, default=3, help="pairs to try until one ran on a steady machine")
+    parser.add_argument("--cpu-wakeup-latency-us", type=int, default=None, help="passed to appliance bench")
+    parser.add_argument("--out", default="repeatability", help="name of the result files in benchmarks/results")
     args = parser.parse_args()
-    runs = []
+    pairs = []
+    judged = None
     with tempfile.TemporaryDirectory() as tmp:
-        for i in (1, 2):
-            out = Path(tmp) / f"run{i}.json"
-            print(f"run {i}: appliance bench --seconds {args.seconds:g} --faces {args.faces}", file=sys.stderr,
+        for attempt in range(1, args.attempts + 1):
+            runs = []
+            for i in (1, 2):
+                print(f"pair {attempt}, run {i}", file=sys.stderr, flush=True)
+                runs.append(bench(args, Path(tmp) / f"pair{attempt}-run{i}.json"))
+            c = compare(*runs)
+            pairs.append(c)
+            print(f"pair {attempt}: {c.verdict}, steady machine: {c.steady}; {c.summary()}", file=sys.stderr,
                   flush=True)
-            subprocess.run([sys.executable, "-m", "appliance", "bench", "--seconds", str(args.seconds), "--faces",
-                            str(args.faces), "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
-            runs.append(json.loads(out.read_text()))
-    rows = []
-    names = [s for s, p in runs[0]["stages"].items() if p["calls"]]
-    names = names + [f"{s} per item" for s in runs[0].get("per_item", {})] + ["end_to_end"]
-
-    def figures(run: dict, name: str) -> dict:
-        if name == "end_to_end":
-            return run["end_to_end"]
-        if name.endswith(" per item"):
-            return run["per_item"][name.removesuffix(" per item")]
-        return run["stages"][name]
-
-    for name in names:
-        a, b = (figures(r, name) for r in runs)
-        diff = abs(a["p50_ms"] - b["p50_ms"]) / max(1e-9, min(a["p50_ms"], b["p50_ms"]))
-        within = diff <= 0.10 or abs(a["p50_ms"] - b["p50_ms"]) <= NOISE_FLOOR_MS
-        if name in runs[0].get("per_item", {}):
-            within = None     # judged per item: the per-tick median mixes ticks with different amounts of work
-        rows.append({"stage": name, "p50_ms_run1": a["p50_ms"], "p50_ms_run2": b["p50_ms"],
-                     "relative_difference": round(diff, 4), "within_target": within})
+            if c.steady:
+                judged = c
+                break
     out = ROOT / "benchmarks" / "results"
-    (out / "repeatability.json").write_text(json.dumps({"seconds": args.seconds, "faces": args.faces,
-                                                        "noise_floor_ms": NOISE_FLOOR_MS, "rows": rows},
-                                                       indent=2) + "\n")
-    judged = [r for r in rows if abs(r["p50_ms_run1"] - r["p50_ms_run2"]) > NOISE_FLOOR_MS
-              and r["within_target"] is not None] or rows
-    worst = max(judged, key=lambda r: r["relative_difference"])
-    failed = [r["stage"] for r in rows if r["within_target"] is False]
-    lines = ["# Repeatability of `appliance bench`", "",
-             f"`python benchmarks/repeatability.py --seconds {args.seconds:g} --faces {args.faces}`: two runs on the "
-             f"bundled demo, one after the other. Largest difference of medians above the {NOISE_FLOOR_MS} ms noise "
-             f"floor: {100 * worst['relative_difference']:.1f}% ({worst['stage']}). "
-             + (f"**Not within 10%: {', '.join(failed)}.**" if failed else "All within 10% (or the floor)."), "",
-             "| stage | p50 ms run 1 | p50 ms run 2 | difference | within |", "|---|---|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['p50_ms_run1']:.3f} | {r['p50_ms_run2']:.3f} | "
-              f"{100 * r['relative_difference']:.1f}% | "
-              f"{'per item' if r['within_target'] is None else 'yes' if r['within_target'] else '**no**'} |"
-              for r in rows]
-    (out / "repeatability.md").write_text("\n".join(lines) + "\n")
+    cmd = (f"python benchmarks/repeatability.py --seconds {args.seconds:g} --faces {args.faces} "
+           f"--attempts {args.attempts}")
+    if args.cpu_wakeup_latency_us is not None:
+        cmd += f" --cpu-wakeup-latency-us {args.cpu_wakeup_latency_us}"
+    if args.out != "repeatability":
+        cmd += f" --out {args.out}"
+    (out / f"{args.out}.json").write_text(json.dumps({
+        "command": cmd, "seconds": args.seconds, "faces": args.faces, "tolerance": TOLERANCE, "steady_within": STEADY,
+        "judged_pair": pairs.index(judged) + 1 if judged else None,
+        "within_target": judged.verdict == "same" if judged else None,
+        "pairs": [p.to_dict() for p in pairs]}, indent=2) + "\n")
+    if judged:
+        head = (f"Pair {pairs.index(judged) + 1} ran on a steady machine: **{judged.verdict}**: {judged.summary()}.")
+    else:
+        head = (f"**No pair in {args.attempts} ran on a steady machine** (CPU reference within {100 * STEADY:g}%); "
+                f"nothing judged. The last pair is shown.")
+    lines = ["# Repeatability of `appliance bench`", "", f"`{cmd}`: two runs on the bundled demo, one after the "
+             f"other, compared with `appliance compare` (target: medians within {100 * TOLERANCE:g}%).", "", head, "",
+             "| pair | CPU reference ms run 1 / run 2 | drift inside the runs | steady | verdict |",
+             "|---|---|---|---|---|"]
+    for n, p in enumerate(pairs, 1):
+        ref = " / ".join(f"{r:.3f}" for r in p.reference_ms) if p.reference_ms else "-"
+        drift = ", ".join(f"{100 * d:+.1f}%" for d in p.drift) if p.drift else "-"
+        lines.append(f"| {n} | {ref} | {drift} | {'yes' if p.steady else 'no'} | {p.verdict} |")
+    shown = judged or pairs[-1]
+    lines += ["", f"## Pair {pairs.index(shown) + 1}", "", markdown(shown, "run 1", "run 2")]
+    (out / f"{args.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

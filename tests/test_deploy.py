@@ -46,6 +46,7 @@ def test_install_dry_run_prints_the_whole_plan_and_changes_nothing():
     for step in ("apt-get install", "useradd --system", "python3 -m venv --system-site-packages",
                  "pip install --quiet /opt/appliance/src", "would write /etc/appliance/config.toml",
                  "appliance config validate", "would write /etc/systemd/system/appliance.service",
+                 "would write /etc/udev/rules.d/70-appliance-cpu-latency.rules",
                  "systemctl enable --now appliance.service"):
         assert step in plan or step.split()[0] in plan, step
     assert (Path("/opt/appliance").exists(), Path("/etc/appliance").exists()) == before

@@ -83,6 +83,12 @@ def test_status_online_is_retained_while_running_and_last_will_on_kill(tmp_path,
 
 def test_unreachable_broker_at_start_is_retried_and_nothing_is_lost(tmp_path, collect):
     port = free_port()
+    # The watcher's persistent session is made on a persisting broker before the daemon starts, then the broker
+    # goes away: when it comes back the session is there, so the daemon's first publishes cannot outrun the
+    # watcher's subscription (it reconnects within a second and would, on a loaded machine).
+    broker = Mosquitto(tmp_path, port, persistence=True).start()
+    watcher = collect(port, "emotion/kiosk-late/#", client_id="late-watcher", clean=False)
+    broker.stop()
     env = appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2", APPLIANCE_DEVICE__ID="kiosk-late",
                         APPLIANCE_MQTT__RECONNECT_MAX_S="1")
     proc = subprocess.Popen(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "14"),
@@ -96,19 +102,20 @@ def test_unreachable_broker_at_start_is_retried_and_nothing_is_lost(tmp_path, co
             if line.startswith("summary seq="):
                 printed.append(line)
         assert len(printed) >= 2 and proc.poll() is None, "daemon should keep running without a broker"
-        broker = Mosquitto(tmp_path, port).start()
+        broker.start()
         try:
-            watcher = collect(port, "emotion/kiosk-late/#")
             out, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err[-3000:]
             assert "cannot connect" in err and "nothing accepts connections" in err
+            made = len(printed) + out.count("summary seq=")
+            assert watcher.wait_for(lambda c: len(c.json("/summary")) >= made, 20), "summaries missing"
             summaries = watcher.json("/summary")
             check_summaries(summaries)
             # Those made before the broker existed waited in the outbox: they arrive flagged as replayed.
             assert all(s["historical"] for s in summaries[:len(printed)])
             # Every summary the daemon made, including those from before the broker existed, arrived.
             assert [s["seq"] for s in summaries] == list(range(1, summaries[-1]["seq"] + 1))
-            assert len(summaries) == len(printed) + out.count("summary seq=")
+            assert len(summaries) == made
         finally:
             broker.stop()
     finally:

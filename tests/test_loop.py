@@ -64,3 +64,26 @@ def test_percentiles_shape():
     p = percentiles([0.001, 0.002, 0.003, 0.004])
     assert set(p) == {"p50_ms", "p95_ms", "p99_ms", "max_ms"} and p["max_ms"] == 4.0
     assert percentiles([])["p99_ms"] == 0.0
+
+
+def test_idle_hook_gets_the_slack_before_each_wait_and_never_delays_a_tick():
+    clock = SimClock()
+    sched = FixedRateScheduler(10, clock=clock, wait=clock.sleep)
+    slacks = []
+
+    def idle(slack):
+        slacks.append(slack)
+        clock.t += 0.001     # the hook's own work comes out of the slack, not out of the next tick
+
+    sched.on_idle = idle
+    work = [0.02, 0.05, 0.0]
+    ticks = []
+    for i, tick in enumerate(sched.run()):
+        ticks.append(tick)
+        clock.t += work[i]
+        if i == len(work) - 1:
+            sched.stop()
+    # no hook before the first tick; before tick k the slack is what tick k-1 left of its period
+    assert slacks == pytest.approx([0.08, 0.05])
+    assert [t.started - t.scheduled for t in ticks] == pytest.approx([0, 0, 0])
+    assert sched.misses == 0

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import threading
+import time
 import uuid
 
 import pytest
 
 from appliance.config import OutboxConfig
 from appliance.publish.mqtt import Backoff
-from appliance.publish.outbox import Outbox, OutboxError
+from appliance.publish.outbox import Outbox, OutboxError, OutboxWriter
 
 
 def event(kind: str = "summary", size: int = 0):
@@ -145,3 +147,64 @@ def test_backoff_is_capped_exponential_with_jitter():
     assert len({round(w / cap, 6) for w, cap in zip(waits, caps)}) > 6    # jittered, not a fixed ratio
     backoff.reset()
     assert 0.5 <= backoff.next() <= 1.0
+
+
+def test_the_writer_stores_in_order_off_the_callers_thread_and_close_flushes(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    log_, threads = [], []
+    writer = OutboxWriter(box, on_stored=lambda: log_.append("wake"))
+    writer.start()
+    gate = threading.Event()
+
+    def held_back(seq: int) -> dict:      # keeps the writer busy while the rest and close() queue up behind it
+        gate.wait(5)
+        return event()(seq)
+
+    writer.submit("summary", held_back, then=lambda p: log_.append(p["seq"]))
+    for i in range(49):
+        writer.submit("alert" if i % 10 == 0 else "summary", event(),
+                      then=lambda p: (log_.append(p["seq"]), threads.append(threading.current_thread().name)))
+    closer = threading.Thread(target=writer.close)
+    closer.start()
+    time.sleep(0.2)
+    gate.set()
+    closer.join(10)
+    assert [x for x in log_ if x != "wake"] == list(range(1, 51)) and set(threads) == {"outbox-writer"}
+    # the last burst wakes the sender too, even with close() right behind it in the queue
+    assert log_[-1] == "wake" and log_.count("wake") <= 50
+    assert [e.seq for e in box.pending(limit=100)] == list(range(1, 51)) and writer.lost == 0
+
+
+def test_the_writer_retries_a_full_disk_and_loses_nothing(tmp_path, caplog):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    box.add("summary", event())
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")      # SQLite's own "database or disk is full"
+    writer = OutboxWriter(box, retry_max_s=0.2)
+    writer.start()
+    for _ in range(3):
+        writer.submit("summary", event(size=20_000))
+    with caplog.at_level(logging.ERROR):
+        deadline = time.monotonic() + 10
+        while "retrying" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "disk is full" in caplog.text and box.depth == 1
+    box._db.execute("PRAGMA max_page_count = 1073741823")     # space again
+    writer.close()
+    assert [e.seq for e in box.pending()] == [1, 2, 3, 4] and writer.lost == 0
+
+
+def test_a_payload_that_cannot_be_built_is_dropped_and_logged_not_fatal(tmp_path, caplog):
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    writer = OutboxWriter(box)
+    writer.start()
+
+    def broken(seq: int) -> dict:
+        raise KeyError("no such field")
+
+    with caplog.at_level(logging.ERROR):
+        writer.submit("stats", broken)
+        writer.submit("summary", event())
+        writer.close()
+    assert "could not be built" in caplog.text and writer.lost == 1
+    assert [e.seq for e in box.pending()] == [1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -64,9 +65,10 @@ class Outbox:
         self.cfg = cfg
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the loop (add) and the MQTT thread (pending, ack), under one lock: SQLite
-        # serialises writers anyway, and the lock keeps a transaction from interleaving with another.
-        self._lock = threading.Lock()
+        # One connection shared by the writer thread (add) and the MQTT thread (pending, ack), under one lock: SQLite
+        # serialises writers anyway, and the lock keeps a transaction from interleaving with another. Re-entrant so
+        # a payload built inside add() may read stats().
+        self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -99,14 +101,18 @@ class Outbox:
 
     @contextmanager
     def _transaction(self):
-        # Autocommit connection, explicit transactions: the seq, the row and the bound commit together or not at all.
+        # Autocommit connection, explicit transactions: the seq, the row and the bound commit together or not at all,
+        # and so do the counters kept in memory beside them.
+        saved = self._last_seq, self._depth, self._bytes, self._dropped, self._expired
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:     # SQLite has already rolled back after e.g. "database or disk is full"
+                self._db.execute("ROLLBACK")
+            self._last_seq, self._depth, self._bytes, self._dropped, self._expired = saved
             raise
-        self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------------------------------- meta
     def _meta(self, key: str, default):
@@ -168,8 +174,8 @@ class Outbox:
 
     def _expire_locked(self) -> None:
         cutoff = self.clock() - self.cfg.max_age_h * 3600
-        # Runs on every add (the loop's thread): look at the oldest row by primary key first; the scan below only
-        # happens when something has actually expired.
+        # Runs on every add: look at the oldest row by primary key first; the scan below only happens when something
+        # has actually expired.
         oldest = self._db.execute("SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()
         if oldest is None or oldest[0] >= cutoff:
             return
@@ -234,7 +240,7 @@ class Outbox:
         with self._lock:
             # After close (a run's final report) the counters still stand; only the age is no longer known.
             row = None if self._closed else self._db.execute(
-                "SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()    # by key: no scan on the loop
+                "SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()    # by key: no scan
             oldest = row[0] if row else None
             return OutboxStats(self._depth, self._bytes,
                                None if oldest is None else round(max(0.0, self.clock() - oldest), 1),
@@ -244,3 +250,84 @@ class Outbox:
         with self._lock:
             self._closed = True
             self._db.close()
+
+
+class OutboxWriter:
+    """Stores events in the outbox on a thread of its own, so the fixed-rate loop never waits on the disk.
+
+    A durable commit is an fsync: ~2 ms on this project's VM, tens to hundreds of ms on an SD card or a busy eMMC,
+    which is a whole tick's budget. The loop only hands over the payload builder (microseconds); here it gets its
+    seq and is committed in the outbox's own transaction, as before, in the order handed over. Until then (a few
+    ms) it exists in memory only: a power cut or a kill in that window loses it. ``close()`` stores everything
+    handed over before it returns. A failing store (disk full, I/O error) is logged and retried with backoff; the
+    events wait in memory meanwhile.
+    """
+
+    def __init__(self, outbox: Outbox, on_stored: Callable[[], None] = lambda: None, retry_max_s: float = 30.0):
+        self.outbox = outbox
+        self._on_stored = on_stored
+        self._retry_max_s = retry_max_s
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        self.lost = 0     # handed over but never stored (only when close() gives up on a failing disk)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, kind: str, make: Callable[[int], dict], then: Callable[[dict], None] | None = None) -> None:
+        """Store ``make(seq)`` as a ``kind`` event; ``then(payload)`` runs on the writer thread once it is stored."""
+        self._queue.put((kind, make, then))
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._queue.put(None)
+        self._closing.set()
+        self._thread.join(timeout)
+        left = self._queue.qsize()
+        if self._thread.is_alive() or left:
+            log.error("outbox: %d events handed over were not stored before shutdown", left)
+
+    def _run(self) -> None:
+        running = True
+        while running:
+            batch = [self._queue.get()]
+            while True:      # everything handed over meanwhile: one wake-up for the burst
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stored = False
+            for item in batch:
+                if item is None:        # close(): store what came before it, then stop
+                    running = False
+                    continue
+                kind, make, then = item
+                payload = self._store(kind, make)
+                if payload is None:
+                    continue
+                stored = True
+                if then is not None:
+                    try:
+                        then(payload)
+                    except Exception:
+                        log.exception("outbox: callback for a stored %s event failed", kind)
+            if stored:
+                self._on_stored()
+
+    def _store(self, kind: str, make: Callable[[int], dict]) -> dict | None:
+        delay = 0.5
+        while True:
+            try:
+                return self.outbox.add(kind, make)
+            except (sqlite3.Error, OSError) as e:   # the disk: full, read-only, failing; may clear
+                if self._closing.is_set():
+                    self.lost += 1
+                    log.error("outbox: a %s event was not stored (%s) and is lost at shutdown", kind, e)
+                    return None
+                log.error("outbox: cannot store a %s event (%s); retrying in %g s", kind, e, delay)
+                self._closing.wait(delay)
+                delay = min(delay * 2, self._retry_max_s)
+            except Exception:   # a payload that cannot be built will not build on a retry either
+                self.lost += 1
+                log.exception("outbox: a %s event could not be built and is dropped", kind)
+                return None

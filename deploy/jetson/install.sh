@@ -180,6 +180,15 @@ for dir in "$STATE_DIR" "$CACHE_DIR"; do
     [ -d "$dir" ] || run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$dir"
 done
 
+# The service may hold CPUs out of deep idle states while its loop runs (loop.cpu_wakeup_latency_us): that is a
+# write to /dev/cpu_dma_latency, root-only by default. Give the service's group write access, now and at boot.
+UDEV_RULE=/etc/udev/rules.d/70-appliance-cpu-latency.rules
+printf 'KERNEL=="cpu_dma_latency", GROUP="%s", MODE="0660"\n' "$SERVICE_USER" | write_file "$UDEV_RULE" 0644
+if [ -e /dev/cpu_dma_latency ]; then
+    run chgrp "$SERVICE_USER" /dev/cpu_dma_latency
+    run chmod 0660 /dev/cpu_dma_latency
+fi
+
 # ---------------------------------------------------------------------------------------------- software
 say "application in $APP_SRC, venv in $VENV"
 run rsync -a --delete --exclude .git --exclude .venv --exclude '__pycache__' "$SOURCE_DIR/" "$APP_SRC/"

@@ -1,0 +1,131 @@
+"""Two saved ``appliance bench`` reports side by side: two units, two software versions, or one unit twice.
+
+Per stage (and per item, and per tick) the two medians and their difference against a tolerance (10 %), and the
+CPU reference each run measured in its slack. When the references differ, the CPU itself ran at different speeds
+(other load, clock scaling, throttling, a shared virtual host) and stage times differ by about as much for that
+reason alone; the comparison then also gives each difference with the machine's share taken out, and says which
+it was, so nobody blames a software version for a slow afternoon on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+TOLERANCE = 0.10
+NOISE_FLOOR_MS = 0.01   # medians of a few microseconds (capture, audio) move by timer and scheduler noise alone
+STEADY = 0.05           # CPU references closer than this: the same machine speed
+# Stages whose work per tick varies (faces, VAD chunks): judged per item, their per-tick median mixes amounts of work.
+PER_ITEM = ("expression", "vad")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    a_ms: float
+    b_ms: float
+    difference: float           # |a - b| / min(a, b): symmetric, so A-vs-B and B-vs-A agree
+    within: bool | None         # None: shown, but judged by its per-item row
+    adjusted: float | None      # the same, after dividing each side by its run's CPU reference
+
+
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[Row]
+    tolerance: float
+    reference_ms: tuple[float, float] | None     # CPU reference p50 of A and of B
+    drift: tuple[float, float] | None            # each run's own change of CPU speed, second half vs first
+
+    @property
+    def differing(self) -> list[str]:
+        return [r.name for r in self.rows if r.within is False]
+
+    @property
+    def machine_difference(self) -> float | None:
+        if not self.reference_ms:
+            return None
+        a, b = self.reference_ms
+        return abs(a - b) / min(a, b)
+
+    @property
+    def steady(self) -> bool:
+        """Both runs saw the same CPU speed, and neither saw it change: the medians can be compared as they are."""
+        return (self.machine_difference is not None and self.machine_difference <= STEADY
+                and all(abs(d) <= STEADY for d in self.drift or ()))
+
+    @property
+    def verdict(self) -> str:
+        """``same``, ``machine`` (differences that the CPU's own change of speed accounts for) or ``differs``."""
+        if not self.differing:
+            return "same"
+        if not self.steady and self.reference_ms and all(
+                r.adjusted is not None and r.adjusted <= self.tolerance for r in self.rows if r.within is False):
+            return "machine"
+        return "differs"
+
+    def summary(self) -> str:
+        tol = f"{100 * self.tolerance:g}%"
+        if self.verdict == "same":
+            text = f"every median within {tol} (or {NOISE_FLOOR_MS} ms)"
+        elif self.verdict == "machine":
+            text = (f"not within {tol}: {', '.join(self.differing)}; but the CPU reference differs by "
+                    f"{100 * self.machine_difference:.1f}% and every difference is within {tol} once that is taken "
+                    f"out: the machine ran at another speed, re-run on a quiet machine before comparing")
+        else:
+            text = f"not within {tol}: {', '.join(self.differing)}"
+        if self.reference_ms and not self.steady:
+            text += (f" (CPU reference {self.reference_ms[0]:.3f} vs {self.reference_ms[1]:.3f} ms, drift within "
+                     f"the runs {', '.join(f'{100 * d:+.1f}%' for d in self.drift)})")
+        return text
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "summary": self.summary(), "tolerance": self.tolerance,
+                "noise_floor_ms": NOISE_FLOOR_MS, "steady": self.steady,
+                "machine_difference": None if self.machine_difference is None else round(self.machine_difference, 4),
+                "reference_ms": self.reference_ms, "drift": self.drift,
+                "rows": [asdict(r) for r in self.rows]}
+
+
+def _medians(report: dict) -> dict[str, float]:
+    out = {s: p["p50_ms"] for s, p in report["stages"].items() if p.get("calls", 1)}
+    out |= {f"{s} per item": p["p50_ms"] for s, p in report.get("per_item", {}).items() if p.get("items", 1)}
+    return out | {"end_to_end": report["end_to_end"]["p50_ms"]}
+
+
+def _reference(report: dict) -> dict | None:
+    ref = report.get("cpu_reference")
+    return ref if ref and ref.get("samples") and ref.get("p50_ms") else None
+
+
+def _difference(a: float, b: float) -> float:
+    return abs(a - b) / max(1e-9, min(a, b))
+
+
+def compare(a: dict, b: dict, tolerance: float = TOLERANCE) -> Comparison:
+    """Compare the medians of two ``appliance bench`` JSON reports (stages both ran)."""
+    ma, mb = _medians(a), _medians(b)
+    ra, rb = _reference(a), _reference(b)
+    rows = []
+    for name in [n for n in ma if n in mb]:
+        x, y = ma[name], mb[name]
+        diff = _difference(x, y)
+        within = None if name in PER_ITEM and f"{name} per item" in ma else (
+            diff <= tolerance or abs(x - y) <= NOISE_FLOOR_MS)
+        adjusted = round(_difference(x / ra["p50_ms"], y / rb["p50_ms"]), 4) if ra and rb else None
+        rows.append(Row(name, x, y, round(diff, 4), within, adjusted))
+    return Comparison(rows, tolerance, (ra["p50_ms"], rb["p50_ms"]) if ra and rb else None,
+                      (ra["drift"], rb["drift"]) if ra and rb else None)
+
+
+def markdown(c: Comparison, a_label: str = "A", b_label: str = "B") -> str:
+    lines = [f"**{c.verdict}**: {c.summary()}.", "",
+             f"| stage | p50 ms {a_label} | p50 ms {b_label} | difference | within | without the CPU's change |",
+             "|---|---|---|---|---|---|"]
+    for r in c.rows:
+        within = "per item" if r.within is None else "yes" if r.within else "**no**"
+        adjusted = "" if r.adjusted is None else f"{100 * r.adjusted:.1f}%"
+        lines.append(f"| {r.name} | {r.a_ms:.3f} | {r.b_ms:.3f} | {100 * r.difference:.1f}% | {within} | "
+                     f"{adjusted} |")
+    if c.reference_ms:
+        lines.append(f"| *CPU reference* | {c.reference_ms[0]:.3f} | {c.reference_ms[1]:.3f} | "
+                     f"{100 * c.machine_difference:.1f}% | {'steady' if c.steady else '**changed**'} | |")
+    return "\n".join(lines) + "\n"
