@@ -17,13 +17,12 @@ from typing import Callable
 import numpy as np
 
 from appliance import __version__
+from appliance.compare import STEADY
 from appliance.config import AppConfig
 from appliance.loop import percentiles
 
 # Stages that are model calls; everything else in a tick is loop overhead.
 MODEL_STAGES = ("detect", "expression", "vad", "tone")
-# A CPU reference that moved more than this between the halves of a run is reported as a changing machine.
-DRIFT_WARNING = 0.05
 
 
 def _progress(total_s: float, scheduler, stop: threading.Event, out=sys.stderr) -> None:
@@ -172,8 +171,9 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
                     p = _time_session(session, {session.get_inputs()[0].name: x}, runs)
                     row[f"batch{batch}"] = p
                 row["loop_batch"] = loop_batch
-                log(f"matrix: {name} {provider} {precision}: batch 1 p50 {row['batch1']['p50_ms']:.3f} ms, "
-                    f"batch {loop_batch} p50 {row[f'batch{loop_batch}']['p50_ms']:.3f} ms")
+                log(f"matrix: {name} {provider} {precision}: batch 1 p50 {row['batch1']['p50_ms']:.3f} ms"
+                    + (f", batch {loop_batch} p50 {row[f'batch{loop_batch}']['p50_ms']:.3f} ms" if loop_batch > 1
+                       else ""))
                 rows.append(row)
     # The largest rate that meets every deadline, per precision choice, from the real loop.
     loops = []
@@ -292,7 +292,7 @@ def _reference_line(ref: dict | None) -> list[str]:
         return []
     line = (f"- CPU reference ({ref['workload']}): p50 {ref['p50_ms']:.3f} ms over {ref['samples']} samples, "
             f"second half {100 * ref['drift']:+.1f}% against the first")
-    if abs(ref["drift"]) > DRIFT_WARNING:
+    if abs(ref["drift"]) > STEADY:
         line += ("; **the CPU's speed changed during the run** (other load, clock scaling, throttling or a shared "
                  "host): medians mix two speeds, re-run before comparing")
     return [line]

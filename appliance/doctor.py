@@ -208,6 +208,22 @@ def check_disk(cfg: AppConfig, minimum_mb: int = 500) -> Check:
     return Check("disk", True, f"{free} MB free for {path}")
 
 
+def check_cpu_latency(cfg: AppConfig) -> list[Check]:
+    """Only when loop.cpu_wakeup_latency_us is set: can the daemon hold it? (Asks the kernel, then lets go.)"""
+    from appliance.cpu_latency import CpuLatencyRequest
+
+    if cfg.loop.cpu_wakeup_latency_us is None:
+        return []
+    request = CpuLatencyRequest(cfg.loop.cpu_wakeup_latency_us)
+    if not request.acquire():
+        return [Check("cpu latency", False, request.problem,
+                      "sudo deploy/jetson/install.sh installs the udev rule that gives the service's group write "
+                      "access, or unset loop.cpu_wakeup_latency_us")]
+    request.release()
+    return [Check("cpu latency", True, f"{request.device} writable: idle CPUs held to "
+                                       f"{cfg.loop.cpu_wakeup_latency_us} us while the loop runs")]
+
+
 def check_clock() -> Check:
     import subprocess
 
@@ -231,7 +247,7 @@ def run_checks(cfg: AppConfig) -> list[Check]:
     steps: list[Callable[[], Check | list[Check]]] = [
         lambda: check_camera(cfg), lambda: check_microphone(cfg), lambda: check_models(cfg),
         lambda: check_providers(cfg), lambda: check_engine_cache(cfg), lambda: check_broker(cfg), lambda: check_outbox(cfg),
-        lambda: check_disk(cfg), check_clock]
+        lambda: check_disk(cfg), lambda: check_cpu_latency(cfg), check_clock]
     checks: list[Check] = []
     for step in steps:
         try:

@@ -5,6 +5,7 @@ Data flows one way. The loop owns time; stages only compute. Every tick is timed
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -267,6 +268,7 @@ class Pipeline:
             for tick in self.scheduler.run():
                 now = wall0 + (tick.scheduled - mono0)   # wall time that cannot jump with NTP mid-run
                 got_frame = self._tick(tick, now)
+                self.writer.hand_over()        # the tick's events are stored while the loop sleeps
                 self.notifier.watchdog()
                 if (stop_at and time.monotonic() >= stop_at) or (self.source.ended and not got_frame):
                     break
@@ -356,7 +358,7 @@ class Pipeline:
     def _emit(self, window: WindowSummary) -> None:
         cfg = self.config
         # Every event goes to the outbox through the writer thread (which gives it its seq and wakes the MQTT
-        # thread): the loop never waits on the disk.
+        # thread) at the end of the tick: the loop never waits on the disk.
         self.writer.submit("summary", lambda seq: summary_payload(window, cfg.device.id, seq, cfg.device.profile),
                            then=self.on_summary)
         self.summaries += 1
@@ -409,8 +411,10 @@ class Pipeline:
                         100 * clipped_fraction)
 
     def _log_health(self) -> None:
-        recent = list(self.scheduler.recent)[-int(self.config.aggregate.window_s * self.config.loop.rate_hz):]
-        e2e = percentiles([t.latency for t in recent])
+        if not log.isEnabledFor(logging.INFO):     # runs on the loop: no figures for a line nobody reads
+            return
+        window = int(self.config.aggregate.window_s * self.config.loop.rate_hz)
+        e2e = percentiles([t.latency for t in itertools.islice(reversed(self.scheduler.recent), window)])
         log.info("loop: %d ticks, %d deadline misses, tick p50 %.1f ms p99 %.1f ms; camera %s, %d frames dropped",
                  self.scheduler.ticks, self.scheduler.misses, e2e["p50_ms"], e2e["p99_ms"], self.source.state.value,
                  self.source.buffer.dropped)

@@ -6,6 +6,7 @@ Not checkable here, and said so in the README: a real JetPack install, TensorRT 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -246,3 +247,14 @@ def test_doctor_passes_with_a_reachable_broker(tmp_path, mosquitto):
                           env=appliance_env(tmp_path, APPLIANCE_MQTT__BROKER=mosquitto.url))
     assert proc.returncode == 0, proc.stdout
     assert "MQTT CONNACK" in proc.stdout
+    assert "cpu latency" not in proc.stdout      # checked only when configured
+
+
+def test_doctor_checks_the_cpu_latency_request_when_configured(tmp_path):
+    proc = subprocess.run(appliance_cmd("doctor"), capture_output=True, text=True, timeout=60,
+                          env=appliance_env(tmp_path, APPLIANCE_LOOP__CPU_WAKEUP_LATENCY_US="0"))
+    line = next(line for line in proc.stdout.splitlines() if "] cpu latency" in line)
+    if os.access("/dev/cpu_dma_latency", os.W_OK):     # CI runs as root: the real device takes the request
+        assert line.startswith("[ok  ]") and "held to 0 us" in line
+    else:
+        assert line.startswith("[FAIL]") and "udev rule" in proc.stdout

@@ -161,9 +161,13 @@ def test_the_writer_stores_in_order_off_the_callers_thread_and_close_flushes(tmp
         return event()(seq)
 
     writer.submit("summary", held_back, then=lambda p: log_.append(p["seq"]))
+    writer.hand_over()
     for i in range(49):
         writer.submit("alert" if i % 10 == 0 else "summary", event(),
                       then=lambda p: (log_.append(p["seq"]), threads.append(threading.current_thread().name)))
+        if i % 7 == 0:
+            writer.hand_over()
+    assert log_ == []      # nothing is stored while the first one is held back; close() hands over the rest
     closer = threading.Thread(target=writer.close)
     closer.start()
     time.sleep(0.2)
@@ -184,6 +188,7 @@ def test_the_writer_retries_a_full_disk_and_loses_nothing(tmp_path, caplog):
     writer.start()
     for _ in range(3):
         writer.submit("summary", event(size=20_000))
+    writer.hand_over()
     with caplog.at_level(logging.ERROR):
         deadline = time.monotonic() + 10
         while "retrying" not in caplog.text and time.monotonic() < deadline:

@@ -256,52 +256,61 @@ class OutboxWriter:
     """Stores events in the outbox on a thread of its own, so the fixed-rate loop never waits on the disk.
 
     A durable commit is an fsync: ~2 ms on this project's VM, tens to hundreds of ms on an SD card or a busy eMMC,
-    which is a whole tick's budget. The loop only hands over the payload builder (microseconds); here it gets its
-    seq and is committed in the outbox's own transaction, as before, in the order handed over. Until then (a few
-    ms) it exists in memory only: a power cut or a kill in that window loses it. ``close()`` stores everything
-    handed over before it returns. A failing store (disk full, I/O error) is logged and retried with backoff; the
-    events wait in memory meanwhile.
+    which is a whole tick's budget. The loop only queues the payload builder (microseconds) and hands the queue
+    over at the end of its tick (``hand_over``), so the writer's own Python work (building the payload, JSON)
+    runs while the loop sleeps instead of taking the GIL from a tick. Here the event gets its seq and is committed
+    in the outbox's own transaction, as before, in the order submitted. Until then (a few ms) it exists in memory
+    only: a power cut or a kill in that window loses it. ``close()`` stores everything submitted before it
+    returns. A failing store (disk full, I/O error) is logged and retried with backoff; the events wait in memory
+    meanwhile.
     """
 
     def __init__(self, outbox: Outbox, on_stored: Callable[[], None] = lambda: None, retry_max_s: float = 30.0):
         self.outbox = outbox
         self._on_stored = on_stored
         self._retry_max_s = retry_max_s
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()     # lists of events, or None to stop
+        self._held: list[tuple] = []       # submitted this tick, not handed over yet (the submitting thread's own)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
-        self.lost = 0     # handed over but never stored (only when close() gives up on a failing disk)
+        self.lost = 0     # submitted but never stored: a payload that could not be built, or a failing disk at close()
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, kind: str, make: Callable[[int], dict], then: Callable[[dict], None] | None = None) -> None:
-        """Store ``make(seq)`` as a ``kind`` event; ``then(payload)`` runs on the writer thread once it is stored."""
-        self._queue.put((kind, make, then))
+        """Store ``make(seq)`` as a ``kind`` event once handed over; ``then(payload)`` runs on the writer thread once
+        it is stored."""
+        self._held.append((kind, make, then))
+
+    def hand_over(self) -> None:
+        """Give the writer what was submitted since the last call (the pipeline calls this at the end of a tick)."""
+        if self._held:
+            batch, self._held = self._held, []
+            self._queue.put(batch)
 
     def close(self, timeout: float = 30.0) -> None:
+        self.hand_over()
         self._queue.put(None)
         self._closing.set()
         self._thread.join(timeout)
-        left = self._queue.qsize()
-        if self._thread.is_alive() or left:
-            log.error("outbox: %d events handed over were not stored before shutdown", left)
+        if self._thread.is_alive():
+            log.error("outbox: the writer did not finish storing within %g s of shutdown; what it had not stored "
+                      "is lost", timeout)
 
     def _run(self) -> None:
         running = True
         while running:
-            batch = [self._queue.get()]
+            batches = [self._queue.get()]
             while True:      # everything handed over meanwhile: one wake-up for the burst
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batches.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if None in batches:         # close(): store what came before it, then stop
+                running = False
             stored = False
-            for item in batch:
-                if item is None:        # close(): store what came before it, then stop
-                    running = False
-                    continue
-                kind, make, then = item
+            for kind, make, then in (event for batch in batches if batch is not None for event in batch):
                 payload = self._store(kind, make)
                 if payload is None:
                     continue
