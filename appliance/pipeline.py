@@ -385,9 +385,7 @@ class Pipeline:
         loop = {"rate_hz": cfg.loop.rate_hz, "fps": round(len(ticks) / interval, 2), "ticks": len(ticks),
                 "deadline_misses": self.scheduler.misses - self._stats_misses,
                 "skipped_slots": self.scheduler.skipped - self._stats_skipped,
-                "ticks_total": self.scheduler.ticks, "deadline_misses_total": self.scheduler.misses,
-                "end_to_end": percentiles([t.latency for t in ticks])}
-        stages = stage_percentiles(ticks, STAGES)
+                "ticks_total": self.scheduler.ticks, "deadline_misses_total": self.scheduler.misses}
         camera = {"state": self.source.state.value, "frames_used": self.source.buffer.delivered,
                   "frames_dropped": self.source.buffer.dropped}
         microphone = None if self.audio is None else {
@@ -395,11 +393,13 @@ class Pipeline:
         mqtt = {"protocol": self.publisher.protocol} | {k: self.publisher.counters[k] for k in (
             "connects", "acked", "rejected_commands")}
         state = "paused" if self.paused_by else "online"
-        # Built on the writer thread: the outbox figures and /proc reads stay off the loop, and the outbox depth
-        # is the one this event is stored into.
+        # Built on the writer thread from a snapshot of the interval's ticks (finished ticks are not changed
+        # again): the percentiles (~3 ms for a minute of ticks), the outbox figures and the /proc reads stay off
+        # the loop, and the outbox depth is the one this event is stored into.
         self.writer.submit("stats", lambda seq: stats_payload(
-            cfg.device.id, seq, cfg.device.profile, now, interval, state, loop, stages, camera, microphone,
-            self.outbox.stats().as_dict(), mqtt, self.system.read().as_dict()))
+            cfg.device.id, seq, cfg.device.profile, now, interval, state,
+            loop | {"end_to_end": percentiles([t.latency for t in ticks])}, stage_percentiles(ticks, STAGES),
+            camera, microphone, self.outbox.stats().as_dict(), mqtt, self.system.read().as_dict()))
         self._stats_from, self._stats_misses, self._stats_skipped = mono, self.scheduler.misses, self.scheduler.skipped
         self._stats_due = mono + cfg.mqtt.stats_interval_s
 
