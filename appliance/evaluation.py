@@ -178,8 +178,10 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
             progress(i + 1, len(items))
     m = classification_metrics(y_true, y_pred, model.labels)
     report = model.runtime_report
+    # Sorted, so the same filter reads the same in every saved report (a set's order changes between runs).
+    subset = "; ".join(f"{k}={','.join(sorted(v))}" for k, v in sorted((where or {}).items()))
     return EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
-                      dataset=str(root) + (f" where {where}" if where else ""), labels=list(model.labels), n=m["n"],
+                      dataset=str(root) + (f" where {subset}" if subset else ""), labels=list(model.labels), n=m["n"],
                       accuracy=round(m["accuracy"], 4), macro_f1=round(m["macro_f1"], 4),
                       per_class=m["per_class"], confusion=m["confusion"],
                       seconds=round(time.perf_counter() - started, 2))
