@@ -132,6 +132,28 @@ def test_vad_streams_in_any_block_size(vad_manifest, speech):
     assert parts == pytest.approx(whole, abs=0.05)
 
 
+def test_vad_bound_buffers_give_what_plain_runs_give(vad_manifest, speech):
+    # The wrapper runs the model through IO binding on buffers it reuses, with the state ping-ponging between two
+    # of them; a plain session.run that hands the state back each time is the reference, chunk for chunk.
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(vad_manifest.path_of(vad_manifest.variant("fp32"))),
+                                   providers=["CPUExecutionProvider"])
+    state, context, expected = np.zeros((2, 1, 128), np.float32), np.zeros(64, np.float32), []
+    chunks = [speech[i:i + 512] for i in range(0, 512 * 120, 512)]
+    for chunk in chunks:
+        p, state = session.run(None, {"input": np.concatenate([context, chunk])[None], "state": state,
+                                      "sr": np.array(16000, np.int64)})
+        expected.append(float(p[0, 0]))
+        context = chunk[-64:]
+    vad = VoiceActivity(vad_manifest)
+    for _ in range(2):    # the second pass checks that reset() forgets the state and the context
+        got = [vad.probability(chunk) for chunk in chunks]
+        assert got == pytest.approx(expected, abs=1e-6)
+        assert max(expected) > 0.9 and min(expected) < 0.1    # real speech and pauses, not a constant
+        vad.reset()
+
+
 def test_clipping_is_measured(vad_manifest, speech):
     clipped = np.clip(speech * 30, -1, 1)
     out = VoiceActivity(vad_manifest).feed(clipped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 
 from appliance.config import RuntimeConfig
 from appliance.manifest import ModelManifest
@@ -34,26 +35,48 @@ class VoiceActivity:
         self.threshold = threshold
         self.release = release
         self.hangover_chunks = hangover_chunks
+        # The model runs once per 32 ms chunk, ~30 times a second, each call a fraction of a millisecond: through
+        # IO binding onto buffers made here, a call allocates nothing and touches the same memory every tick.
+        # The window is [context | chunk]; the recurrent state ping-pongs between two buffers, one binding each way.
+        self._window = np.zeros((1, CONTEXT + CHUNK), np.float32)
+        self._states = (np.zeros((2, 1, 128), np.float32), np.zeros((2, 1, 128), np.float32))
+        self._out = np.zeros((1, 1), np.float32)
+        self._buffers = [self._window, *self._states, self._out, np.array(16000, np.int64)]
+        self._bindings = [self._bind(src, dst) for src, dst in ((0, 1), (1, 0))]
         self.reset()
 
+    def _bind(self, src: int, dst: int) -> ort.IOBinding:
+        binding = self._session.io_binding()
+        # OrtValues over numpy memory share it (no copy); the numpy arrays in self._buffers keep it alive.
+        wrap = ort.OrtValue.ortvalue_from_numpy
+        binding.bind_ortvalue_input("input", wrap(self._window))
+        binding.bind_ortvalue_input("state", wrap(self._states[src]))
+        binding.bind_ortvalue_input("sr", wrap(self._buffers[-1]))
+        binding.bind_ortvalue_output("output", wrap(self._out))
+        binding.bind_ortvalue_output("stateN", wrap(self._states[dst]))
+        return binding
+
     def reset(self) -> None:
-        self._state = np.zeros((2, 1, 128), np.float32)
-        self._context = np.zeros(CONTEXT, np.float32)
+        for buffer in (self._window, *self._states):
+            buffer.fill(0.0)
+        self._turn = 0             # which binding runs next: its input state holds the latest state
         self._pending = np.zeros(0, np.float32)
         self._speaking = False
         self._quiet = 0
         self.last_probability = 0.0
 
     def probability(self, chunk: np.ndarray) -> float:
-        x = np.concatenate([self._context, chunk])[None, :]
-        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": np.array(16000, np.int64)})
-        self._context = chunk[-CONTEXT:]
-        return float(out[0, 0])
+        self._window[0, CONTEXT:] = chunk
+        self._session.run_with_iobinding(self._bindings[self._turn])
+        self._turn ^= 1
+        self._window[0, :CONTEXT] = chunk[-CONTEXT:]
+        return float(self._out[0, 0])
 
     def feed(self, audio: np.ndarray) -> SpeechChunks:
         audio = np.asarray(audio, np.float32)
-        peak = float(np.abs(audio).max()) if len(audio) else 0.0
-        clipped = float((np.abs(audio) >= 0.999).mean()) if len(audio) else 0.0
+        magnitude = np.abs(audio)
+        peak = float(magnitude.max()) if len(audio) else 0.0
+        clipped = float((magnitude >= 0.999).mean()) if len(audio) else 0.0
         data = np.concatenate([self._pending, audio])
         n = len(data) // CHUNK
         self._pending = data[n * CHUNK:]

@@ -1,0 +1,71 @@
+"""The model recipes' graph tools on small graphs built here (the real models are checked by their recipes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from models.recipes.recipe_tools import specialise_shapes
+
+
+def _branch(name: str, op: str, scale: float) -> onnx.GraphProto:
+    k = helper.make_tensor(f"{name}_k", TensorProto.FLOAT, [], [scale])
+    return helper.make_graph([helper.make_node(op, ["x", f"{name}_k"], [f"{name}_y"])], name, [],
+                             [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)], [k])
+
+
+def _model(path) -> None:
+    """y = x*2 if batch == 1 else x+5 (a shape decision), then z = y*3 if sum(y) > 0 else y*-1 (a value one)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Equal", ["batch", "one"], ["is_one"]),
+        helper.make_node("If", ["is_one"], ["y"], then_branch=_branch("a", "Mul", 2.0),
+                         else_branch=_branch("b", "Add", 5.0)),
+        helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "fzero"], ["positive"]),
+        helper.make_node("If", ["positive"], ["z"],
+                         then_branch=helper.make_graph(
+                             [helper.make_node("Mul", ["y", "three"], ["c_z"])], "c", [],
+                             [helper.make_tensor_value_info("c_z", TensorProto.FLOAT, None)]),
+                         else_branch=helper.make_graph(
+                             [helper.make_node("Neg", ["y"], ["d_z"])], "d", [],
+                             [helper.make_tensor_value_info("d_z", TensorProto.FLOAT, None)])),
+    ]
+    inits = [helper.make_tensor("zero", TensorProto.INT64, [], [0]), helper.make_tensor("one", TensorProto.INT64, [], [1]),
+             helper.make_tensor("fzero", TensorProto.FLOAT, [], [0.0]),
+             helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+
+
+def _run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_shape_decisions_are_inlined_and_value_decisions_kept(tmp_path):
+    source, dest = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    _model(source)
+    info = specialise_shapes(source, dest, {"x": [1, 4]}, {"x": np.zeros((1, 4), np.float32)})
+    out = onnx.load(str(dest))
+    assert info["ifs_left"] == 1           # the value-dependent one
+    assert [n.op_type for n in out.graph.node].count("If") == 1
+    assert not any(n.op_type in ("Shape", "Equal") for n in out.graph.node)   # the decision was folded away
+    assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [1, 4]
+    for x in (np.array([[1, 2, 3, 4]], np.float32), np.array([[-1, -2, -3, -4]], np.float32)):
+        np.testing.assert_array_equal(_run(dest, x), _run(source, x))
+    assert _run(dest, np.array([[1, 1, 1, 1]], np.float32)).tolist() == [[6, 6, 6, 6]]   # x*2, then *3
+
+
+def test_the_other_shape_takes_the_other_branch(tmp_path):
+    source, dest = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    _model(source)
+    specialise_shapes(source, dest, {"x": [2, 4]}, {"x": np.zeros((2, 4), np.float32)})
+    x = np.ones((2, 4), np.float32)
+    assert _run(dest, x).tolist() == [[18.0] * 4] * 2          # (1+5)*3
+    with pytest.raises(Exception):
+        _run(dest, np.ones((1, 4), np.float32))                 # the shape is fixed now
