@@ -108,6 +108,7 @@ def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = Tr
         "rate_hz": report.rate_hz,
         "configured_rate_hz": cfg.loop.rate_hz,
         "seconds": seconds,
+        "warm_up_ms": round(1000 * pipeline.warm_up_s, 1),   # before the first tick, not in any stage
         "faces_replicated": faces,
         "frames_dropped": report.frames_dropped,
         "frames_used": report.frames_used,
@@ -148,7 +149,7 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
     """Every model x available provider x precision: per-call latency at batch 1 and at the loop's batch, and the
     largest loop rate whose every tick met its deadline in a short run of the real loop with that choice."""
     from appliance.manifest import load_manifest
-    from appliance.runtime import SHORT_NAMES, SUPPORTED, _available_providers, open_session
+    from appliance.runtime import SHORT_NAMES, SUPPORTED, NoUsableProvider, _available_providers, open_session
 
     models = {cfg.expression.model: cfg.faces.max_faces, cfg.voice.model: 1}
     available = [SHORT_NAMES[p] for p in _available_providers() if p in SHORT_NAMES]
@@ -161,8 +162,14 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
                 if ("fp32" if precision == "fp16" else precision) not in manifest.precisions():
                     continue
                 rcfg = cfg.runtime.model_copy(update={"providers": [provider], "precision": precision})
-                session, report = open_session(manifest, rcfg)
-                if report.provider != provider:
+                try:
+                    session, report = open_session(manifest, rcfg)
+                except NoUsableProvider as e:
+                    # In the build but not usable here (onnxruntime-gpu without TensorRT's libraries, a CUDA
+                    # mismatch): a row that says why, not a crash of the whole report.
+                    log(f"matrix: {name} {provider} {precision}: not usable here ({e})")
+                    rows.append({"model": name, "provider": provider, "precision": precision,
+                                 "loop_batch": loop_batch, "unavailable": str(e)})
                     continue
                 shape_ = shape or tuple(session.get_inputs()[0].shape[1:])
                 row = {"model": name, "provider": provider, "precision": precision}
@@ -182,6 +189,9 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
             c = cfg.model_copy(deep=True)
             c.runtime.providers = [provider]
             c.runtime.precision = precision
+            if not any(r["provider"] == provider and r["precision"] == precision and "unavailable" not in r
+                       for r in rows):
+                continue     # no model could run it (row above says why)
             log(f"matrix: loop with {provider} {precision} for {loop_seconds:g} s")
             r = run_loop(c, loop_seconds, progress=False)
             worst = r["end_to_end"]["max_ms"]
@@ -191,11 +201,15 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
     auto = {}
     for name, loop_batch in models.items():
         _, rep = open_session(load_manifest(cfg.models.dir / "onnx" / name), cfg.runtime)
-        candidates = [r for r in rows if r["model"] == name and r["provider"] == rep.provider]
+        timed = [r for r in rows if r["model"] == name and "unavailable" not in r]
+        candidates = [r for r in timed if r["provider"] == rep.provider]
         fastest = min(candidates, key=lambda r: r[f"batch{loop_batch}"]["p50_ms"]) if candidates else None
+        overall = min(timed, key=lambda r: r[f"batch{loop_batch}"]["p50_ms"]) if timed else None
         auto[name] = {"provider": rep.provider, "precision": rep.precision,
                       "fastest_precision": fastest and fastest["precision"],
-                      "auto_is_fastest": bool(fastest) and fastest["precision"] == rep.precision}
+                      "auto_is_fastest": bool(fastest) and fastest["precision"] == rep.precision,
+                      # Across providers too: a tiny model can run faster on a big CPU than through GPU launches.
+                      "fastest_overall": overall and f"{overall['provider']} {overall['precision']}"}
     return {"calls": rows, "loops": loops, "auto": auto}
 
 
@@ -243,7 +257,8 @@ def markdown(result: dict) -> str:
                                         for s, v in loop.get("per_item", {}).items()),
              f"- camera frames dropped {loop['frames_dropped']} (used {loop['frames_used']}); audio lost "
              f"{loop['audio_lost_seconds']} s",
-             "- models: " + ", ".join(f"{m} on {p['provider']} {p['precision']}" for m, p in loop["providers"].items()),
+             "- models: " + ", ".join(f"{m} on {p['provider']} {p['precision']}" for m, p in loop["providers"].items())
+             + (f"; warmed up in {loop['warm_up_ms']:.0f} ms before the first tick" if "warm_up_ms" in loop else ""),
              *_reference_line(loop.get("cpu_reference")),
              *_wakeup_line(loop.get("cpu_wakeup_latency")),
              "", "| stage | calls | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
@@ -261,6 +276,9 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for r in m["calls"]:
             b = r["loop_batch"]
+            if "unavailable" in r:
+                lines.append(f"| {r['model']} | {r['provider']} | {r['precision']} | not usable here | {b} | | |")
+                continue
             lines.append(f"| {r['model']} | {r['provider']} | {r['precision']} | {r['batch1']['p50_ms']:.3f} | {b} | "
                          f"{r[f'batch{b}']['p50_ms']:.3f} | {r[f'batch{b}']['p50_ms'] / b:.3f} |")
         lines += ["", "| loop with | max tick ms | p99 tick ms | misses | largest rate meeting every deadline |",
@@ -268,9 +286,13 @@ def markdown(result: dict) -> str:
         for r in m["loops"]:
             lines.append(f"| {r['provider']} {r['precision']} | {r['max_tick_ms']:.2f} | {r['p99_tick_ms']:.2f} | "
                          f"{r['deadline_misses']} | {r['max_rate_hz']} Hz |")
-        lines += [""] + [f"- auto choice for {name}: {a['provider']} {a['precision']} (fastest found: "
-                         f"{a['fastest_precision']}) {'OK' if a['auto_is_fastest'] else 'NOT the fastest'}"
+        lines += [""] + [f"- auto choice for {name}: {a['provider']} {a['precision']} (fastest found on "
+                         f"{a['provider']}: {a['fastest_precision']}) "
+                         f"{'OK' if a['auto_is_fastest'] else 'NOT the fastest'}"
+                         + (f"; fastest of all providers: {a['fastest_overall']}" if a.get("fastest_overall") else "")
                          for name, a in m["auto"].items()]
+        lines += [f"- not usable here: {r['model']} {r['provider']} {r['precision']}: {r['unavailable']}"
+                  for r in m["calls"] if "unavailable" in r]
     if "accuracy" in result:
         lines += ["", "## Accuracy", ""]
         for kind, by_precision in result["accuracy"].items():

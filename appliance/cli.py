@@ -355,8 +355,11 @@ def models_list(config: Optional[Path] = ConfigOpt) -> None:
     _setup_logging("WARNING")
     for check in check_models(cfg):
         print(check.line())
-    for manifest in _engine_manifests(cfg) + [load_manifest(cfg.models.dir / "onnx" / cfg.voice.vad_model)]:
-        _, report = open_session(manifest, cfg.runtime)
+    from appliance.perception import vad
+
+    for manifest, runtime in [(m, cfg.runtime) for m in _engine_manifests(cfg)] + [
+            (load_manifest(cfg.models.dir / "onnx" / cfg.voice.vad_model), vad.RUNTIME)]:
+        _, report = open_session(manifest, runtime)
         print(f"       {manifest.name}: runtime picks {report.provider} {report.precision} ({report.file})")
 
 

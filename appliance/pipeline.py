@@ -146,6 +146,7 @@ class Pipeline:
         self._on_broker = on_broker
         self.publisher: MqttPublisher | None = None
         self.summaries = 0
+        self.warm_up_s = 0.0           # set by warm_up(), before the first tick
         self.alerts = 0
         self.system = SystemMonitor()
         self._stats_due = 0.0          # monotonic; set when the loop starts
@@ -233,8 +234,21 @@ class Pipeline:
     _audio_state = _camera_state
 
     # ------------------------------------------------------------------------------------------- run
+    def warm_up(self) -> float:
+        """Every model once at each shape the loop will give it, before the first tick; returns the seconds taken.
+        (On a GPU the first call at a new shape costs up to seconds: see ExpressionModel.warm_up.)"""
+        t0 = time.monotonic()
+        self.expression.warm_up(max(self.config.faces.max_faces, self.replicate_faces))
+        if self.tone is not None:
+            self.vad.warm_up()
+            self.tone.warm_up()
+        self.warm_up_s = time.monotonic() - t0
+        log.info("models warmed up in %.0f ms", 1000 * self.warm_up_s)
+        return self.warm_up_s
+
     def run(self, duration: float | None = None) -> RunReport:
         cfg = self.config
+        self.warm_up()
         if self.broker is not None:
             self.broker.start()
             self._broker_url = self.broker.url

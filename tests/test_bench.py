@@ -30,6 +30,7 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert report["stages"]["expression"]["calls"] > 0 and report["faces_replicated"] == 4
     assert report["ticks"] >= 30 and len(report["timeline_ms"]) == report["ticks"]
     assert 0 <= report["loop_overhead_fraction"] < 1 and report["rss_mb"] > 50
+    assert report["warm_up_ms"] > 0       # every model ran once at each of its shapes before the first tick
     assert report["providers"]["fer_mini_xception"]["provider"] == "cpu"
     assert out.with_suffix(".md").read_text().startswith("# appliance bench")
     assert out.with_suffix(".png").stat().st_size > 10000
@@ -57,3 +58,23 @@ def test_matrix_covers_models_precisions_and_the_auto_choice(tmp_path):
                      "frames_dropped": 0, "frames_used": 1, "audio_lost_seconds": 0, "providers": {},
                      "stages": {}, "matrix": m})
     assert "## Provider x precision" in text and "largest rate meeting every deadline" in text
+
+
+def test_matrix_reports_a_provider_the_build_lists_but_cannot_run(tmp_path, monkeypatch):
+    # onnxruntime-gpu lists TensorRT and CUDA even where their libraries are missing (seen: TensorRT's on a GPU
+    # machine without it). Here the CPU build stands in: asked for them, it really falls back to the CPU, which the
+    # runtime detects. The matrix must say so per row and go on, not abort the whole report.
+    import appliance.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_available_providers", lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
+                                 "APPLIANCE_LOG__LEVEL": "WARNING",
+                                 "APPLIANCE_RUNTIME__ENGINE_CACHE_DIR": str(tmp_path / "engines")})
+    m = matrix(cfg, runs=3, loop_seconds=1, log=lambda msg: None)
+    unusable = {(r["provider"], r["precision"]) for r in m["calls"] if "unavailable" in r}
+    assert unusable == {("tensorrt", "int8"), ("tensorrt", "fp16"), ("tensorrt", "fp32"), ("cuda", "fp32")}
+    assert all("fell back to cpu" in r["unavailable"] for r in m["calls"] if "unavailable" in r)
+    assert {(r["provider"], r["precision"]) for r in m["loops"]} == {("cpu", "fp32"), ("cpu", "int8")}
+    assert {a["provider"] for a in m["auto"].values()} == {"cpu"}
+    assert all(a["fastest_overall"].startswith("cpu ") for a in m["auto"].values())

@@ -122,6 +122,40 @@ def test_int8_agrees_with_fp32_on_real_faces(model_path, expression):
     assert np.abs(a - b).max() < 0.25
 
 
+def test_cuda_warm_up_fixes_the_batch_and_padding_changes_no_result(model_path):
+    # The CUDA EP re-plans its convolutions at every new input shape (300-1200 ms, measured on an H100), so on
+    # CUDA warm_up() pins one batch size and classify() pads to it. No CUDA here: the provider in the report is set
+    # by hand (the session stays on the CPU); what is checked is the policy and that padding changes no result.
+    model = ExpressionModel(load_manifest(default_models_dir() / "onnx" / "fer_mini_xception"),
+                            RuntimeConfig(providers=["cpu"]))
+    frame = crowd(demo_frame(30))
+    with FaceDetector(model_path, max_faces=8, min_face_px=16, tiles=3) as det:
+        crops = crop_faces(frame, det.detect(frame).boxes, model.size)
+    crops = np.concatenate([crops, crops[:3]])                 # 11 faces: more than one padded call
+    plain = model.classify(crops).probabilities
+    shapes = []
+    real_run = model._session.run
+    model._session.run = lambda out, feed: shapes.append(next(iter(feed.values())).shape) or real_run(out, feed)
+    model.report.provider = "cuda"
+    model.warm_up(4)
+    assert shapes == [(4, 1, 64, 64)]                          # one shape, not 1..4
+    for n in (1, 3, 4, 11):
+        assert np.allclose(model.classify(crops[:n]).probabilities, plain[:n], atol=1e-6)
+    assert set(shapes) == {(4, 1, 64, 64)}
+    assert model.classify(crops[:0]).probabilities.shape == (0, 7)
+
+
+def test_cpu_warm_up_runs_every_batch_size_once(expression):
+    shapes = []
+    real_run = expression._session.run
+    expression._session.run = lambda out, feed: shapes.append(next(iter(feed.values())).shape[0]) or real_run(out, feed)
+    try:
+        expression.warm_up(5)
+    finally:
+        expression._session.run = real_run
+    assert shapes == [1, 2, 3, 4, 5]
+
+
 def test_wrong_crop_shape_is_rejected(expression):
     with pytest.raises(ValueError, match="expected"):
         expression.classify(np.zeros((2, 48, 48), np.uint8))

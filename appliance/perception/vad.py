@@ -13,6 +13,8 @@ from appliance.runtime import open_session
 
 CHUNK = 512      # samples at 16 kHz = 32 ms, what the model takes
 CONTEXT = 64     # samples of the previous chunk the model sees in front of each chunk
+# The VAD is tiny and stateful (one chunk at a time): the CPU is right for it everywhere, whatever the config says.
+RUNTIME = RuntimeConfig(providers=["cpu"], intra_op_threads=1)
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,7 @@ class VoiceActivity:
 
     def __init__(self, manifest: ModelManifest, threshold: float = 0.5, release: float = 0.35,
                  hangover_chunks: int = 3):
-        # The VAD is tiny and stateful (one chunk at a time): the CPU is right for it everywhere.
-        self._session, self.report = open_session(manifest, RuntimeConfig(providers=["cpu"], intra_op_threads=1))
+        self._session, self.report = open_session(manifest, RUNTIME)
         self.threshold = threshold
         self.release = release
         self.hangover_chunks = hangover_chunks
@@ -55,6 +56,11 @@ class VoiceActivity:
         binding.bind_ortvalue_output("output", wrap(self._out))
         binding.bind_ortvalue_output("stateN", wrap(self._states[dst]))
         return binding
+
+    def warm_up(self) -> None:
+        """One call before the loop starts (ONNX Runtime allocates on the first), then back to a clean state."""
+        self.probability(np.zeros(CHUNK, np.float32))
+        self.reset()
 
     def reset(self) -> None:
         for buffer in (self._window, *self._states):

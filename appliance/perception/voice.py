@@ -75,6 +75,10 @@ class VoiceToneModel:
         """(N, samples) 2 s segments -> (N, 1, mels, frames) model input."""
         return np.stack([log_mel(s) for s in segments])[:, None]
 
+    def warm_up(self) -> None:
+        """One call at the loop's shape (one 2 s segment) before the loop starts: see ExpressionModel.warm_up."""
+        self.classify(self.features(np.zeros((1, self.segment_samples), np.float32)))
+
     def classify(self, features: np.ndarray) -> ToneResult:
         (probs,) = self._session.run(None, {self._input: features.astype(np.float32)})
         return ToneResult(probs, self.labels)
