@@ -49,7 +49,7 @@ class ExpressionModel:
         CUDA EP it also fixes the batch: the EP re-plans its cuDNN convolutions whenever the input shape changes,
         also back to a shape it has seen (measured on an H100, onnxruntime-gpu 1.31: 300-1200 ms per change), so a
         face walking in or out would miss the loop's deadline. There every call is padded to ``max_batch`` faces,
-        which costs the GPU next to nothing (0.86 ms at 8 against 0.82 ms at 1). TensorRT's engine covers
+        which costs the GPU next to nothing (0.90 ms at 8 against 0.86 ms at 1). TensorRT's engine covers
         1..trt_max_batch in one optimisation profile and needs neither."""
         if self.report.provider == "cuda":
             self._pad_to = max_batch
