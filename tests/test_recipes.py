@@ -35,7 +35,8 @@ def _model(path) -> None:
                              [helper.make_node("Neg", ["y"], ["d_z"])], "d", [],
                              [helper.make_tensor_value_info("d_z", TensorProto.FLOAT, None)])),
     ]
-    inits = [helper.make_tensor("zero", TensorProto.INT64, [], [0]), helper.make_tensor("one", TensorProto.INT64, [], [1]),
+    inits = [helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+             helper.make_tensor("one", TensorProto.INT64, [], [1]),
              helper.make_tensor("fzero", TensorProto.FLOAT, [], [0.0]),
              helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
