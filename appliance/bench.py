@@ -186,12 +186,12 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
     loops = []
     for provider in [p for p in cfg.runtime.providers if p in available]:
         for precision in [p for p in SUPPORTED[provider] if p != "fp16" or provider == "tensorrt"]:
-            c = cfg.model_copy(deep=True)
-            c.runtime.providers = [provider]
-            c.runtime.precision = precision
             if not any(r["provider"] == provider and r["precision"] == precision and "unavailable" not in r
                        for r in rows):
                 continue     # no model could run it (row above says why)
+            c = cfg.model_copy(deep=True)
+            c.runtime.providers = [provider]
+            c.runtime.precision = precision
             log(f"matrix: loop with {provider} {precision} for {loop_seconds:g} s")
             r = run_loop(c, loop_seconds, progress=False)
             worst = r["end_to_end"]["max_ms"]

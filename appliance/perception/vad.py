@@ -42,17 +42,17 @@ class VoiceActivity:
         self._window = np.zeros((1, CONTEXT + CHUNK), np.float32)
         self._states = (np.zeros((2, 1, 128), np.float32), np.zeros((2, 1, 128), np.float32))
         self._out = np.zeros((1, 1), np.float32)
-        self._buffers = [self._window, *self._states, self._out, np.array(16000, np.int64)]
+        self._sr = np.array(16000, np.int64)
         self._bindings = [self._bind(src, dst) for src, dst in ((0, 1), (1, 0))]
         self.reset()
 
     def _bind(self, src: int, dst: int) -> ort.IOBinding:
         binding = self._session.io_binding()
-        # OrtValues over numpy memory share it (no copy); the numpy arrays in self._buffers keep it alive.
+        # OrtValues over numpy memory share it (no copy); the arrays, held by this object, keep it alive.
         wrap = ort.OrtValue.ortvalue_from_numpy
         binding.bind_ortvalue_input("input", wrap(self._window))
         binding.bind_ortvalue_input("state", wrap(self._states[src]))
-        binding.bind_ortvalue_input("sr", wrap(self._buffers[-1]))
+        binding.bind_ortvalue_input("sr", wrap(self._sr))
         binding.bind_ortvalue_output("output", wrap(self._out))
         binding.bind_ortvalue_output("stateN", wrap(self._states[dst]))
         return binding

@@ -72,7 +72,6 @@ def specialise_shapes(source: Path, dest: Path, shapes: dict[str, list[int]], fe
     """
     import onnx
     import onnxruntime as ort
-    from onnx import helper
 
     ort.set_default_logger_severity(3)    # "removing unused initializer" is the point here, not a warning
     model = onnx.load(str(source))
@@ -82,7 +81,7 @@ def specialise_shapes(source: Path, dest: Path, shapes: dict[str, list[int]], fe
                 dim.ClearField("dim_param")
                 dim.dim_value = size
     rounds = 0
-    while _inline_static_ifs(model, feeds, onnx, ort, helper):
+    while _inline_static_ifs(model, feeds):
         rounds += 1   # a nested If reaches the top graph once its parent is inlined
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -115,7 +114,12 @@ def _shape_only(name: str, producers: dict, initializers: set[str]) -> bool:
     return True
 
 
-def _inline_static_ifs(model, feeds, onnx, ort, helper) -> bool:
+def _inline_static_ifs(model, feeds: dict[str, np.ndarray]) -> bool:
+    """Inline every top-level ``If`` decided by shapes alone; False when there was none."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {i.name for i in graph.initializer}
