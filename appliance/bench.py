@@ -151,7 +151,7 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
     from appliance.manifest import load_manifest
     from appliance.runtime import SHORT_NAMES, SUPPORTED, NoUsableProvider, _available_providers, open_session
 
-    models = {cfg.expression.model: cfg.faces.max_faces, cfg.voice.model: 1}
+    models = {name: cfg.faces.max_faces for name in expression_models(cfg)} | {cfg.voice.model: 1}
     available = [SHORT_NAMES[p] for p in _available_providers() if p in SHORT_NAMES]
     rows = []
     for name, loop_batch in models.items():
@@ -200,6 +200,8 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
                           "max_rate_hz": int(1000 // worst) if worst else None})
     auto = {}
     for name, loop_batch in models.items():
+        if name not in (cfg.expression.model, cfg.voice.model):
+            continue     # timed for comparison; the loop and its auto choice are the configured models'
         _, rep = open_session(load_manifest(cfg.models.dir / "onnx" / name), cfg.runtime)
         timed = [r for r in rows if r["model"] == name and "unavailable" not in r]
         candidates = [r for r in timed if r["provider"] == rep.provider]
@@ -213,6 +215,16 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
     return {"calls": rows, "loops": loops, "auto": auto}
 
 
+def expression_models(cfg: AppConfig) -> list[str]:
+    """The configured expression model first, then every other shipped one (compared side by side)."""
+    from appliance.manifest import load_manifest
+
+    others = sorted(p.parent.name for p in (cfg.models.dir / "onnx").glob("*/manifest.json")
+                    if p.parent.name != cfg.expression.model
+                    and load_manifest(p.parent).task == "facial-expression")
+    return [cfg.expression.model] + others
+
+
 def accuracy(cfg: AppConfig, faces_dir: Path | None, voice_dir: Path | None, voice_where: dict | None,
              out_dir: Path) -> dict:
     """FP32 and INT8 side by side on the datasets given, with confusion matrix PNGs."""
@@ -224,8 +236,10 @@ def accuracy(cfg: AppConfig, faces_dir: Path | None, voice_dir: Path | None, voi
     result = {}
     jobs = []
     if faces_dir:
-        jobs.append(("faces", cfg.expression.model, ExpressionModel,
-                     lambda m: evaluate_faces(faces_dir, m, progress=stderr_progress("  faces"))))
+        for name in expression_models(cfg):
+            kind = "faces" if name == cfg.expression.model else f"faces_{name}"
+            jobs.append((kind, name, ExpressionModel,
+                         lambda m: evaluate_faces(faces_dir, m, progress=stderr_progress("  faces"))))
     if voice_dir:
         jobs.append(("voice", cfg.voice.model, VoiceToneModel,
                      lambda m: evaluate_voice(voice_dir, m, where=voice_where, progress=stderr_progress("  voice"))))

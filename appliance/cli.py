@@ -260,27 +260,38 @@ def config_show(config: Optional[Path] = ConfigOpt) -> None:
 # ------------------------------------------------------------------------------------------------ eval
 @eval_app.command("faces")
 def eval_faces(
-    directory: Path = typer.Argument(..., help="DIR/<label>/*.png|jpg, labels as in the model manifest"),
+    directory: Path = typer.Argument(..., help="DIR/<label>/*.png|jpg (labels as in the model manifest), or with "
+                                     "--labels ferplus the FER+ index (ferplus_index.csv or the folder holding it)"),
+    labels: str = typer.Option("folder", "--labels", help="folder: the folder names; ferplus: the FER+ crowd "
+                               "majority (and FER2013's label beside it)"),
+    split: str = typer.Option("public_test", "--split", help="with --labels ferplus: the split to read"),
     model: Optional[str] = typer.Option(None, "--model", help="model folder name under models/onnx, or a path "
                                         "to a model folder or .onnx file with its manifest.json beside it"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | int8 (default: runtime's choice)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    png: Optional[Path] = typer.Option(None, "--png", help="write the confusion matrix as PNG"),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Accuracy, macro-F1 and per-class recall of the expression model on a labelled face folder."""
-    from appliance.evaluation import evaluate_faces, stderr_progress
+    """Accuracy, macro-F1, per-class recall/precision and calibration error (ECE) of the expression model."""
+    from appliance.evaluation import confusion_png, evaluate_faces, evaluate_ferplus, stderr_progress
     from appliance.perception.expression import ExpressionModel
 
+    if labels not in ("folder", "ferplus"):
+        raise UserError(f"--labels {labels!r}: use 'folder' or 'ferplus'")
     cfg = _load(config, **{"runtime.precision": precision})
     _setup_logging("WARNING")
     manifest = _model_manifest(model or cfg.expression.model, cfg)
     expression = ExpressionModel(manifest, cfg.runtime)
-    report = evaluate_faces(directory, expression, progress=stderr_progress("evaluating"))
+    progress = stderr_progress("evaluating")
+    report = (evaluate_ferplus(directory, expression, split, progress=progress) if labels == "ferplus"
+              else evaluate_faces(directory, expression, progress=progress))
     print(report.table())
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
         print(f"wrote {json_out}")
+    if png:
+        print(f"wrote {confusion_png(report, png)}")
 
 
 @eval_app.command("voice")
@@ -314,6 +325,46 @@ def eval_voice(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         data = report.as_dict() | ({"anger": angry} if angry else {})
         json_out.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    png = png or (json_out.with_suffix(".png") if json_out else None)
+    if png:
+        print(f"wrote {confusion_png(report, png)}")
+
+
+@eval_app.command("video")
+def eval_video(
+    directory: Path = typer.Argument(..., help="folder with index.csv (path,label[,audio] columns; paths relative "
+                                     "to it)"),
+    index: Optional[Path] = typer.Option(None, "--index", help="another CSV instead of DIR/index.csv"),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="simulated seconds per clip, looped (default: "
+                                            "one summary window, aggregate.window_s)"),
+    model: Optional[str] = typer.Option(None, "--model", help="expression model folder under models/onnx"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | int8 (default: runtime's choice)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    png: Optional[Path] = typer.Option(None, "--png", help="write the face confusion matrix as PNG (default: next "
+                                       "to --json)"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Labelled clips through the real daemon pipeline: per clip faces seen, face and voice distributions, anger
+    index and alerts."""
+    from appliance.evaluation import confusion_png, stderr_progress
+    from appliance.manifest import load_manifest
+    from appliance.video_eval import as_json, confusion_report, evaluate_clips, quiet_pipeline_logs, table
+
+    cfg = _load(config, **{"runtime.precision": precision, "expression.model": model})
+    _setup_logging("WARNING")
+    quiet_pipeline_logs()
+    labels = tuple(load_manifest(cfg.models.dir / "onnx" / cfg.expression.model).labels)
+    results = evaluate_clips(directory, cfg, labels, index=index, seconds=seconds,
+                             progress=stderr_progress("playing clips"))
+    print(table(results))
+    report = confusion_report(results, labels, cfg.expression.model, cfg.runtime.precision, "cpu", str(directory))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"model": cfg.expression.model, "voice_model": cfg.voice.model, "precision": cfg.runtime.precision,
+                "dataset": str(directory), "seconds_per_clip": seconds or cfg.aggregate.window_s,
+                "rate_hz": cfg.loop.rate_hz}
+        json_out.write_text(json.dumps(as_json(results, meta), indent=2) + "\n")
         print(f"wrote {json_out}")
     png = png or (json_out.with_suffix(".png") if json_out else None)
     if png:

@@ -79,11 +79,13 @@ class FacesConfig(Section):
     min_face_px: int = Field(default=40, ge=8, description="smaller faces are ignored (too few pixels to read)")
     tiles: int = Field(default=1, ge=1, le=4, description="1: whole frame; N: also an NxN grid of overlapping "
                        "tiles, for small faces far from the camera (store-camera); costs N*N+1 detector runs")
-    margin: float = Field(default=0.15, ge=0.0, le=1.0, description="crop margin around the box, per side")
+    margin: float | None = Field(default=None, ge=0.0, le=1.0, description="crop margin around the box, per side; "
+                                 "default: the expression model's own (its manifest's crop_margin, measured for it)")
 
 
 class ExpressionConfig(Section):
-    model: str = Field(default="fer_mini_xception", description="a model folder under models.dir")
+    model: str = Field(default="ferplus_resnet", description="a model folder under models.dir/onnx: "
+                       "ferplus_resnet (FER+ crowd labels, calibrated) or fer_mini_xception (the earlier one)")
 
 
 class VoiceConfig(Section):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,19 +31,31 @@ class EvalReport:
     per_class: dict[str, dict[str, float]]
     confusion: list[list[int]]   # rows: true label, columns: predicted label
     seconds: float
+    label_set: str = "folder names"
+    ece: float | None = None               # 15 bins, on what the daemon uses (calibrated where there is one)
+    ece_uncalibrated: float | None = None
+    also: dict[str, float | str] = field(default_factory=dict)   # the same predictions against other labels
+    predictions: np.ndarray | None = field(default=None, repr=False)   # per item, not saved
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "precision": self.precision, "provider": self.provider,
-                "dataset": self.dataset, "n": self.n, "accuracy": self.accuracy, "macro_f1": self.macro_f1,
-                "per_class": self.per_class, "labels": self.labels, "confusion": self.confusion,
-                "seconds": self.seconds}
+        out = {"model": self.model, "precision": self.precision, "provider": self.provider,
+               "dataset": self.dataset, "label_set": self.label_set, "n": self.n, "accuracy": self.accuracy,
+               "macro_f1": self.macro_f1, "per_class": self.per_class, "labels": self.labels,
+               "confusion": self.confusion, "seconds": self.seconds}
+        if self.ece is not None:
+            out |= {"ece_15": self.ece, "ece_15_uncalibrated": self.ece_uncalibrated}
+        return out | ({"also": self.also} if self.also else {})
 
     def table(self) -> str:
         lines = [f"model     {self.model} ({self.precision} on {self.provider})",
                  f"dataset   {self.dataset}  n={self.n}",
+                 f"labels    {self.label_set}",
                  f"accuracy  {self.accuracy:.4f}",
-                 f"macro-F1  {self.macro_f1:.4f}",
-                 "",
+                 f"macro-F1  {self.macro_f1:.4f}"]
+        if self.ece is not None:
+            lines.append(f"ECE-15    {self.ece:.4f} (uncalibrated {self.ece_uncalibrated:.4f})")
+        lines += [f"{k:<9} {v}" for k, v in self.also.items()]
+        lines += ["",
                  f"{'label':<10} {'n':>6} {'recall':>8} {'precision':>10}"]
         for label in self.labels:
             c = self.per_class[label]
@@ -69,6 +82,21 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Seque
                               "n": int(support[i])} for i, label in enumerate(labels)},
         "confusion": confusion.tolist(),
     }
+
+
+def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """ECE: the gap between confidence and accuracy of the top label, averaged over equal-width confidence bins
+    weighted by how many predictions fall in each (Guo et al. 2017)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total / max(1, len(y_true)))
 
 
 def list_face_folder(root: Path, labels: Sequence[str]) -> list[tuple[Path, int]]:
@@ -116,21 +144,73 @@ def evaluate_faces(root: Path, model, batch: int = 256,
                    progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """Run an ExpressionModel over a labelled face folder (faces already cropped, as FER2013 ships them)."""
     items = list_face_folder(root, model.labels)
-    started = time.perf_counter()
     y_true = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
-    y_pred = np.empty(len(items), dtype=np.int64)
-    for start in range(0, len(items), batch):
-        chunk = items[start:start + batch]
-        crops = np.stack([load_gray(path, model.size) for path, _ in chunk])
-        y_pred[start:start + len(chunk)] = model.classify(crops).probabilities.argmax(axis=1)
+    return _face_report(model, [path for path, _ in items], y_true, str(root), "folder names", batch, progress)
+
+
+def list_ferplus_index(index: Path, labels: Sequence[str], split: str) -> tuple[list[Path], np.ndarray, dict]:
+    """The faces of ``split`` in a FER+ index (``ferplus_index.csv``: path relative to the folder above the
+    index's folder, split, fer2013_label, majority, ...) whose crowd majority is one of ``labels``.
+    Returns (paths, majority label indices, what was left out and the FER2013 labels of the kept faces)."""
+    import csv
+
+    index = Path(index)
+    if index.is_dir():
+        index = next((p for p in (index / "ferplus_index.csv", index / "ferplus" / "ferplus_index.csv")
+                      if p.is_file()), index / "ferplus_index.csv")
+    if not index.is_file():
+        raise DatasetError(f"{index} not found (FER+ labels: a ferplus_index.csv, see ../shared/data/README.md)")
+    with open(index, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "split", "majority", "fer2013_label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{index}: missing columns {sorted(missing)} (has {reader.fieldnames})")
+        rows = [r for r in reader if r["split"] == split]
+    if not rows:
+        raise DatasetError(f"{index}: no rows with split={split!r}")
+    kept = [r for r in rows if r["majority"] in labels]
+    left_out = Counter(r["majority"] for r in rows if r["majority"] not in labels)
+    base = index.parent.parent
+    fer2013 = np.array([labels.index(r["fer2013_label"]) if r["fer2013_label"] in labels else -1 for r in kept])
+    return ([base / r["path"] for r in kept], np.array([labels.index(r["majority"]) for r in kept]),
+            {"left_out": dict(sorted(left_out.items())), "fer2013": fer2013})
+
+
+def evaluate_ferplus(index: Path, model, split: str = "public_test", batch: int = 256,
+                     progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """The expression model against the FER+ crowd majority (10 voters per face), and the same predictions
+    against FER2013's single label, on one split of a FER+ index. Faces whose majority is not one of the model's
+    labels (contempt, unknown, not a face, a tie) are left out and counted."""
+    paths, y_true, extra = list_ferplus_index(index, model.labels, split)
+    report = _face_report(model, paths, y_true, f"{index} split={split}", "FER+ crowd majority", batch, progress)
+    fer2013 = extra["fer2013"]
+    agree = fer2013 >= 0
+    report.also = {"fer2013_label_accuracy": round(float((report.predictions[agree] == fer2013[agree]).mean()), 4),
+                   "left_out": ", ".join(f"{k} {v}" for k, v in extra["left_out"].items()) or "none"}
+    return report
+
+
+def _face_report(model, paths: list[Path], y_true: np.ndarray, dataset: str, label_set: str, batch: int,
+                 progress: Callable[[int, int], None] | None) -> EvalReport:
+    started = time.perf_counter()
+    raw = np.empty((len(paths), len(model.labels)), dtype=np.float32)
+    for start in range(0, len(paths), batch):
+        chunk = paths[start:start + batch]
+        crops = np.stack([load_gray(path, model.size) for path in chunk])
+        raw[start:start + len(chunk)] = model.classify(crops, calibrated=False).probabilities
         if progress:
-            progress(start + len(chunk), len(items))
+            progress(start + len(chunk), len(paths))
+    probs = model.calibrate(raw)
+    y_pred = probs.argmax(axis=1)
     m = classification_metrics(y_true, y_pred, model.labels)
     report = model.runtime_report
-    return EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
-                      dataset=str(root), labels=list(model.labels), n=m["n"], accuracy=round(m["accuracy"], 4),
-                      macro_f1=round(m["macro_f1"], 4), per_class=m["per_class"], confusion=m["confusion"],
-                      seconds=round(time.perf_counter() - started, 2))
+    out = EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
+                     dataset=dataset, labels=list(model.labels), n=m["n"], accuracy=round(m["accuracy"], 4),
+                     macro_f1=round(m["macro_f1"], 4), per_class=m["per_class"], confusion=m["confusion"],
+                     seconds=round(time.perf_counter() - started, 2), label_set=label_set,
+                     ece=round(expected_calibration_error(probs, y_true), 4),
+                     ece_uncalibrated=round(expected_calibration_error(raw, y_true), 4), predictions=y_pred)
+    return out
 
 
 def list_voice_index(root: Path, labels: Sequence[str], index: Path | None = None,

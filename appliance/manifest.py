@@ -31,6 +31,10 @@ class Preprocessing(_Strict):
     scale: float = 1.0
     offset: float = 0.0
     formula: str = Field(description="the same transform written as people read it")
+    # Face models: how the runtime cuts the face out of the frame around the detector's box, measured for the data
+    # the model was trained on (None: the config's faces.margin, or 0.15).
+    crop_margin: float | None = Field(default=None, description="per side, in box sides")
+    crop_shift: float = Field(default=0.0, description="vertical shift of the crop's centre, in box sides (up < 0)")
 
 
 class Accuracy(_Strict):
@@ -40,6 +44,21 @@ class Accuracy(_Strict):
     accuracy: float
     macro_f1: float
     command: str
+    labels: str | None = Field(default=None, description="which labels the figures are against, where a dataset "
+                               "has more than one set")
+    ece: float | None = Field(default=None, description="expected calibration error, 15 bins, calibrated output")
+    per_class: dict[str, dict[str, float]] | None = None
+
+
+class Calibration(_Strict):
+    """Applied by the runtime on the model's probabilities: softmax(log(p) / temperature), which is temperature
+    scaling of the logits (log p differs from them by a per-row constant)."""
+
+    method: Literal["temperature"] = "temperature"
+    temperature: float = Field(gt=0)
+    fit_on: str
+    ece_before: float | None = Field(default=None, description="on the report split, 15 bins")
+    ece_after: float | None = None
 
 
 class Variant(_Strict):
@@ -51,6 +70,8 @@ class Variant(_Strict):
     bytes: int
     quantization: dict | None = None
     accuracy: Accuracy | None = None
+    more_accuracy: list[Accuracy] = Field(default_factory=list, description="the same files on other label sets")
+    calibration: Calibration | None = None
 
 
 class Provenance(_Strict):

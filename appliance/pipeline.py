@@ -23,7 +23,7 @@ from appliance.cpu_latency import CpuLatencyRequest
 from appliance.loop import FixedRateScheduler, percentiles, stage_percentiles
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
-from appliance.perception.faces import FaceDetector, crop_faces
+from appliance.perception.faces import FaceDetector
 from appliance.perception.vad import VoiceActivity
 from appliance.perception.zones import ExclusionZones
 from appliance.perception.voice import SpeechBuffer, VoiceToneModel
@@ -34,6 +34,7 @@ from appliance.publish.outbox import Outbox, OutboxWriter
 from appliance.publish.payloads import alert_payload, stats_payload, summary_payload
 from appliance.sources.audio import FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, SourceState, resolve_spec
+from appliance.sources.replay import Replay
 from appliance.systemd_notify import Notifier
 from appliance.system import SystemMonitor
 
@@ -88,27 +89,33 @@ def face_detector_sha(config: AppConfig) -> str:
 class Pipeline:
     def __init__(self, config: AppConfig, on_summary: Callable[[dict], None] | None = None,
                  on_broker: Callable[[str], None] | None = None, on_alert: Callable[[dict], None] | None = None,
-                 history_ticks: int = 3000, replicate_faces: int = 0):
+                 history_ticks: int = 3000, replicate_faces: int = 0, replay: Replay | None = None):
         self.config = config
         self.on_summary = on_summary
         self.on_alert = on_alert
         self.replicate_faces = replicate_faces
         self.notifier = Notifier()
-        self.scheduler = FixedRateScheduler(config.loop.rate_hz, history=history_ticks)
+        # A replay runs on its own clock: the loop's waits advance it instead of sleeping (sources/replay.py).
+        clock = {"clock": replay.clock.now, "wait": replay.clock.advance} if replay else {}
+        self.scheduler = FixedRateScheduler(config.loop.rate_hz, history=history_ticks, **clock)
         latency = config.loop.cpu_wakeup_latency_us
         self.cpu_latency = CpuLatencyRequest(latency) if latency is not None else None
         # Everything that can fail on bad input fails here, before anything is started; cheapest checks first,
         # and the MediaPipe detector (which must be closed explicitly) last.
         self.spec = resolve_spec(config.camera.source, config.camera)
-        self.source = CameraSource(self.spec, config.camera, on_state=self._camera_state)
-        self.audio = make_audio_source(config, self.spec, self.source.loop_file, on_state=self._audio_state)
+        if replay is not None:
+            self.source, self.audio = replay.camera, replay.audio
+        else:
+            self.source = CameraSource(self.spec, config.camera, on_state=self._camera_state)
+            self.audio = make_audio_source(config, self.spec, self.source.loop_file, on_state=self._audio_state)
         if config.mqtt.broker is not None:
             check_setup(config.mqtt, parse_broker_url(config.mqtt.broker))
         state_dir = Path(config.state.dir).expanduser()
         # Every event goes to disk first; the seq lives there too (it used to be the one-line file 'seq').
         self.outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, legacy_seq_file=state_dir / "seq")
         models = config.models.dir / "onnx"
-        self.expression = ExpressionModel(load_manifest(models / config.expression.model), config.runtime)
+        self.expression = ExpressionModel(load_manifest(models / config.expression.model), config.runtime,
+                                          margin=config.faces.margin)
         self.vad = self.tone = self.speech = None
         voice_labels: tuple[str, ...] = ()
         if self.audio is not None:
@@ -273,7 +280,8 @@ class Pipeline:
             self.audio.start()
         if self.cpu_latency is not None:
             self.cpu_latency.acquire()
-        wall0, mono0 = time.time(), time.monotonic()
+        clock = self.scheduler.clock
+        wall0, mono0 = time.time(), clock()
         self._stats_from = mono0
         self._stats_due = mono0 + cfg.mqtt.stats_interval_s
         stop_at = mono0 + duration if duration else None
@@ -284,9 +292,9 @@ class Pipeline:
                 got_frame = self._tick(tick, now)
                 self.writer.hand_over()        # the tick's events are stored while the loop sleeps
                 self.notifier.watchdog()
-                if (stop_at and time.monotonic() >= stop_at) or (self.source.ended and not got_frame):
+                if (stop_at and clock() >= stop_at) or (self.source.ended and not got_frame):
                     break
-            final = self.aggregator.flush(wall0 + (time.monotonic() - mono0))
+            final = self.aggregator.flush(wall0 + (clock() - mono0))
             if final is not None:
                 self._emit(final)
         finally:
@@ -330,7 +338,7 @@ class Pipeline:
                 # Benchmark stress only: the first face N times, as if N customers stood there.
                 boxes = tuple(boxes[:1]) * self.replicate_faces
             with tick.stage("crop"):
-                crops = crop_faces(image, boxes, self.expression.size, self.config.faces.margin)
+                crops = self.expression.crop(image, boxes)
             with tick.stage("expression"):
                 probs = self.expression.classify(crops).probabilities
             tick.items["expression"] = len(crops)

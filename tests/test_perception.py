@@ -28,9 +28,10 @@ def model_path():
     return face_detector_path(load_config(env={}))
 
 
-@pytest.fixture(scope="module")
-def expression():
-    return ExpressionModel(load_manifest(default_models_dir() / "onnx" / "fer_mini_xception"),
+@pytest.fixture(scope="module", params=["ferplus_resnet", "fer_mini_xception"])
+def expression(request):
+    """Both shipped face models: the default and the earlier one stay interchangeable."""
+    return ExpressionModel(load_manifest(default_models_dir() / "onnx" / request.param),
                            RuntimeConfig(providers=["cpu"]))
 
 
@@ -126,7 +127,7 @@ def test_cuda_warm_up_fixes_the_batch_and_padding_changes_no_result(model_path):
     # The CUDA EP re-plans its convolutions at every new input shape (300-1200 ms, measured on an H100), so on
     # CUDA warm_up() pins one batch size and classify() pads to it. No CUDA here: the provider in the report is set
     # by hand (the session stays on the CPU); what is checked is the policy and that padding changes no result.
-    model = ExpressionModel(load_manifest(default_models_dir() / "onnx" / "fer_mini_xception"),
+    model = ExpressionModel(load_manifest(default_models_dir() / "onnx" / "ferplus_resnet"),
                             RuntimeConfig(providers=["cpu"]))
     frame = crowd(demo_frame(30))
     with FaceDetector(model_path, max_faces=8, min_face_px=16, tiles=3) as det:
@@ -138,10 +139,10 @@ def test_cuda_warm_up_fixes_the_batch_and_padding_changes_no_result(model_path):
     model._session.run = lambda out, feed: shapes.append(next(iter(feed.values())).shape) or real_run(out, feed)
     model.report.provider = "cuda"
     model.warm_up(4)
-    assert shapes == [(4, 1, 64, 64)]                          # one shape, not 1..4
+    assert shapes == [(4, 1, *model.size)]                     # one shape, not 1..4
     for n in (1, 3, 4, 11):
         assert np.allclose(model.classify(crops[:n]).probabilities, plain[:n], atol=1e-6)
-    assert set(shapes) == {(4, 1, 64, 64)}
+    assert set(shapes) == {(4, 1, *model.size)}
     assert model.classify(crops[:0]).probabilities.shape == (0, 7)
 
 
@@ -158,7 +159,7 @@ def test_cpu_warm_up_runs_every_batch_size_once(expression):
 
 def test_wrong_crop_shape_is_rejected(expression):
     with pytest.raises(ValueError, match="expected"):
-        expression.classify(np.zeros((2, 48, 48), np.uint8))
+        expression.classify(np.zeros((2, expression.size[0] + 16, expression.size[1]), np.uint8))
 
 
 def _reference_crop(frame, box, size, margin=0.15):

@@ -1,4 +1,4 @@
-"""Facial expression classifier: a batch of gray face crops -> per-label probabilities."""
+"""Facial expression classifier: face boxes on a frame -> its own crops -> calibrated per-label probabilities."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ import numpy as np
 
 from appliance.config import RuntimeConfig
 from appliance.manifest import ModelManifest
+from appliance.perception.faces import FaceBox, crop_faces
 from appliance.runtime import RuntimeReport, open_session
+
+DEFAULT_MARGIN = 0.15    # for a model whose manifest does not say how it wants its faces cut
 
 
 @dataclass(frozen=True)
 class ExpressionResult:
-    probabilities: np.ndarray  # (N, len(labels)), rows sum to 1
+    probabilities: np.ndarray  # (N, len(labels)), rows sum to 1; calibrated where the manifest has a calibration
     labels: tuple[str, ...]
 
 
 class ExpressionModel:
-    def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None):
+    def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None,
+                 margin: float | None = None):
         if manifest.preprocessing is None or not manifest.labels:
             raise ValueError(f"{manifest.name}: manifest lacks preprocessing or labels")
         self.manifest = manifest
@@ -27,13 +31,33 @@ class ExpressionModel:
         self.size = (pre.height, pre.width)
         self._scale = np.float32(pre.scale)
         self._offset = np.float32(pre.offset)
+        # The crop is the model's: it was trained on faces framed one way (the manifest says which); a config
+        # margin overrides it on purpose only.
+        self.margin = margin if margin is not None else (
+            pre.crop_margin if pre.crop_margin is not None else DEFAULT_MARGIN)
+        self.shift = pre.crop_shift
         self._session, self.report = open_session(manifest, runtime, available)
         self._input = manifest.input_name or self._session.get_inputs()[0].name
         self._padded: np.ndarray | None = None    # the fixed batch every call is padded to (CUDA, by warm_up)
+        calibration = manifest.variant(self.report.precision).calibration
+        self.temperature = calibration.temperature if calibration is not None else 1.0
 
     @property
     def runtime_report(self) -> RuntimeReport:
         return self.report
+
+    def crop(self, frame_bgr: np.ndarray, boxes: tuple[FaceBox, ...] | list[FaceBox]) -> np.ndarray:
+        """The faces in ``boxes`` cut out of the frame as this model wants them: (N, H, W) uint8 gray."""
+        return crop_faces(frame_bgr, boxes, self.size, self.margin, self.shift)
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """Temperature scaling on probabilities: softmax(log(p) / T) equals softmax(logits / T)."""
+        if self.temperature == 1.0 or not len(probabilities):
+            return probabilities
+        z = np.log(np.maximum(probabilities, 1e-12)) / np.float32(self.temperature)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
         """(N, H, W) uint8 gray crops at the model's size -> (N, 1, H, W) float32 model input."""
@@ -59,19 +83,22 @@ class ExpressionModel:
         for batch in batches:
             self.classify(np.zeros((batch, *self.size), np.uint8))
 
-    def classify(self, crops: np.ndarray) -> ExpressionResult:
+    def classify(self, crops: np.ndarray, calibrated: bool = True) -> ExpressionResult:
         """All faces of a tick in one batched call (in padded calls of the fixed batch, where there is one)."""
+        probs = self._run(crops)
+        return ExpressionResult(self.calibrate(probs) if calibrated else probs, self.labels)
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:
         n = len(crops)
         if n == 0:
-            return ExpressionResult(np.zeros((0, len(self.labels)), np.float32), self.labels)
+            return np.zeros((0, len(self.labels)), np.float32)
         x = self.preprocess(crops)
         if self._padded is None:
-            (probs,) = self._session.run(None, {self._input: x})
-            return ExpressionResult(probs, self.labels)
+            return self._session.run(None, {self._input: x})[0]
         parts, size = [], len(self._padded)
         for start in range(0, n, size):
             part = x[start:start + size]
             self._padded[:len(part)] = part
             self._padded[len(part):] = 0.0
             parts.append(self._session.run(None, {self._input: self._padded})[0][:len(part)])
-        return ExpressionResult(np.concatenate(parts), self.labels)
+        return np.concatenate(parts)

@@ -115,8 +115,9 @@ def _overlap(a: FaceBox, b: FaceBox) -> float:
 
 
 def crop_faces(frame_bgr: np.ndarray, boxes: tuple[FaceBox, ...] | list[FaceBox], size: tuple[int, int],
-               margin: float = 0.15) -> np.ndarray:
-    """Square gray crops around each box (plus ``margin`` per side), edge-padded where they leave the frame.
+               margin: float = 0.15, shift: float = 0.0) -> np.ndarray:
+    """Square gray crops around each box (plus ``margin`` per side, the centre moved down by ``shift`` box sides),
+    edge-padded where they leave the frame.
 
     Returns (N, size[0], size[1]) uint8, ready for ExpressionModel.classify. Only the part of the frame the crops
     cover is converted to gray, once for all faces; when every crop is at least twice the output size, that part is
@@ -131,7 +132,7 @@ def crop_faces(frame_bgr: np.ndarray, boxes: tuple[FaceBox, ...] | list[FaceBox]
     squares = []
     for b in boxes:
         side = int(round(max(b.w, b.h) * (1 + 2 * margin)))
-        x0, y0 = int(round(b.x + b.w / 2 - side / 2)), int(round(b.y + b.h / 2 - side / 2))
+        x0, y0 = int(round(b.x + b.w / 2 - side / 2)), int(round(b.y + b.h / 2 + shift * max(b.w, b.h) - side / 2))
         squares.append((x0, y0, side))
     ux0, uy0 = max(0, min(q[0] for q in squares)), max(0, min(q[1] for q in squares))
     ux1, uy1 = min(width, max(q[0] + q[2] for q in squares)), min(height, max(q[1] + q[2] for q in squares))

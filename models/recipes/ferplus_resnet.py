@@ -1,0 +1,444 @@
+"""Recipe: train the face-expression model on FER+ crowd votes, calibrate it, export ONNX FP32 + INT8 QDQ, manifest.
+
+    python models/recipes/ferplus_resnet.py [--data ../shared/data]            # the shipped model (see the log)
+    python models/recipes/ferplus_resnet.py --arch vgg --train-only            # another architecture, compared
+    python models/recipes/ferplus_resnet.py --device cuda --epochs 60 ...      # the same recipe on a lent GPU
+
+Labels and targets: FER+ gives each FER2013 face 10 crowd votes over neutral, happiness, surprise, sadness, anger,
+disgust, fear, contempt, unknown and NF (not a face). The target is the vote distribution over our 7 labels.
+Contempt has no label in the product, and unknown/NF say nothing about an expression, so those votes are dropped
+and the rest renormalised; a face is kept only when at least half of its 10 voters chose one of our 7 labels
+(that drops NF faces and those the crowd read mainly as contempt or could not read).
+
+Splits, never mixed: FER2013 train minus a seeded 10% "selection" split (stratified by crowd majority, and
+without any face FER+ marks as a duplicate, so no copy of a selection face is trained on). Training curves,
+the architecture comparison, the temperature and the INT8 calibration use train/selection only. FER2013
+PublicTest is the report and is read only by ``finalize`` (through ``appliance eval faces``) after the model is
+fixed.
+
+Geometry: 48x48 gray, FER2013's own size. The runtime crop (``crop_margin``/``crop_shift`` in the manifest) and
+the training jitter come from ``benchmarks/crop_geometry.py``: BlazeFace's box covers a median 0.83 of a FER2013
+face crop (margin 0.10 per side) with its centre 0.09 crop-heights below the crop's; FER2013's own framing varies
+around that by a log-side std of 0.17, and a live box moves by ~1% of its side per frame (the demo's moving face:
+4.5%). Training adds scale (log-std 0.10), shift (std 4%) and roll (std 8 degrees) jitter, flips, light and
+contrast changes, blur/down-sampling and occlusion on top, all in one batched affine warp.
+
+Needs ``pip install torch==2.13.0`` (CPU build); never needed by the daemon. Checkpoints each epoch in --work and
+resumes from the last one; each epoch's randomness derives from (seed, epoch), so a resumed run is the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+VOTE_COLUMNS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]   # in LABELS order
+SIZE = 48
+SCALE, OFFSET = 2 / 255, -1.0
+CROP_MARGIN, CROP_SHIFT = 0.10, -0.11      # per side, and up by this share of the box side (crop_geometry.md)
+SELECTION_SHARE = 0.10
+SPLIT_SEED = 20261127
+WEIGHTS_LICENCE = """ferplus_resnet weights: trained by models/recipes/ferplus_resnet.py of this repository.
+
+Training data:
+- FER2013 images (Goodfellow et al. 2013, ICML 2013 challenge): research use only.
+- FER+ labels (Barsoum et al. 2016, microsoft/FERPlus): MIT licence.
+The weights inherit the research-only terms of the FER2013 images: use them for evaluation and research, and
+retrain on licensed images before commercial deployment.
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------- data
+
+def load_ferplus(data: Path, cache: Path) -> dict:
+    """Every usable FER+ face: images (N, 48, 48) uint8, targets (N, 7) vote shares, majority (-1: none of ours),
+    split ('train' | 'public_test'), duplicate flag. Decoded once into ``cache``."""
+    index = data / "faces" / "ferplus" / "ferplus_index.csv"
+    if not index.is_file():
+        raise SystemExit(f"{index} is missing: see ../shared/data/README.md")
+    cache.mkdir(parents=True, exist_ok=True)
+    stored = cache / "ferplus_48.npz"
+    if stored.is_file():
+        d = np.load(stored)
+        return {k: d[k] for k in d.files}
+    import cv2
+
+    images, targets, majority, split, dup, paths = [], [], [], [], [], []
+    with open(index) as f:
+        for row in csv.DictReader(f):
+            votes = np.array([float(row[c]) for c in VOTE_COLUMNS])
+            if votes.sum() < 5:
+                continue
+            img = cv2.imread(str(data / "faces" / row["path"]), cv2.IMREAD_GRAYSCALE)
+            if img is None or img.shape != (SIZE, SIZE):
+                raise SystemExit(f"{row['path']}: unreadable or not {SIZE}x{SIZE}")
+            images.append(img)
+            targets.append(votes / votes.sum())
+            majority.append(LABELS.index(row["majority"]) if row["majority"] in LABELS else -1)
+            split.append(row["split"])
+            dup.append(row["ambiguous"] == "1")
+            paths.append(row["path"])
+    out = {"images": np.stack(images), "targets": np.array(targets, np.float32), "majority": np.array(majority),
+           "split": np.array(split), "duplicate": np.array(dup), "path": np.array(paths)}
+    np.savez(stored, **out)
+    return out
+
+
+def selection_split(d: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, selection) inside FER2013 train: a seeded, majority-stratified 10% without duplicates."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    train_rows = np.flatnonzero(d["split"] == "train")
+    selection = []
+    for label in range(-1, len(LABELS)):
+        pool = train_rows[(d["majority"][train_rows] == label) & ~d["duplicate"][train_rows]]
+        selection += list(rng.choice(pool, size=int(round(len(pool) * SELECTION_SHARE)), replace=False))
+    selection = np.sort(np.array(selection))
+    train = np.setdiff1d(train_rows, selection)
+    return train, selection
+
+
+# --------------------------------------------------------------------------------------------------------------- model
+
+def build_model(arch: str, width: int):
+    """``resnet``: stem + three residual stages at 24, 12 and 6 px; ``vgg``: plain double-conv stages with pooling.
+    Both end in global average pooling and one linear layer; ``width`` is the stem's channels (doubling per stage)."""
+    import torch
+    from torch import nn
+
+    def conv_bn(cin, cout, stride=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class Residual(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.a = conv_bn(cin, cout, stride)
+            self.b = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            return torch.relu(self.b(self.a(x)) + self.skip(x))
+
+    w = width
+    if arch == "resnet":
+        body = [conv_bn(1, w), Residual(w, 2 * w, 2), Residual(2 * w, 4 * w, 2), Residual(4 * w, 8 * w, 2)]
+    elif arch == "vgg":
+        body = [conv_bn(1, w), conv_bn(w, w), nn.MaxPool2d(2), conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w),
+                nn.MaxPool2d(2), conv_bn(2 * w, 4 * w), conv_bn(4 * w, 4 * w), nn.MaxPool2d(2),
+                conv_bn(4 * w, 8 * w)]
+    else:
+        raise SystemExit(f"unknown --arch {arch}")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(*body)
+            self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(8 * w, len(LABELS)))
+
+        def forward(self, x):                       # x: (N, 1, 48, 48), already scaled to [-1, 1]
+            return self.head(self.body(x).mean(dim=(2, 3)))
+
+    return Net()
+
+
+class WithSoftmax:
+    """The exported graph: logits -> probabilities (the runtime applies the manifest's temperature on top)."""
+
+    @staticmethod
+    def wrap(model):
+        import torch
+
+        class Exported(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                return torch.softmax(self.model(x), dim=1)
+
+        return Exported()
+
+
+# -------------------------------------------------------------------------------------------------------- augmentation
+
+def augment(images, gen, device):
+    """(B, 1, 48, 48) float in [-1, 1] -> the same, warped and degraded the way a live BlazeFace crop can be."""
+    import torch
+    import torch.nn.functional as F
+
+    b = images.shape[0]
+
+    def normal(std, *shape):
+        return torch.randn(*(shape or (b,)), generator=gen, device=device) * std
+
+    def uniform(lo, hi):
+        return torch.rand(b, generator=gen, device=device) * (hi - lo) + lo
+
+    scale = torch.exp(normal(0.10).clamp(-0.25, 0.25))
+    angle = normal(math.radians(8)).clamp(-0.45, 0.45)
+    flip = torch.where(torch.rand(b, generator=gen, device=device) < 0.5, -1.0, 1.0)
+    tx, ty = normal(0.08).clamp(-0.2, 0.2), normal(0.08).clamp(-0.2, 0.2)   # in [-1, 1] units: std 4% of the side
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, images.shape, align_corners=False)
+    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Camera: low resolution (a far face enlarged to 48 px), then light and contrast.
+    low = torch.rand(b, generator=gen, device=device) < 0.25
+    if low.any():
+        side = int(torch.randint(16, 36, (1,), generator=gen, device=device))
+        small = F.interpolate(x[low], size=(side, side), mode="area")
+        x[low] = F.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    contrast = torch.exp(normal(0.25).clamp(-0.6, 0.6)).view(b, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean + normal(0.15).view(b, 1, 1, 1)
+    x = x + normal(0.03, b, 1, SIZE, SIZE) * (torch.rand(b, 1, 1, 1, generator=gen, device=device) < 0.3)
+    # Occlusion (a hand, a cup, a scarf): one grey block on a quarter of the faces.
+    occlude = torch.rand(b, generator=gen, device=device) < 0.25
+    for i in torch.nonzero(occlude).flatten().tolist():
+        h, w = (int(v) for v in torch.randint(8, 20, (2,), generator=gen, device=device))
+        y0, x0 = (int(v) for v in torch.randint(0, SIZE - 8, (2,), generator=gen, device=device))
+        x[i, :, y0:y0 + h, x0:x0 + w] = float(torch.rand(1, generator=gen, device=device)) * 2 - 1
+    return x.clamp(-1, 1)
+
+
+# ------------------------------------------------------------------------------------------------------------ training
+
+def to_input(images_u8, device):
+    import torch
+
+    return torch.from_numpy(images_u8).to(device).float().unsqueeze(1) * SCALE + OFFSET
+
+
+def predict_logits(model, images_u8: np.ndarray, device, batch: int = 512) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images_u8), batch):
+            out.append(model(to_input(images_u8[i:i + batch], device)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def majority_accuracy(logits: np.ndarray, majority: np.ndarray) -> tuple[float, float, float]:
+    """Accuracy on faces with a crowd majority among our labels; angry recall and precision."""
+    keep = majority >= 0
+    pred, y = logits[keep].argmax(1), majority[keep]
+    angry = LABELS.index("angry")
+    recall = float((pred[y == angry] == angry).mean())
+    precision = float((y[pred == angry] == angry).mean()) if (pred == angry).any() else 0.0
+    return float((pred == y).mean()), recall, precision
+
+
+def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tuple[object, list]:
+    """One model: SGD + Nesterov, warm-up then cosine, soft-target cross-entropy, an EMA of the weights is what is
+    kept (no epoch is picked). Checkpoint after every epoch; resumes from the last one."""
+    import torch
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch, args.width).to(device)
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    steps_per_epoch = len(train_idx) // args.batch
+    total = args.epochs * steps_per_epoch
+    optimiser = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                weight_decay=args.weight_decay)
+    warm = steps_per_epoch
+
+    def lr_at(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
+    ckpt = args.work / f"{args.tag}.ckpt.pt"
+    history, start = [], 1
+    if ckpt.is_file() and not args.restart:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        history, start = state["history"], state["epoch"] + 1
+        say(f"resumed {args.tag} from {ckpt} after epoch {state['epoch']}")
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"{args.tag}: {args.arch} width {args.width}, {n_params} parameters; {args.epochs} epochs x "
+        f"{steps_per_epoch} steps of {args.batch}; lr {args.lr:g}, wd {args.weight_decay:g}, EMA {args.ema:g}; "
+        f"device {device}, {torch.get_num_threads()} threads")
+    images = torch.from_numpy(d["images"][train_idx]).to(device)
+    targets = torch.from_numpy(d["targets"][train_idx]).to(device)
+    for epoch in range(start, args.epochs + 1):
+        gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + epoch)
+        order = torch.randperm(len(train_idx), generator=gen, device=device)
+        model.train()
+        started, loss_sum = time.time(), 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * args.batch:(step + 1) * args.batch]
+            x = augment(images[idx].float().unsqueeze(1) * SCALE + OFFSET, gen, device)
+            loss = -(targets[idx] * torch.log_softmax(model(x), dim=1)).sum(dim=1).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            ema.update_parameters(model)
+            loss_sum += float(loss.detach())
+            if args.verbose and step % 50 == 0:
+                say(f"  step {step}/{steps_per_epoch} loss {loss_sum / (step + 1):.4f}")
+        logits = predict_logits(ema.module, d["images"][sel_idx], device)
+        acc, rec, prec = majority_accuracy(logits, d["majority"][sel_idx])
+        history.append({"epoch": epoch, "train_loss": round(loss_sum / steps_per_epoch, 4),
+                        "selection_accuracy": round(acc, 4), "selection_angry_recall": round(rec, 4),
+                        "selection_angry_precision": round(prec, 4), "seconds": round(time.time() - started, 1)})
+        say(f"{args.tag} epoch {epoch:3d}/{args.epochs}  loss {loss_sum / steps_per_epoch:.4f}  selection (EMA) acc "
+            f"{acc:.4f}  angry recall {rec:.3f} precision {prec:.3f}  ({time.time() - started:.0f} s)")
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
+                    "args": {k: str(v) for k, v in vars(args).items()}}, ckpt)
+    return ema.module.to("cpu").eval(), history
+
+
+def fit_temperature(logits: np.ndarray, majority: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood of the crowd majority (golden-section on log T)."""
+    keep = majority >= 0
+    z, y = logits[keep].astype(np.float64), majority[keep]
+
+    def nll(log_t):
+        s = z / math.exp(log_t)
+        s = s - s.max(1, keepdims=True)
+        return float(-(s[np.arange(len(y)), y] - np.log(np.exp(s).sum(1))).mean())
+
+    lo, hi = math.log(0.2), math.log(5.0)
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return round(math.exp((lo + hi) / 2), 4)
+
+
+# -------------------------------------------------------------------------------------------------------------- export
+
+def export(model, path: Path) -> None:
+    import torch
+
+    wrapped = WithSoftmax.wrap(model).eval()
+    torch.onnx.export(wrapped, torch.zeros(1, 1, SIZE, SIZE), str(path), input_names=["input"],
+                      output_names=["probabilities"], dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "models" / "onnx" / "ferplus_resnet")
+    parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / "face_training")
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "ferplus_resnet",
+                        help="decoded images and per-epoch checkpoints (not committed)")
+    parser.add_argument("--arch", choices=["resnet", "vgg"], default="resnet")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the shipped file is trained on the CPU)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-only", action="store_true", help="train (or resume) and record; no export")
+    parser.add_argument("--finalize-only", action="store_true",
+                        help="skip training: calibrate and evaluate the exported files, (re)write the manifest")
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    args.tag = f"{args.arch}{args.width}_seed{args.seed}"
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.log.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.log / f"training_log_{args.tag}.txt", "a")
+
+    def say(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    t0 = time.time()
+    d = load_ferplus(args.data, args.work)
+    train_idx, sel_idx = selection_split(d)
+    say(f"FER+ faces kept: {len(d['images'])}; train {len(train_idx)}, selection {len(sel_idx)} (from FER2013 train), "
+        f"PublicTest {int((d['split'] == 'public_test').sum())} (report only, not read here); {time.time() - t0:.0f} s")
+    if args.finalize_only:
+        finalize(args, d, sel_idx, say)
+        return
+    model, history = train(args, d, train_idx, sel_idx, say)
+    minutes = (time.time() - t0) / 60
+    results_path = args.log / "architectures.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    last = history[-1]
+    results[args.tag] = {"arch": args.arch, "width": args.width, "seed": args.seed, "epochs": args.epochs,
+                         "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,
+                         "threads": args.threads, "train_minutes_this_run": round(minutes, 1),
+                         "epoch_seconds_median": float(np.median([h["seconds"] for h in history])),
+                         "selection_accuracy": last["selection_accuracy"],
+                         "selection_angry_recall": last["selection_angry_recall"],
+                         "selection_angry_precision": last["selection_angry_precision"], "history": history}
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
+    torch.save(model.state_dict(), args.work / f"{args.tag}.final.pt")
+    plot_history(history, args.log / f"training_curve_{args.tag}.png", args.tag)
+    say(f"{args.tag}: done in {minutes:.1f} min; selection accuracy {last['selection_accuracy']:.4f}")
+    if args.train_only:
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    export(model, args.out / "fp32.onnx")
+    rng = np.random.default_rng(args.seed)
+    calib = d["images"][rng.choice(train_idx, 512, replace=False)]
+    from models.recipes.recipe_tools import quantize_qdq
+    quantize_qdq(args.out / "fp32.onnx", args.out / "int8.onnx",
+                 [{"input": (calib[i:i + 32, None].astype(np.float32) * SCALE + OFFSET)} for i in range(0, 512, 32)])
+    say(f"exported {args.out}/fp32.onnx and int8.onnx")
+    finalize(args, d, sel_idx, say)
+
+
+def plot_history(history: list, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(epochs, [h["train_loss"] for h in history])
+    ax[0].set(xlabel="epoch", ylabel="soft-target cross-entropy", title=f"{title}: training loss")
+    for key, name in (("selection_accuracy", "accuracy"), ("selection_angry_recall", "angry recall"),
+                      ("selection_angry_precision", "angry precision")):
+        ax[1].plot(epochs, [h[key] for h in history], label=name)
+    ax[1].set(xlabel="epoch", title="selection split (EMA weights)", ylim=(0.4, 1.0))
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def finalize(args, d: dict, sel_idx: np.ndarray, say) -> None:
+    from models.recipes.ferplus_finalize import write_manifest_and_reports
+
+    write_manifest_and_reports(args, d, sel_idx, say)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The FER+ face model: its manifest, calibration and crop; FER+ evaluation; lockstep replay and `eval video`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.config import AppConfig, RuntimeConfig, default_models_dir
+from appliance.evaluation import evaluate_ferplus, expected_calibration_error, load_gray
+from appliance.manifest import load_manifest, verify_variant
+from appliance.perception.expression import ExpressionModel
+from appliance.perception.faces import FaceBox, crop_faces
+from appliance.sources.audio import SAMPLE_RATE, load_audio_file
+from appliance.sources.replay import ReplayAudio, ReplayCamera, VirtualClock
+from conftest import DEMO, appliance_cmd, appliance_env
+
+FERPLUS = default_models_dir() / "onnx" / "ferplus_resnet"
+
+
+def model(precision: str = "fp32") -> ExpressionModel:
+    return ExpressionModel(load_manifest(FERPLUS), RuntimeConfig(providers=["cpu"], precision=precision))
+
+
+def test_the_default_expression_model_is_the_calibrated_ferplus_one():
+    assert AppConfig().expression.model == "ferplus_resnet"
+    manifest = load_manifest(FERPLUS)
+    mini = load_manifest(default_models_dir() / "onnx" / "fer_mini_xception")
+    assert manifest.labels == mini.labels          # the payload's distribution keys do not change
+    assert manifest.preprocessing.crop_margin is not None
+    for variant in manifest.variants:
+        verify_variant(manifest, variant)
+        assert variant.calibration is not None and variant.calibration.temperature > 0
+        assert variant.accuracy.labels.startswith("FER+") and variant.more_accuracy[0].labels.startswith("FER2013")
+    assert {"fp32", "int8"} <= set(manifest.precisions())
+
+
+def test_calibration_is_temperature_scaling_of_the_logits():
+    m = model()
+    crops = np.stack([cv2.resize(c, m.size) for c in demo_faces()])
+    raw = m.classify(crops, calibrated=False).probabilities
+    calibrated = m.classify(crops).probabilities
+    # log p is the logits up to a per-row constant, so softmax(log p / T) is softmax(logits / T).
+    z = np.log(raw.astype(np.float64)) / m.temperature
+    expected = np.exp(z - z.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(calibrated, expected, atol=1e-5)
+    np.testing.assert_allclose(calibrated.sum(1), 1.0, atol=1e-5)
+    assert (calibrated.argmax(1) == raw.argmax(1)).all()
+    assert m.temperature == load_manifest(FERPLUS).variant(m.report.precision).calibration.temperature
+    assert m.temperature != 1.0
+
+
+def test_expected_calibration_error_by_hand():
+    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    y = np.array([0, 1, 0, 1])
+    # Bins: 0.9 (2 items, accuracy 0.5), 0.6 (1 item, right), 0.7 (1 item, right).
+    assert expected_calibration_error(p, y) == pytest.approx((2 * 0.4 + 0.4 + 0.3) / 4)
+
+
+def test_crop_geometry_comes_from_the_manifest_and_shift_moves_the_crop_up():
+    frame = np.tile(np.arange(400, dtype=np.uint8)[:, None, None] // 2, (1, 400, 3))   # brighter downwards
+    box = [FaceBox(150, 150, 100, 100, 0.9)]
+    centred = crop_faces(frame, box, (48, 48), 0.1)
+    up = crop_faces(frame, box, (48, 48), 0.1, shift=-0.2)
+    assert up.mean() < centred.mean() - 5                 # 20 px higher in a frame that darkens upwards
+    np.testing.assert_array_equal(up, crop_faces(frame, [FaceBox(150, 130, 100, 100, 0.9)], (48, 48), 0.1))
+    m = model()
+    pre = load_manifest(FERPLUS).preprocessing
+    assert (m.margin, m.shift) == (pre.crop_margin, pre.crop_shift)
+    overridden = ExpressionModel(load_manifest(FERPLUS), RuntimeConfig(providers=["cpu"]), margin=0.3)
+    assert overridden.margin == 0.3
+    np.testing.assert_array_equal(m.crop(frame, box), crop_faces(frame, box, m.size, pre.crop_margin, pre.crop_shift))
+
+
+def demo_faces() -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(DEMO))
+    faces = []
+    for _ in range(3):
+        ok, frame = cap.read()
+        faces.append(cv2.cvtColor(frame[68:374, 248:554], cv2.COLOR_BGR2GRAY))
+    return faces
+
+
+# ------------------------------------------------------------------------------------------------ lockstep replay
+def test_replay_camera_hands_each_tick_the_frame_a_live_camera_would_have():
+    clock = VirtualClock()
+    cam = ReplayCamera(DEMO, clock).start()
+    first = cam.buffer.take()
+    assert first.index == 0 and cam.buffer.take() is None          # nothing new without time passing
+    clock.advance(0.1)
+    frame = cam.buffer.take()
+    assert frame.index == int(0.1 * cam.fps) and cam.buffer.dropped == frame.index - 1
+    reference = cv2.VideoCapture(str(DEMO))
+    for _ in range(frame.index + 1):
+        ok, expected = reference.read()
+    np.testing.assert_array_equal(frame.image, expected)
+    clock.advance(60)                                               # past the end, no loop
+    cam.buffer.take()
+    assert cam.ended and cam.buffer.take() is None
+    cam.stop()
+
+
+def test_replay_camera_loops_and_audio_follows_the_clock(tmp_path):
+    clock = VirtualClock()
+    cam = ReplayCamera(DEMO, clock, loop=True).start()
+    audio = ReplayAudio(DEMO.with_suffix(".flac"), clock, loop=True).start()
+    whole = load_audio_file(DEMO.with_suffix(".flac"))
+    clock.advance(0.5)
+    np.testing.assert_array_equal(audio.ring.read_new(), whole[:SAMPLE_RATE // 2])
+    assert len(audio.ring.read_new()) == 0
+    clock.advance(len(whole) / SAMPLE_RATE)                        # one clip length later: wrapped around
+    again = audio.ring.read_new()
+    assert len(again) == len(whole)
+    np.testing.assert_array_equal(again[:100], whole[SAMPLE_RATE // 2:SAMPLE_RATE // 2 + 100])
+    clock.advance(30)
+    assert cam.buffer.take() is not None and not cam.ended          # still playing after three times its length
+    cam.stop()
+
+
+# ------------------------------------------------------------------------------------------------ dataset checks
+def ferplus_subset(data_dir, tmp_path, n: int = 300):
+    index = data_dir / "faces" / "ferplus" / "ferplus_index.csv"
+    with open(index) as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r["split"] == "public_test"][:n]
+        fields = reader.fieldnames
+    folder = tmp_path / "faces" / "ferplus"
+    folder.mkdir(parents=True)
+    (tmp_path / "faces" / "fer2013").symlink_to(data_dir / "faces" / "fer2013")
+    with open(folder / "ferplus_index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+    return folder, rows
+
+
+def test_eval_faces_against_the_crowd_majority(data_dir, tmp_path):
+    folder, rows = ferplus_subset(data_dir, tmp_path)
+    m = model()
+    report = evaluate_ferplus(folder, m)
+    kept = [r for r in rows if r["majority"] in m.labels]
+    assert report.n == len(kept) and report.label_set == "FER+ crowd majority"
+    crops = np.stack([load_gray(data_dir / "faces" / r["path"], m.size) for r in kept])
+    pred = m.classify(crops).probabilities.argmax(1)
+    y = np.array([m.labels.index(r["majority"]) for r in kept])
+    assert report.accuracy == pytest.approx(float((pred == y).mean()), abs=1e-4)
+    fer = np.array([m.labels.index(r["fer2013_label"]) for r in kept])
+    assert report.also["fer2013_label_accuracy"] == pytest.approx(float((pred == fer).mean()), abs=1e-4)
+    left_out = len(rows) - len(kept)
+    assert sum(int(part.split()[-1]) for part in report.also["left_out"].split(", ")) == left_out
+    out = tmp_path / "r.json"
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(folder), "--labels", "ferplus", "--json", str(out)),
+                          env=appliance_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "FER+ crowd majority" in proc.stdout and "ECE-15" in proc.stdout
+    saved = json.loads(out.read_text())
+    assert saved["accuracy"] == report.accuracy and saved["ece_15"] <= saved["ece_15_uncalibrated"] + 0.05
+
+
+def test_eval_faces_ferplus_errors_are_clear(tmp_path):
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(tmp_path), "--labels", "ferplus"),
+                          env=appliance_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "ferplus_index.csv not found" in proc.stderr
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(tmp_path), "--labels", "crowd"),
+                          env=appliance_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "use 'folder' or 'ferplus'" in proc.stderr
+
+
+def test_eval_video_on_the_labelled_clips_meets_the_clip_targets(data_dir, tmp_path):
+    """The issue's clip targets, through the real daemon pipeline (replayed in lockstep, one window per clip)."""
+    clips = data_dir / "video" / "emotion"
+    if not (clips / "index.csv").is_file():
+        pytest.skip(f"no labelled clips at {clips}")
+    out = tmp_path / "video.json"
+    proc = subprocess.run(appliance_cmd("eval", "video", str(clips), "--json", str(out)), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    results = report["clips"]
+    assert len(results) == 14 and all(r["face_observations"] > 0 for r in results)
+    assert report["clips_with_a_model_label"] == 13 and report["top_face_label_right"] >= 10, proc.stdout
+    for r in results:
+        if r["label"] == "angry":
+            assert r["face_anger"] >= 0.5, (r["path"], r["face_anger"])
+        if r["label"] in ("happy", "neutral", "sad", "surprised"):
+            assert r["face_anger"] <= 0.15, (r["path"], r["face_anger"])
+        assert (r["voice_distribution"] is not None) == r["path"].startswith("cremad/")
+    assert (tmp_path / "video.png").is_file()
+
+
+def test_eval_video_errors_are_clear(tmp_path):
+    (tmp_path / "index.csv").write_text("path,label\nmissing.mp4,angry\n")
+    proc = subprocess.run(appliance_cmd("eval", "video", str(tmp_path)), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "missing.mp4 does not exist" in proc.stderr
