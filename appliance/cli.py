@@ -371,6 +371,51 @@ def eval_video(
         print(f"wrote {confusion_png(report, png)}")
 
 
+@eval_app.command("sessions")
+def eval_sessions(
+    directory: Path = typer.Argument(..., help="speech folder with index.csv / index_more.csv (path,corpus,speaker,"
+                                     "label columns)"),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="keep rows whose COLUMN is one of the values: "
+                                              "COLUMN=V1,V2 (repeatable), e.g. the speakers no model trained on"),
+    video: Optional[Path] = typer.Option(None, "--video", help="clip folder (index.csv path,label): a face clip of "
+                                         "the session's emotion plays beside it; default: a camera that sees no one"),
+    seconds: float = typer.Option(60.0, "--seconds", help="each session at least this long (clips reused)"),
+    seed: int = typer.Option(20261127, "--seed", help="the order of clips and pauses"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write sessions and summary as JSON (markdown and "
+                                            "a plot beside it)"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Minute-long sessions of one speaker in one emotion through the real daemon: share alerted, time to the first
+    alert, window anger index, false alerts per hour; by emotion, speaker sex and corpus."""
+    import shlex
+
+    from appliance.evaluation import stderr_progress
+    from appliance.session_eval import as_json, evaluate_sessions, markdown, plot, summarise
+    from appliance.video_eval import quiet_pipeline_logs
+
+    cfg = _load(config)
+    if not cfg.alerts_enabled:
+        raise UserError("alerts are off in this config (kiosk profile, customer-experience purpose): nothing to "
+                        "measure")
+    _setup_logging("WARNING")
+    quiet_pipeline_logs()
+    results = evaluate_sessions(directory, cfg, _filters(where), video, seconds, seed,
+                                progress=stderr_progress("playing sessions"))
+    summary = summarise(results)
+    meta = {"command": "appliance eval sessions " + shlex.join(sys.argv[3:]), "sessions": len(results),
+            "hours": sum(r.seconds for r in results) / 3600, "on_threshold": cfg.alerts.on_threshold,
+            "off_threshold": cfg.alerts.off_threshold, "alert_window_s": cfg.alerts.window_s,
+            "cooldown_s": cfg.alerts.cooldown_s,
+            "models": f"{cfg.expression.model} + {cfg.voice.model}" if video else cfg.voice.model}
+    text = markdown(summary, meta)
+    print(text)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(as_json(results, summary, meta), indent=2) + "\n")
+        json_out.with_suffix(".md").write_text(text)
+        print(f"wrote {json_out}, {json_out.with_suffix('.md')}, {plot(results, json_out.with_suffix('.png'))}")
+
+
 def _model_manifest(name: str, cfg: AppConfig):
     from appliance.manifest import load_manifest
 

@@ -91,7 +91,9 @@ def check_models(cfg: AppConfig) -> list[Check]:
             manifest = load_manifest(folder)
             for variant in manifest.variants:
                 verify_variant(manifest, variant)
-            acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}" for v in manifest.variants if v.accuracy]
+            acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}"
+                   + (f" (T {v.calibration.temperature:.2f})" if v.calibration else "")
+                   for v in manifest.variants if v.accuracy]
             checks.append(Check("model", True, f"{manifest.name} {manifest.version}: "
                                 f"{', '.join(manifest.precisions())} sha256 match" + (f"; {', '.join(acc)}" if acc
                                                                                     else "")))

@@ -69,27 +69,34 @@ def read_clip_index(folder: Path, index: Path | None = None) -> list[dict]:
     return rows
 
 
-def play_clip(cfg: AppConfig, video: Path, audio: Path | None, seconds: float) -> tuple[list[dict], list[dict]]:
-    """One clip through the daemon for ``seconds`` of simulated time; returns (summaries, alerts) as published."""
+def play(cfg: AppConfig, replay, seconds: float) -> tuple[list[dict], list[dict]]:
+    """A recording (``sources.replay.Replay``) through the daemon for ``seconds`` of simulated time, with its own
+    state folder and embedded broker; returns (summaries, alerts) as published."""
     from appliance.pipeline import Pipeline
     from appliance.publish.broker import free_port
-    from appliance.sources.replay import Replay
 
     summaries: list[dict] = []
     alerts: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="appliance-eval-video-") as state:
-        clip_cfg = cfg.model_copy(deep=True)
-        clip_cfg.camera.source = str(video)
-        clip_cfg.audio.source = str(audio) if audio else "none"
-        clip_cfg.state.dir = Path(state)
-        clip_cfg.privacy.pause_file = Path(state) / "paused"
-        clip_cfg.mqtt.broker = None
-        clip_cfg.mqtt.embedded_port = free_port()
-        clip_cfg.mqtt.home_assistant.enabled = False
-        pipeline = Pipeline(clip_cfg, on_summary=summaries.append, on_alert=alerts.append,
-                            replay=Replay.of(video, audio, loop=True))
+    with tempfile.TemporaryDirectory(prefix="appliance-replay-") as state:
+        run_cfg = cfg.model_copy(deep=True)
+        if getattr(replay.camera, "path", None) is not None:
+            run_cfg.camera.source = str(replay.camera.path)
+        run_cfg.audio.source = "none"           # the replay's microphone, where it has one, is handed in below
+        run_cfg.state.dir = Path(state)
+        run_cfg.privacy.pause_file = Path(state) / "paused"
+        run_cfg.mqtt.broker = None
+        run_cfg.mqtt.embedded_port = free_port()
+        run_cfg.mqtt.home_assistant.enabled = False
+        pipeline = Pipeline(run_cfg, on_summary=summaries.append, on_alert=alerts.append, replay=replay)
         pipeline.run(duration=seconds)
     return summaries, alerts
+
+
+def play_clip(cfg: AppConfig, video: Path, audio: Path | None, seconds: float) -> tuple[list[dict], list[dict]]:
+    """One clip, looped, through the daemon for ``seconds`` of simulated time."""
+    from appliance.sources.replay import Replay
+
+    return play(cfg, Replay.of(video, audio, loop=True), seconds)
 
 
 def evaluate_clips(folder: Path, cfg: AppConfig, labels: tuple[str, ...], index: Path | None = None,

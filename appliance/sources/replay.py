@@ -120,14 +120,56 @@ class _ReplayRing:
         self.lost = 0
 
 
-class ReplayAudio:
-    """An audio file played against a VirtualClock: each read returns the samples due since the previous one."""
+class BlankCamera:
+    """A camera that sees no one: a plain grey frame at ``fps``, for recordings that have sound only."""
 
-    def __init__(self, path: str | Path, clock: VirtualClock, loop: bool = False):
-        self.path = Path(path)
-        self.audio = load_audio_file(self.path)
+    def __init__(self, clock: VirtualClock, fps: float = 30.0, size: tuple[int, int] = (360, 640)):
+        self.clock, self.fps = clock, fps
+        self.image = np.full((*size, 3), 128, np.uint8)
+        self.loop_file = True
+        self.state = SourceState.STARTING
+        self.buffer = _Counts(self._take)
+        self._t0 = 0.0
+        self._next = 0
+
+    def describe(self) -> str:
+        return "blank camera"
+
+    ended = False
+
+    def start(self) -> "BlankCamera":
+        self._t0 = self.clock.now()
+        self.state = SourceState.OK
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def check_stall(self, now: float) -> None:
+        """Nothing to stall."""
+
+    def _take(self) -> Frame | None:
+        due = int((self.clock.now() - self._t0) * self.fps + 1e-9)
+        if due < self._next:
+            return None
+        self.buffer.delivered += 1
+        self.buffer.dropped += due - self._next
+        self._next = due + 1
+        return Frame(self.image, due, self.clock.now())
+
+
+class ReplayAudio:
+    """Recorded audio (a file, or 16 kHz samples) played against a VirtualClock: each read returns the samples due
+    since the previous one."""
+
+    def __init__(self, source: str | Path | np.ndarray, clock: VirtualClock, loop: bool = False):
+        if isinstance(source, np.ndarray):
+            self.path, self.audio = Path("<samples>"), source.astype(np.float32)
+        else:
+            self.path = Path(source)
+            self.audio = load_audio_file(self.path)
         if not len(self.audio):
-            raise SourceError(f"audio file {path} has no samples")
+            raise SourceError(f"audio {self.path} has no samples")
         self.clock = clock
         self.loop = loop
         self.state = SourceState.STARTING
@@ -162,10 +204,13 @@ class Replay:
     """What a daemon needs to run a recording in lockstep: the clock, the camera, the microphone (or None)."""
 
     clock: VirtualClock
-    camera: ReplayCamera
+    camera: ReplayCamera | BlankCamera
     audio: ReplayAudio | None
 
     @classmethod
-    def of(cls, video: str | Path, audio: str | Path | None = None, loop: bool = False) -> "Replay":
+    def of(cls, video: str | Path | None, audio: str | Path | np.ndarray | None = None, loop: bool = False) \
+            -> "Replay":
+        """``video`` None: a camera that sees no one."""
         clock = VirtualClock()
-        return cls(clock, ReplayCamera(video, clock, loop), ReplayAudio(audio, clock, loop) if audio else None)
+        camera = ReplayCamera(video, clock, loop) if video is not None else BlankCamera(clock)
+        return cls(clock, camera, ReplayAudio(audio, clock, loop) if audio is not None else None)
