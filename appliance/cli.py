@@ -273,7 +273,7 @@ def eval_faces(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Accuracy, macro-F1, per-class recall/precision and calibration error (ECE) of the expression model."""
-    from appliance.evaluation import confusion_png, evaluate_faces, evaluate_ferplus, stderr_progress
+    from appliance.evaluation import evaluate_faces, evaluate_ferplus, stderr_progress
     from appliance.perception.expression import ExpressionModel
 
     if labels not in ("folder", "ferplus"):
@@ -286,12 +286,7 @@ def eval_faces(
     report = (evaluate_ferplus(directory, expression, split, progress=progress) if labels == "ferplus"
               else evaluate_faces(directory, expression, progress=progress))
     print(report.table())
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
-        print(f"wrote {json_out}")
-    if png:
-        print(f"wrote {confusion_png(report, png)}")
+    _write_outputs(report.as_dict(), json_out, report, png)
 
 
 @eval_app.command("voice")
@@ -308,7 +303,7 @@ def eval_voice(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Accuracy, macro-F1, per-class recall and anger recall/precision of the vocal-tone model on clips."""
-    from appliance.evaluation import confusion_png, evaluate_voice, stderr_progress
+    from appliance.evaluation import evaluate_voice, stderr_progress
     from appliance.perception.voice import VoiceToneModel
 
     cfg = _load(config, **{"runtime.precision": precision})
@@ -321,14 +316,8 @@ def eval_voice(
     print(report.table())
     if angry:
         print(f"\nanger: recall {angry['recall']:.3f}, precision {angry['precision']:.3f} (n={angry['n']})")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        data = report.as_dict() | ({"anger": angry} if angry else {})
-        json_out.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {json_out}")
-    png = png or (json_out.with_suffix(".png") if json_out else None)
-    if png:
-        print(f"wrote {confusion_png(report, png)}")
+    _write_outputs(report.as_dict() | ({"anger": angry} if angry else {}), json_out, report,
+                   png or (json_out.with_suffix(".png") if json_out else None))
 
 
 @eval_app.command("video")
@@ -347,7 +336,7 @@ def eval_video(
 ) -> None:
     """Labelled clips through the real daemon pipeline: per clip faces seen, face and voice distributions, anger
     index and alerts."""
-    from appliance.evaluation import confusion_png, stderr_progress
+    from appliance.evaluation import stderr_progress
     from appliance.manifest import load_manifest
     from appliance.video_eval import as_json, confusion_report, evaluate_clips, quiet_pipeline_logs, table
 
@@ -359,16 +348,10 @@ def eval_video(
                              progress=stderr_progress("playing clips"))
     print(table(results))
     report = confusion_report(results, labels, cfg.expression.model, cfg.runtime.precision, "cpu", str(directory))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"model": cfg.expression.model, "voice_model": cfg.voice.model, "precision": cfg.runtime.precision,
-                "dataset": str(directory), "seconds_per_clip": seconds or cfg.aggregate.window_s,
-                "rate_hz": cfg.loop.rate_hz}
-        json_out.write_text(json.dumps(as_json(results, meta), indent=2) + "\n")
-        print(f"wrote {json_out}")
-    png = png or (json_out.with_suffix(".png") if json_out else None)
-    if png:
-        print(f"wrote {confusion_png(report, png)}")
+    meta = {"model": cfg.expression.model, "voice_model": cfg.voice.model, "precision": cfg.runtime.precision,
+            "dataset": str(directory), "seconds_per_clip": seconds or cfg.aggregate.window_s,
+            "rate_hz": cfg.loop.rate_hz}
+    _write_outputs(as_json(results, meta), json_out, report, png or (json_out.with_suffix(".png") if json_out else None))
 
 
 @eval_app.command("sessions")
@@ -414,6 +397,18 @@ def eval_sessions(
         json_out.write_text(json.dumps(as_json(results, summary, meta), indent=2) + "\n")
         json_out.with_suffix(".md").write_text(text)
         print(f"wrote {json_out}, {json_out.with_suffix('.md')}, {plot(results, json_out.with_suffix('.png'))}")
+
+
+def _write_outputs(data: dict, json_out: Optional[Path], report, png: Optional[Path]) -> None:
+    """An eval command's JSON (where asked) and confusion matrix PNG (where asked)."""
+    from appliance.evaluation import confusion_png
+
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    if png:
+        print(f"wrote {confusion_png(report, png)}")
 
 
 def _model_manifest(name: str, cfg: AppConfig):

@@ -152,20 +152,12 @@ def list_ferplus_index(index: Path, labels: Sequence[str], split: str) -> tuple[
     """The faces of ``split`` in a FER+ index (``ferplus_index.csv``: path relative to the folder above the
     index's folder, split, fer2013_label, majority, ...) whose crowd majority is one of ``labels``.
     Returns (paths, majority label indices, what was left out and the FER2013 labels of the kept faces)."""
-    import csv
-
     index = Path(index)
     if index.is_dir():
         index = next((p for p in (index / "ferplus_index.csv", index / "ferplus" / "ferplus_index.csv")
                       if p.is_file()), index / "ferplus_index.csv")
-    if not index.is_file():
-        raise DatasetError(f"{index} not found (FER+ labels: a ferplus_index.csv, see ../shared/data/README.md)")
-    with open(index, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "split", "majority", "fer2013_label"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{index}: missing columns {sorted(missing)} (has {reader.fieldnames})")
-        rows = [r for r in reader if r["split"] == split]
+    rows = read_index(index, {"path", "split", "majority", "fer2013_label"},
+                      "FER+ labels (see ../shared/data/README.md)", {"split": {split}})
     if not rows:
         raise DatasetError(f"{index}: no rows with split={split!r}")
     kept = [r for r in rows if r["majority"] in labels]
@@ -213,6 +205,25 @@ def _face_report(model, paths: list[Path], y_true: np.ndarray, dataset: str, lab
     return out
 
 
+def read_index(index: Path, required: set[str], what: str, where: dict[str, set[str]] | None = None) -> list[dict]:
+    """The rows of a CSV index that has the ``required`` columns (and every ``where`` column), filtered by ``where``;
+    a DatasetError naming the file for anything missing. ``what`` says what the index is for, in that error."""
+    import csv
+
+    if not index.is_file():
+        raise DatasetError(f"{index} not found ({what} needs {index.name} with {','.join(sorted(required))} columns)")
+    with open(index, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        missing = required - set(fields)
+        if missing:
+            raise DatasetError(f"{index}: missing columns {sorted(missing)} (has {fields})")
+        for column in (where or {}):
+            if column not in fields:
+                raise DatasetError(f"{index}: no column {column!r} to filter on (has {fields})")
+        return [r for r in reader if all(r[c] in allowed for c, allowed in (where or {}).items())]
+
+
 def list_voice_index(root: Path, labels: Sequence[str], index: Path | None = None,
                      where: dict[str, set[str]] | None = None) -> list[tuple[Path, int]]:
     """``root/index.csv`` (or ``index``) with at least path,label; paths relative to root.
@@ -220,21 +231,9 @@ def list_voice_index(root: Path, labels: Sequence[str], index: Path | None = Non
     ``where`` keeps rows whose column value is in the given set (e.g. speaker in the validation speakers).
     A label the model does not know is an error, not skipped.
     """
-    import csv
-
     root = Path(root)
-    index = Path(index) if index else root / "index.csv"
-    if not index.is_file():
-        raise DatasetError(f"{index} not found (a voice dataset folder needs index.csv with path,label columns)")
-    with open(index, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{index}: missing columns {sorted(missing)} (has {reader.fieldnames})")
-        for column in (where or {}):
-            if column not in (reader.fieldnames or []):
-                raise DatasetError(f"{index}: no column {column!r} to filter on (has {reader.fieldnames})")
-        rows = [r for r in reader if all(r[c] in allowed for c, allowed in (where or {}).items())]
+    rows = read_index(Path(index) if index else root / "index.csv", {"path", "label"}, "a voice dataset folder",
+                      where)
     unknown = sorted({r["label"] for r in rows} - set(labels))
     if unknown:
         raise DatasetError(f"{index}: labels {unknown} are not labels of this model ({', '.join(labels)})")

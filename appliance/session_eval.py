@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import AppConfig
-from appliance.evaluation import DatasetError
+from appliance.evaluation import DatasetError, read_index
 from appliance.sources.audio import SAMPLE_RATE, load_audio_file
 
 # Not alerting on these is the point of the false-alert figure; fearful, disgust and surprised sit close to anger
@@ -60,17 +60,11 @@ class SessionResult:
 
 
 def read_speech_rows(root: Path, where: dict[str, set[str]] | None) -> list[dict]:
-    rows = []
-    for name in INDEXES:
-        if (root / name).is_file():
-            with open(root / name, newline="") as f:
-                rows += list(csv.DictReader(f))
-    if not rows:
+    present = [root / name for name in INDEXES if (root / name).is_file()]
+    if not present:
         raise DatasetError(f"{root}: no {' or '.join(INDEXES)} (path,corpus,speaker,label columns)")
-    for column in (where or {}):
-        if column not in rows[0]:
-            raise DatasetError(f"{root}: no column {column!r} to filter on (has {list(rows[0])})")
-    rows = [r for r in rows if all(r[c] in allowed for c, allowed in (where or {}).items())]
+    rows = [r for index in present
+            for r in read_index(index, {"path", "corpus", "speaker", "label"}, "a speech folder", where)]
     if not rows:
         raise DatasetError(f"{root}: no rows match {where}")
     return rows

@@ -10,7 +10,6 @@ customer holding that expression for one window would be.
 
 from __future__ import annotations
 
-import csv
 import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import AppConfig
-from appliance.evaluation import DatasetError, EvalReport, classification_metrics
+from appliance.evaluation import DatasetError, EvalReport, classification_metrics, read_index
 
 # Clip labels use the speech corpora's names; the face model's differ for two of them.
 FACE_LABEL = {"fearful": "fear", "surprised": "surprise"}
@@ -50,14 +49,7 @@ class ClipResult:
 def read_clip_index(folder: Path, index: Path | None = None) -> list[dict]:
     folder = Path(folder)
     index = Path(index) if index else folder / "index.csv"
-    if not index.is_file():
-        raise DatasetError(f"{index} not found (a clip folder needs index.csv with path,label[,audio] columns)")
-    with open(index, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{index}: missing columns {sorted(missing)} (has {reader.fieldnames})")
-        rows = list(reader)
+    rows = read_index(index, {"path", "label"}, "a clip folder (an optional audio column too)")
     if not rows:
         raise DatasetError(f"{index}: no rows")
     for row in rows:

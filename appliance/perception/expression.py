@@ -39,7 +39,8 @@ class ExpressionModel:
         self._session, self.report = open_session(manifest, runtime, available)
         self._input = manifest.input_name or self._session.get_inputs()[0].name
         self._padded: np.ndarray | None = None    # the fixed batch every call is padded to (CUDA, by warm_up)
-        calibration = manifest.variant(self.report.precision).calibration
+        # The calibration of the file that runs (TensorRT FP16 runs the FP32 file, and takes its temperature).
+        calibration = next(v.calibration for v in manifest.variants if v.file == self.report.file)
         self.temperature = calibration.temperature if calibration is not None else 1.0
 
     @property

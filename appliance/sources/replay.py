@@ -41,50 +41,64 @@ class _Counts:
         self.dropped = 0
 
 
-class ReplayCamera:
-    """A video file played against a VirtualClock, optionally looped. Surface: what the daemon uses of a camera."""
+class _Replayed:
+    """What every replayed source shares: the clock, the time it started on it, its state."""
 
-    def __init__(self, path: str | Path, clock: VirtualClock, loop: bool = False):
-        self.path = Path(path)
-        self.fps = probe_file(str(self.path))["fps"]       # SourceError for a missing or undecodable file
+    def __init__(self, clock: VirtualClock):
         self.clock = clock
-        self.loop_file = loop
         self.state = SourceState.STARTING
-        self.buffer = _Counts(self._take)
-        self._cap = None
         self._t0 = 0.0
-        self._next = 0           # frames of the timeline read so far (across loops)
-        self.frames_in_file = 0
-
-    def describe(self) -> str:
-        return f"replay {self.path}"
 
     @property
     def ended(self) -> bool:
         return self.state == SourceState.ENDED
 
+    def start(self):
+        self._t0 = self.clock.now()
+        self.state = SourceState.OK
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def check_stall(self, now: float) -> None:
+        """A recording cannot stall."""
+
+    def elapsed(self) -> float:
+        return self.clock.now() - self._t0
+
+
+class ReplayCamera(_Replayed):
+    """A video file played against a VirtualClock, optionally looped. Surface: what the daemon uses of a camera."""
+
+    def __init__(self, path: str | Path, clock: VirtualClock, loop: bool = False):
+        super().__init__(clock)
+        self.path = Path(path)
+        self.fps = probe_file(str(self.path))["fps"]       # SourceError for a missing or undecodable file
+        self.loop_file = loop
+        self.buffer = _Counts(self._take)
+        self._cap = None
+        self._next = 0           # frames of the timeline read so far (across loops)
+
+    def describe(self) -> str:
+        return f"replay {self.path}"
+
     def start(self) -> "ReplayCamera":
         import cv2
 
         self._cap = cv2.VideoCapture(str(self.path))
-        self._t0 = self.clock.now()
-        self.state = SourceState.OK
-        return self
+        return super().start()
 
     def stop(self) -> None:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
 
-    def check_stall(self, now: float) -> None:
-        """A recording cannot stall."""
-
     def _read(self):
         import cv2
 
         ok, image = self._cap.read()
         if ok:
-            self.frames_in_file = max(self.frames_in_file, self._next + 1)
             return image
         if not self.loop_file or self._next == 0:
             return None
@@ -97,7 +111,7 @@ class ReplayCamera:
         """The newest frame due by now (those passed over count as dropped), or None if none is new."""
         if self.ended or self._cap is None:
             return None
-        due = self.clock.now() - self._t0
+        due = self.elapsed()
         newest, read = None, 0
         while self._next / self.fps <= due + 1e-9:
             image = self._read()
@@ -120,36 +134,22 @@ class _ReplayRing:
         self.lost = 0
 
 
-class BlankCamera:
+class BlankCamera(_Replayed):
     """A camera that sees no one: a plain grey frame at ``fps``, for recordings that have sound only."""
 
     def __init__(self, clock: VirtualClock, fps: float = 30.0, size: tuple[int, int] = (360, 640)):
-        self.clock, self.fps = clock, fps
+        super().__init__(clock)
+        self.fps = fps
         self.image = np.full((*size, 3), 128, np.uint8)
         self.loop_file = True
-        self.state = SourceState.STARTING
         self.buffer = _Counts(self._take)
-        self._t0 = 0.0
         self._next = 0
 
     def describe(self) -> str:
         return "blank camera"
 
-    ended = False
-
-    def start(self) -> "BlankCamera":
-        self._t0 = self.clock.now()
-        self.state = SourceState.OK
-        return self
-
-    def stop(self) -> None:
-        pass
-
-    def check_stall(self, now: float) -> None:
-        """Nothing to stall."""
-
     def _take(self) -> Frame | None:
-        due = int((self.clock.now() - self._t0) * self.fps + 1e-9)
+        due = int(self.elapsed() * self.fps + 1e-9)
         if due < self._next:
             return None
         self.buffer.delivered += 1
@@ -158,11 +158,12 @@ class BlankCamera:
         return Frame(self.image, due, self.clock.now())
 
 
-class ReplayAudio:
+class ReplayAudio(_Replayed):
     """Recorded audio (a file, or 16 kHz samples) played against a VirtualClock: each read returns the samples due
     since the previous one."""
 
     def __init__(self, source: str | Path | np.ndarray, clock: VirtualClock, loop: bool = False):
+        super().__init__(clock)
         if isinstance(source, np.ndarray):
             self.path, self.audio = Path("<samples>"), source.astype(np.float32)
         else:
@@ -170,26 +171,15 @@ class ReplayAudio:
             self.audio = load_audio_file(self.path)
         if not len(self.audio):
             raise SourceError(f"audio {self.path} has no samples")
-        self.clock = clock
         self.loop = loop
-        self.state = SourceState.STARTING
         self.ring = _ReplayRing(self._read_new)
-        self._t0 = 0.0
         self._read = 0
 
     def describe(self) -> str:
         return f"replay {self.path}"
 
-    def start(self) -> "ReplayAudio":
-        self._t0 = self.clock.now()
-        self.state = SourceState.OK
-        return self
-
-    def stop(self) -> None:
-        pass
-
     def _read_new(self) -> np.ndarray:
-        due = int((self.clock.now() - self._t0) * SAMPLE_RATE)
+        due = int(self.elapsed() * SAMPLE_RATE)
         if not self.loop:
             due = min(due, len(self.audio))
         if due <= self._read:
