@@ -92,7 +92,7 @@ def check_models(cfg: AppConfig) -> list[Check]:
             for variant in manifest.variants:
                 verify_variant(manifest, variant)
             acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}"
-                   + (f" (T {v.calibration.temperature:.2f})" if v.calibration else "")
+                   + (f" ({v.calibration.method} calibrated)" if v.calibration else "")
                    for v in manifest.variants if v.accuracy]
             checks.append(Check("model", True, f"{manifest.name} {manifest.version}: "
                                 f"{', '.join(manifest.precisions())} sha256 match" + (f"; {', '.join(acc)}" if acc

@@ -51,14 +51,29 @@ class Accuracy(_Strict):
 
 
 class Calibration(_Strict):
-    """Applied by the runtime on the model's probabilities: softmax(log(p) / temperature), which is temperature
-    scaling of the logits (log p differs from them by a per-row constant)."""
+    """Applied by the runtime on the model's probabilities p: softmax(log(p) / temperature) (temperature scaling),
+    or softmax(log(p) * scale + bias) per class (vector scaling). On log p these equal the same scalings of the
+    logits: log p differs from the logits by a per-row constant, which softmax ignores (and a per-class scale turns
+    into a per-row constant times the scale, which the fit absorbs)."""
 
-    method: Literal["temperature"] = "temperature"
-    temperature: float = Field(gt=0)
+    method: Literal["temperature", "vector"] = "temperature"
+    temperature: float | None = Field(default=None, gt=0)
+    scale: list[float] | None = Field(default=None, description="vector scaling: one factor per label")
+    bias: list[float] | None = Field(default=None, description="vector scaling: one offset per label")
     fit_on: str
+    chosen_by: str = ""
     ece_before: float | None = Field(default=None, description="on the report split, 15 bins")
     ece_after: float | None = None
+
+    def scale_bias(self, labels: int) -> tuple[list[float], list[float]]:
+        """The calibration as per-class factors and offsets on log p."""
+        if self.method == "vector":
+            if not self.scale or not self.bias or len(self.scale) != labels or len(self.bias) != labels:
+                raise ValueError(f"vector calibration needs {labels} scale and bias values")
+            return self.scale, self.bias
+        if self.temperature is None:
+            raise ValueError("temperature calibration needs a temperature")
+        return [1.0 / self.temperature] * labels, [0.0] * labels
 
 
 class Variant(_Strict):

@@ -34,25 +34,45 @@ def test_the_default_expression_model_is_the_calibrated_ferplus_one():
     assert manifest.preprocessing.crop_margin is not None
     for variant in manifest.variants:
         verify_variant(manifest, variant)
-        assert variant.calibration is not None and variant.calibration.temperature > 0
+        assert variant.calibration is not None and variant.calibration.method in ("temperature", "vector")
+        scale, bias = variant.calibration.scale_bias(len(manifest.labels))
+        assert all(x > 0 for x in scale) and len(bias) == len(manifest.labels)
         assert variant.accuracy.labels.startswith("FER+") and variant.more_accuracy[0].labels.startswith("FER2013")
     assert {"fp32", "int8"} <= set(manifest.precisions())
 
 
-def test_calibration_is_temperature_scaling_of_the_logits():
-    m = model()
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_runtime_applies_the_manifests_calibration(precision):
+    m = model(precision)
     crops = np.stack([cv2.resize(c, m.size) for c in demo_faces()])
     raw = m.classify(crops, calibrated=False).probabilities
     calibrated = m.classify(crops).probabilities
-    # log p is the logits up to a per-row constant, so softmax(log p / T) is softmax(logits / T).
-    z = np.log(raw.astype(np.float64)) / m.temperature
+    cal = load_manifest(FERPLUS).variant(precision).calibration
+    scale, bias = cal.scale_bias(len(m.labels))
+    # log p is the logits up to a per-row constant, so this is the same scaling of the logits.
+    z = np.log(raw.astype(np.float64)) * np.array(scale) + np.array(bias)
     expected = np.exp(z - z.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(calibrated, expected, atol=1e-5)
     np.testing.assert_allclose(calibrated.sum(1), 1.0, atol=1e-5)
-    assert (calibrated.argmax(1) == raw.argmax(1)).all()
-    assert m.temperature == load_manifest(FERPLUS).variant(m.report.precision).calibration.temperature
-    assert m.temperature != 1.0
+    assert np.abs(calibrated - raw).max() > 1e-3                   # it does something
+    mini = ExpressionModel(load_manifest(default_models_dir() / "onnx" / "fer_mini_xception"),
+                           RuntimeConfig(providers=["cpu"]))
+    x = np.stack([cv2.resize(c, mini.size) for c in demo_faces()])
+    np.testing.assert_array_equal(mini.classify(x).probabilities, mini.classify(x, calibrated=False).probabilities)
+
+
+def test_temperature_and_vector_scaling_fits_recover_a_known_miscalibration():
+    from models.recipes.ferplus_resnet import fit_calibration, fit_temperature
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(0, 2, (4000, 3))
+    y = np.array([rng.choice(3, p=np.exp(t) / np.exp(t).sum()) for t in true])
+    assert fit_temperature(true * 2.0, y) == pytest.approx(2.0, rel=0.1)      # twice overconfident
+    shifted = true.copy()
+    shifted[:, 0] += 1.5                                                      # one class favoured by a bias
+    cal = fit_calibration(shifted, y)
+    assert cal["method"] == "vector" and cal["bias"][0] - np.mean(cal["bias"][1:]) == pytest.approx(-1.5, abs=0.3)
 
 
 def test_expected_calibration_error_by_hand():

@@ -39,9 +39,11 @@ class ExpressionModel:
         self._session, self.report = open_session(manifest, runtime, available)
         self._input = manifest.input_name or self._session.get_inputs()[0].name
         self._padded: np.ndarray | None = None    # the fixed batch every call is padded to (CUDA, by warm_up)
-        # The calibration of the file that runs (TensorRT FP16 runs the FP32 file, and takes its temperature).
-        calibration = next(v.calibration for v in manifest.variants if v.file == self.report.file)
-        self.temperature = calibration.temperature if calibration is not None else 1.0
+        # The calibration of the file that runs (TensorRT FP16 runs the FP32 file, and takes its calibration).
+        self.calibration = next(v.calibration for v in manifest.variants if v.file == self.report.file)
+        scale, bias = self.calibration.scale_bias(len(self.labels)) if self.calibration else (None, None)
+        self._cal_scale = None if scale is None else np.array(scale, np.float32)
+        self._cal_bias = None if bias is None else np.array(bias, np.float32)
 
     @property
     def runtime_report(self) -> RuntimeReport:
@@ -52,10 +54,11 @@ class ExpressionModel:
         return crop_faces(frame_bgr, boxes, self.size, self.margin, self.shift)
 
     def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
-        """Temperature scaling on probabilities: softmax(log(p) / T) equals softmax(logits / T)."""
-        if self.temperature == 1.0 or not len(probabilities):
+        """The manifest's calibration on probabilities: softmax(log(p) * scale + bias), which is the same scaling of
+        the logits (manifest.Calibration); unchanged where there is none."""
+        if self._cal_scale is None or not len(probabilities):
             return probabilities
-        z = np.log(np.maximum(probabilities, 1e-12)) / np.float32(self.temperature)
+        z = np.log(np.maximum(probabilities, 1e-12)) * self._cal_scale + self._cal_bias
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

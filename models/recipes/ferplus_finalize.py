@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from models.recipes.ferplus_resnet import (CROP_MARGIN, CROP_SHIFT, LABELS, OFFSET, SCALE, SIZE, WEIGHTS_LICENCE,
-                                           fit_temperature)
+                                           fit_calibration)
 
 PUBLIC_TEST = "FER2013 PublicTest"
 
@@ -49,14 +49,14 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
                    f"({history.get('parameters', '?')} parameters), seed {args.seed}, {args.epochs} epochs on "
                    "FER2013 train minus a 10% selection split, soft targets = FER+ crowd votes over the 7 labels "
                    "(contempt, unknown and not-a-face votes dropped; faces with fewer than 5 such votes left out); "
-                   "EMA weights; temperature fit on the selection split. Architectures compared on the selection "
-                   "split: benchmarks/results/face_training/architectures.md",
+                   "final weights and calibration chosen on the selection split. Architectures compared on the "
+                   "selection split: benchmarks/results/face_training/architectures.md",
             licence="images: FER2013, research use only; labels: FER+ (microsoft/FERPlus), MIT. The weights "
                     "inherit the research-only terms (see LICENSE here)",
             recipe="models/recipes/ferplus_resnet.py",
             notes="input (N, 1, 48, 48) gray crop around the BlazeFace box (crop_margin per side, centre moved by "
                   "crop_shift box sides: benchmarks/results/crop_geometry.md); output softmax probabilities, "
-                  "calibrated by the runtime with the variant's temperature"),
+                  "calibrated by the runtime with the variant's calibration (temperature or vector scaling)"),
     )
     write_manifest(manifest, out)
     (out / "LICENSE").write_text(WEIGHTS_LICENCE)
@@ -70,9 +70,8 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
         model = ExpressionModel(manifest, RuntimeConfig(providers=["cpu"], precision=p))
         raw = np.concatenate([model.classify(selection[i:i + 256], calibrated=False).probabilities
                               for i in range(0, len(selection), 256)])
-        temperature = fit_temperature(np.log(np.maximum(raw, 1e-12)), majority)
         variant.calibration = Calibration(
-            temperature=temperature,
+            **fit_calibration(np.log(np.maximum(raw, 1e-12)), majority),
             fit_on=f"selection split: {int((majority >= 0).sum())} FER2013 train faces held out of training, "
                    "NLL of the FER+ crowd majority")
         write_manifest(manifest, out)
@@ -80,7 +79,7 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
         plus = evaluate_ferplus(index, model, "public_test", progress=stderr_progress(f"  {p} FER+"))
         fer = evaluate_faces(folder, model, progress=stderr_progress(f"  {p} FER2013"))
         angry = plus.per_class["angry"]
-        say(f"{p}: T {temperature:.3f}; PublicTest FER+ majority acc {plus.accuracy:.4f} (angry recall "
+        say(f"{p}: {variant.calibration.method} scaling ({variant.calibration.chosen_by}); PublicTest FER+ majority acc {plus.accuracy:.4f} (angry recall "
             f"{angry['recall']:.3f} precision {angry['precision']:.3f}), ECE {plus.ece_uncalibrated:.4f} -> "
             f"{plus.ece:.4f}; FER2013 labels acc {fer.accuracy:.4f}")
         variant.calibration.ece_before, variant.calibration.ece_after = plus.ece_uncalibrated, plus.ece
