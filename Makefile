@@ -72,8 +72,8 @@ models: setup
 	$(BIN)/python scripts/demo_audio.py
 	$(BIN)/python models/recipes/voice_tone_cnn.py --data $(DATA)
 	$(BIN)/python benchmarks/crop_geometry.py --data $(DATA)
-	$(BIN)/python models/recipes/ferplus_resnet.py --data $(DATA) --arch vgg --train-only
-	$(BIN)/python models/recipes/ferplus_resnet.py --data $(DATA)
+	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --arch resnet --train-only
+	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA)
 
 VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20
 ## Benchmarks of this machine into benchmarks/results/ (about 50 minutes).

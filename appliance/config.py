@@ -84,8 +84,8 @@ class FacesConfig(Section):
 
 
 class ExpressionConfig(Section):
-    model: str = Field(default="ferplus_resnet", description="a model folder under models.dir/onnx: "
-                       "ferplus_resnet (FER+ crowd labels, calibrated) or fer_mini_xception (the earlier one)")
+    model: str = Field(default="ferplus_cnn", description="a model folder under models.dir/onnx: "
+                       "ferplus_cnn (FER+ crowd labels, calibrated) or fer_mini_xception (the earlier one)")
 
 
 class VoiceConfig(Section):

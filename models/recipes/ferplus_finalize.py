@@ -1,4 +1,4 @@
-"""The last step of ``ferplus_resnet.py``: calibrate the exported files on the selection split, measure them on
+"""The last step of ``ferplus_cnn.py``: calibrate the exported files on the selection split, measure them on
 FER2013 PublicTest with the daemon's own code (both label sets), time them, and write the manifest.
 
 Kept apart from the training script so that ``--finalize-only`` needs no PyTorch.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.recipes.ferplus_resnet import (CROP_MARGIN, CROP_SHIFT, LABELS, OFFSET, SCALE, SIZE, WEIGHTS_LICENCE,
+from models.recipes.ferplus_cnn import (CROP_MARGIN, CROP_SHIFT, LABELS, OFFSET, SCALE, SIZE, WEIGHTS_LICENCE,
                                            fit_calibration)
 
 PUBLIC_TEST = "FER2013 PublicTest"
@@ -36,7 +36,7 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
                                            "MinMax"})
                 for p in ("fp32", "int8")]
     manifest = ModelManifest(
-        name="ferplus_resnet", version="1.0.0", task="facial-expression", format="onnx", labels=LABELS,
+        name="ferplus_cnn", version="1.0.0", task="facial-expression", format="onnx", labels=LABELS,
         input_name="input", output_name="probabilities", input_shape=[1, SIZE, SIZE],
         preprocessing=Preprocessing(
             color="gray", height=SIZE, width=SIZE, layout="NCHW", scale=SCALE, offset=OFFSET,
@@ -53,7 +53,7 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
                    "selection split: benchmarks/results/face_training/architectures.md",
             licence="images: FER2013, research use only; labels: FER+ (microsoft/FERPlus), MIT. The weights "
                     "inherit the research-only terms (see LICENSE here)",
-            recipe="models/recipes/ferplus_resnet.py",
+            recipe="models/recipes/ferplus_cnn.py",
             notes="input (N, 1, 48, 48) gray crop around the BlazeFace box (crop_margin per side, centre moved by "
                   "crop_shift box sides: benchmarks/results/crop_geometry.md); output softmax probabilities, "
                   "calibrated by the runtime with the variant's calibration (temperature or vector scaling)"),
@@ -87,12 +87,12 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
             dataset=PUBLIC_TEST, split="PublicTest", n=plus.n, accuracy=plus.accuracy, macro_f1=plus.macro_f1,
             labels="FER+ crowd majority (10 voters; faces whose majority is contempt, unknown, not-a-face or a tie "
                    "left out)", ece=plus.ece, per_class=plus.per_class,
-            command=f"appliance eval faces ../shared/data/faces/ferplus --labels ferplus --model ferplus_resnet "
+            command=f"appliance eval faces ../shared/data/faces/ferplus --labels ferplus --model ferplus_cnn "
                     f"--precision {p}")
         variant.more_accuracy = [Accuracy(
             dataset=PUBLIC_TEST, split="PublicTest", n=fer.n, accuracy=fer.accuracy, macro_f1=fer.macro_f1,
             labels="FER2013 (one annotator)", ece=fer.ece, per_class=fer.per_class,
-            command=f"appliance eval faces ../shared/data/faces/fer2013/public_test --model ferplus_resnet "
+            command=f"appliance eval faces ../shared/data/faces/fer2013/public_test --model ferplus_cnn "
                     f"--precision {p}")]
         for name, report in (("ferplus", plus), ("fer2013", fer)):
             (args.log / f"eval_{name}_{p}.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")

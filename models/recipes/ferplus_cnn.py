@@ -1,8 +1,8 @@
 """Recipe: train the face-expression model on FER+ crowd votes, calibrate it, export ONNX FP32 + INT8 QDQ, manifest.
 
-    python models/recipes/ferplus_resnet.py [--data ../shared/data]            # the shipped model (see the log)
-    python models/recipes/ferplus_resnet.py --arch vgg --train-only            # another architecture, compared
-    python models/recipes/ferplus_resnet.py --device cuda --epochs 60 ...      # the same recipe on a lent GPU
+    python models/recipes/ferplus_cnn.py [--data ../shared/data]            # the shipped model (see the log)
+    python models/recipes/ferplus_cnn.py --arch resnet --train-only         # the architecture it was compared with
+    python models/recipes/ferplus_cnn.py --device cuda --epochs 60 ...      # the same recipe on a lent GPU
 
 Labels and targets: FER+ gives each FER2013 face 10 crowd votes over neutral, happiness, surprise, sadness, anger,
 disgust, fear, contempt, unknown and NF (not a face). The target is the vote distribution over our 7 labels.
@@ -50,7 +50,7 @@ SCALE, OFFSET = 2 / 255, -1.0
 CROP_MARGIN, CROP_SHIFT = 0.10, -0.11      # per side, and up by this share of the box side (crop_geometry.md)
 SELECTION_SHARE = 0.10
 SPLIT_SEED = 20261127
-WEIGHTS_LICENCE = """ferplus_resnet weights: trained by models/recipes/ferplus_resnet.py of this repository.
+WEIGHTS_LICENCE = """ferplus_cnn weights: trained by models/recipes/ferplus_cnn.py of this repository.
 
 Training data:
 - FER2013 images (Goodfellow et al. 2013, ICML 2013 challenge): research use only.
@@ -418,11 +418,12 @@ def export(model, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "models" / "onnx" / "ferplus_resnet")
+    parser.add_argument("--out", type=Path, default=ROOT / "models" / "onnx" / "ferplus_cnn")
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / "face_training")
-    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "ferplus_resnet",
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "ferplus_cnn",
                         help="decoded images and per-epoch checkpoints (not committed)")
-    parser.add_argument("--arch", choices=["resnet", "vgg"], default="resnet")
+    parser.add_argument("--arch", choices=["resnet", "vgg"], default="vgg",
+                        help="vgg: the shipped one (architectures.md); resnet: the one it was compared with")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--batch", type=int, default=128)
@@ -497,7 +498,7 @@ def main() -> None:
 def write_architectures_md(results: dict, path: Path) -> None:
     """The comparison the shipped architecture was chosen by: selection split only (PublicTest is not read)."""
     lines = ["# Face-expression architectures compared (FER+ selection split, final weights)", "",
-             "Written by `models/recipes/ferplus_resnet.py`; the selection split is 10% of FER2013 train, held out of "
+             "Written by `models/recipes/ferplus_cnn.py`; the selection split is 10% of FER2013 train, held out of "
              "training. PublicTest is not read here.", "",
              "| run | parameters | epochs | device, threads | training min | final weights | selection accuracy | "
              "angry recall | angry precision | other candidate's accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
