@@ -76,13 +76,16 @@ models: setup
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA)
 
 VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20
-## Benchmarks of this machine into benchmarks/results/ (about 50 minutes).
+## Benchmarks of this machine into benchmarks/results/ (about 60 minutes).
 bench: setup
 	$(BIN)/python benchmarks/runtime_precisions.py
 	$(BIN)/python benchmarks/vad_eval.py --data $(DATA)
 	$(BIN)/appliance bench --seconds 300 --faces 4 --matrix --faces-data $(DATA)/faces/fer2013/public_test \
 		--voice-data $(DATA)/speech --voice-where $(VAL_SPEAKERS) --json benchmarks/results/bench.json
 	$(BIN)/appliance bench --seconds 120 --faces 4 --cpu-wakeup-latency-us 0 --json benchmarks/results/bench_cpu_awake.json
+	$(BIN)/appliance bench --seconds 300 --rate 30 --faces 4 --json benchmarks/results/bench_30hz.json
+	APPLIANCE_EXPRESSION__MODEL=fer_mini_xception $(BIN)/appliance bench --seconds 120 --rate 30 --faces 4 \
+		--json benchmarks/results/bench_30hz_mini_xception.json
 	$(BIN)/python benchmarks/repeatability.py --seconds 120 --faces 4 --attempts 3 --keep-going
 	$(BIN)/python benchmarks/repeatability.py --seconds 120 --faces 4 --attempts 3 --keep-going \
 		--cpu-wakeup-latency-us 0 --out repeatability_cpu_awake

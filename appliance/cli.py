@@ -351,7 +351,8 @@ def eval_video(
     meta = {"model": cfg.expression.model, "voice_model": cfg.voice.model, "precision": cfg.runtime.precision,
             "dataset": str(directory), "seconds_per_clip": seconds or cfg.aggregate.window_s,
             "rate_hz": cfg.loop.rate_hz}
-    _write_outputs(as_json(results, meta), json_out, report, png or (json_out.with_suffix(".png") if json_out else None))
+    _write_outputs(as_json(results, meta), json_out, report,
+                   png or (json_out.with_suffix(".png") if json_out else None))
 
 
 @eval_app.command("sessions")

@@ -297,13 +297,18 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
             loss_sum += float(loss.detach())
             if args.verbose and step % 50 == 0:
                 say(f"  step {step}/{steps_per_epoch} loss {loss_sum / (step + 1):.4f}")
-        logits = predict_logits(ema.module, d["images"][sel_idx], device)
-        acc, rec, prec = majority_accuracy(logits, d["majority"][sel_idx])
+        # The EMA's BatchNorm statistics are re-estimated only at the end, so per epoch it lags far behind (seen:
+        # 0.63 against 0.80 for the weights themselves at epoch 13); both are logged.
+        acc, rec, prec = majority_accuracy(predict_logits(ema.module, d["images"][sel_idx], device),
+                                           d["majority"][sel_idx])
+        raw = majority_accuracy(predict_logits(model, d["images"][sel_idx], device), d["majority"][sel_idx])[0]
         history.append({"epoch": epoch, "train_loss": round(loss_sum / steps_per_epoch, 4),
                         "selection_accuracy": round(acc, 4), "selection_angry_recall": round(rec, 4),
-                        "selection_angry_precision": round(prec, 4), "seconds": round(time.time() - started, 1)})
-        say(f"{args.tag} epoch {epoch:3d}/{args.epochs}  loss {loss_sum / steps_per_epoch:.4f}  selection (EMA) acc "
-            f"{acc:.4f}  angry recall {rec:.3f} precision {prec:.3f}  ({time.time() - started:.0f} s)")
+                        "selection_angry_precision": round(prec, 4), "selection_accuracy_weights": round(raw, 4),
+                        "seconds": round(time.time() - started, 1)})
+        say(f"{args.tag} epoch {epoch:3d}/{args.epochs}  loss {loss_sum / steps_per_epoch:.4f}  selection acc "
+            f"{raw:.4f} (EMA before BatchNorm re-estimation {acc:.4f}, angry recall {rec:.3f} precision {prec:.3f})  "
+            f"({time.time() - started:.0f} s)")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
                     "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
                     "args": {k: str(v) for k, v in vars(args).items()}}, ckpt)
@@ -411,7 +416,8 @@ def export(model, path: Path) -> None:
 
     wrapped = WithSoftmax.wrap(model).eval()
     torch.onnx.export(wrapped, torch.zeros(1, 1, SIZE, SIZE), str(path), input_names=["input"],
-                      output_names=["probabilities"], dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+                      output_names=["probabilities"],
+                      dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
                       opset_version=17, dynamo=False)
 
 
@@ -501,7 +507,7 @@ def write_architectures_md(results: dict, path: Path) -> None:
              "Written by `models/recipes/ferplus_cnn.py`; the selection split is 10% of FER2013 train, held out of "
              "training. PublicTest is not read here.", "",
              "| run | parameters | epochs | device, threads | training min | final weights | selection accuracy | "
-             "angry recall | angry precision | other candidate's accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "angry recall | angry precision | other candidate's accuracy |", "|---" * 10 + "|"]
     for tag, r in sorted(results.items()):
         other = {k: v for k, v in r.get("final_candidates", {}).items() if k != r.get("final_weights")}
         lines.append(f"| {tag} | {r['parameters']:,} | {r['epochs']} | {r['device']}, {r['threads']} | "
@@ -520,10 +526,12 @@ def plot_history(history: list, path: Path, title: str) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     ax[0].plot(epochs, [h["train_loss"] for h in history])
     ax[0].set(xlabel="epoch", ylabel="soft-target cross-entropy", title=f"{title}: training loss")
-    for key, name in (("selection_accuracy", "accuracy"), ("selection_angry_recall", "angry recall"),
-                      ("selection_angry_precision", "angry precision")):
-        ax[1].plot(epochs, [h[key] for h in history], label=name)
-    ax[1].set(xlabel="epoch", title="selection split (EMA weights, BatchNorm as averaged)", ylim=(0.0, 1.0))
+    for key, name in (("selection_accuracy_weights", "accuracy (weights)"), ("selection_accuracy", "accuracy (EMA)"),
+                      ("selection_angry_recall", "angry recall (EMA)"),
+                      ("selection_angry_precision", "angry precision (EMA)")):
+        if all(key in h for h in history):      # the weights' own figure was added after the shipped run
+            ax[1].plot(epochs, [h[key] for h in history], label=name)
+    ax[1].set(xlabel="epoch", title="selection split per epoch (EMA: BatchNorm as averaged, lags)", ylim=(0.0, 1.0))
     ax[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)

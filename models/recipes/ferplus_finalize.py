@@ -79,7 +79,8 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
         plus = evaluate_ferplus(index, model, "public_test", progress=stderr_progress(f"  {p} FER+"))
         fer = evaluate_faces(folder, model, progress=stderr_progress(f"  {p} FER2013"))
         angry = plus.per_class["angry"]
-        say(f"{p}: {variant.calibration.method} scaling ({variant.calibration.chosen_by}); PublicTest FER+ majority acc {plus.accuracy:.4f} (angry recall "
+        say(f"{p}: {variant.calibration.method} scaling ({variant.calibration.chosen_by}); PublicTest FER+ majority "
+            f"acc {plus.accuracy:.4f} (angry recall "
             f"{angry['recall']:.3f} precision {angry['precision']:.3f}), ECE {plus.ece_uncalibrated:.4f} -> "
             f"{plus.ece:.4f}; FER2013 labels acc {fer.accuracy:.4f}")
         variant.calibration.ece_before, variant.calibration.ece_after = plus.ece_uncalibrated, plus.ece
