@@ -12,9 +12,8 @@ split by speaker sex and by corpus for fairness.
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -56,7 +55,6 @@ class SessionResult:
     window_anger: list[float | None]         # each published window's anger index
     first_alert_s: float | None = None
     summaries: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def read_speech_rows(root: Path, where: dict[str, set[str]] | None) -> list[dict]:
@@ -89,9 +87,8 @@ def face_videos(folder: Path | None) -> dict[str, Path]:
     if folder is None:
         return {}
     out: dict[str, Path] = {}
-    with open(Path(folder) / "index.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            out.setdefault(row["label"], Path(folder) / row["path"])
+    for row in read_index(Path(folder) / "index.csv", {"path", "label"}, "a clip folder"):
+        out.setdefault(row["label"], Path(folder) / row["path"])
     return out
 
 

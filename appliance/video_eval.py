@@ -30,7 +30,6 @@ class ClipResult:
     path: str
     label: str
     face_label: str | None                 # the clip's label in the face model's names (None: the model lacks it)
-    ticks: int
     face_observations: int
     observed_s: float
     face_distribution: dict[str, float] | None
@@ -118,7 +117,7 @@ def clip_result(row: dict, labels: tuple[str, ...], summaries: list[dict], alert
     reasons = {s["suppressed_reason"] for s in summaries if s.get("suppressed_reason")}
     return ClipResult(
         path=row["path"], label=row["label"], face_label=face_label if face_label in labels else None,
-        ticks=0, face_observations=sum(f["observations"] for f in faces),
+        face_observations=sum(f["observations"] for f in faces),
         observed_s=round(sum(f["observed_seconds"] for f in faces), 2),
         face_distribution=face_dist, face_top=max(face_dist, key=face_dist.get) if face_dist else None,
         face_anger=face_dist.get("angry") if face_dist else None,

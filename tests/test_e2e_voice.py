@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from conftest import DEMO, appliance_cmd, appliance_env, load_schema
-from test_e2e_mqtt import check_summaries, write_video
+from test_e2e_mqtt import check_summaries
 
 ALERT = load_schema("alert")
 VAL_SPEAKERS = ["ravdess-17", "ravdess-18", "ravdess-19", "ravdess-20"]
