@@ -338,19 +338,22 @@ def eval_video(
     index and alerts."""
     from appliance.evaluation import stderr_progress
     from appliance.manifest import load_manifest
+    from appliance.perception.expression import ExpressionModel
     from appliance.video_eval import as_json, confusion_report, evaluate_clips, quiet_pipeline_logs, table
 
     cfg = _load(config, **{"runtime.precision": precision, "expression.model": model})
     _setup_logging("WARNING")
     quiet_pipeline_logs()
-    labels = tuple(load_manifest(cfg.models.dir / "onnx" / cfg.expression.model).labels)
-    results = evaluate_clips(directory, cfg, labels, index=index, seconds=seconds,
+    # What the daemon will pick for the face model (same config, same runtime planning).
+    picked = ExpressionModel(load_manifest(cfg.models.dir / "onnx" / cfg.expression.model), cfg.runtime)
+    results = evaluate_clips(directory, cfg, picked.labels, index=index, seconds=seconds,
                              progress=stderr_progress("playing clips"))
     print(table(results))
-    report = confusion_report(results, labels, cfg.expression.model, cfg.runtime.precision, "cpu", str(directory))
-    meta = {"model": cfg.expression.model, "voice_model": cfg.voice.model, "precision": cfg.runtime.precision,
-            "dataset": str(directory), "seconds_per_clip": seconds or cfg.aggregate.window_s,
-            "rate_hz": cfg.loop.rate_hz}
+    report = confusion_report(results, picked.labels, cfg.expression.model, picked.report.precision,
+                              picked.report.provider, str(directory))
+    meta = {"model": cfg.expression.model, "voice_model": cfg.voice.model, "precision": picked.report.precision,
+            "provider": picked.report.provider, "dataset": str(directory),
+            "seconds_per_clip": seconds or cfg.aggregate.window_s, "rate_hz": cfg.loop.rate_hz}
     _write_outputs(as_json(results, meta), json_out, report,
                    png or (json_out.with_suffix(".png") if json_out else None))
 

@@ -196,13 +196,12 @@ def _face_report(model, paths: list[Path], y_true: np.ndarray, dataset: str, lab
     y_pred = probs.argmax(axis=1)
     m = classification_metrics(y_true, y_pred, model.labels)
     report = model.runtime_report
-    out = EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
-                     dataset=dataset, labels=list(model.labels), n=m["n"], accuracy=round(m["accuracy"], 4),
-                     macro_f1=round(m["macro_f1"], 4), per_class=m["per_class"], confusion=m["confusion"],
-                     seconds=round(time.perf_counter() - started, 2), label_set=label_set,
-                     ece=round(expected_calibration_error(probs, y_true), 4),
-                     ece_uncalibrated=round(expected_calibration_error(raw, y_true), 4), predictions=y_pred)
-    return out
+    return EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
+                      dataset=dataset, labels=list(model.labels), n=m["n"], accuracy=round(m["accuracy"], 4),
+                      macro_f1=round(m["macro_f1"], 4), per_class=m["per_class"], confusion=m["confusion"],
+                      seconds=round(time.perf_counter() - started, 2), label_set=label_set,
+                      ece=round(expected_calibration_error(probs, y_true), 4),
+                      ece_uncalibrated=round(expected_calibration_error(raw, y_true), 4), predictions=y_pred)
 
 
 def read_index(index: Path, required: set[str], what: str, where: dict[str, set[str]] | None = None) -> list[dict]:

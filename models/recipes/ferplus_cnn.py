@@ -152,22 +152,19 @@ def build_model(arch: str, width: int):
     return Net()
 
 
-class WithSoftmax:
-    """The exported graph: logits -> probabilities (the runtime applies the manifest's temperature on top)."""
+def with_softmax(model):
+    """The exported graph: logits -> probabilities (the runtime applies the manifest's calibration on top)."""
+    import torch
 
-    @staticmethod
-    def wrap(model):
-        import torch
+    class Exported(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Exported(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, x):
+            return torch.softmax(self.model(x), dim=1)
 
-            def forward(self, x):
-                return torch.softmax(self.model(x), dim=1)
-
-        return Exported()
+    return Exported()
 
 
 # -------------------------------------------------------------------------------------------------------- augmentation
@@ -414,7 +411,7 @@ def fit_calibration(log_p: np.ndarray, majority: np.ndarray, seed: int = SPLIT_S
 def export(model, path: Path) -> None:
     import torch
 
-    wrapped = WithSoftmax.wrap(model).eval()
+    wrapped = with_softmax(model).eval()
     torch.onnx.export(wrapped, torch.zeros(1, 1, SIZE, SIZE), str(path), input_names=["input"],
                       output_names=["probabilities"],
                       dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
