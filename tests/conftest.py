@@ -16,7 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("APPLIANCE_TEST_DATA", ROOT.parent / "shared" / "data"))
+# Resolved: tests hand the path to symlinks and subprocesses that run from other directories.
+DATA = Path(os.environ.get("APPLIANCE_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
 DEMO = ROOT / "appliance" / "demo" / "short_hamilton_clip.mp4"
 SCHEMAS = ROOT / "appliance" / "schemas"
 
