@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,15 +71,9 @@ class WindowSummary:
     distribution: dict[str, float] | None          # faces
     speech_s: float                  # speech the VAD passed in this window
     voice_distribution: dict[str, float] | None
-    anger_index: float | None        # mean P(angry) over the modalities present
+    anger_index: float | None        # fusion.AngerIndex over the modalities present
     suppressed: bool
     reason: str | None               # why suppressed: no_faces | too_few_faces | too_little_observation
-
-
-def anger_index(*p_angry: float | None) -> float | None:
-    """Face and voice each count once, whichever are present: neither modality outvotes the other."""
-    present = [p for p in p_angry if p is not None]
-    return round(sum(present) / len(present), 4) if present else None
 
 
 def _mean_distribution(total: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
@@ -96,8 +90,10 @@ class WindowAggregator:
 
     def __init__(self, labels: Sequence[str], window_s: float, tick_period_s: float, k_min: int,
                  min_observed_s: float, tracker: FaceTracker, min_track_ticks: int = 3,
-                 voice_labels: Sequence[str] = (), min_speech_s: float = 1.0):
+                 voice_labels: Sequence[str] = (), min_speech_s: float = 1.0,
+                 anger_index: Callable[[float | None, float | None], float | None] = lambda face, voice: None):
         self.labels = tuple(labels)
+        self.anger_index = anger_index
         self.voice_labels = tuple(voice_labels)
         self.window_s = window_s
         self.tick_period_s = tick_period_s
@@ -177,7 +173,7 @@ class WindowAggregator:
             start=self._start, end=end, ticks=self._ticks, observations=self._observations,
             observed_s=round(observed, 3), distinct_faces=distinct, distribution=faces,
             speech_s=round(self._speech_s, 3), voice_distribution=voice,
-            anger_index=anger_index(faces and faces.get("angry"), voice and voice.get("angry")),
+            anger_index=self.anger_index(faces and faces.get("angry"), voice and voice.get("angry")),
             suppressed=suppressed, reason=face_reason if suppressed else None)
         self._start = end
         self._reset()

@@ -1,8 +1,8 @@
 """Anger alerts from a short sliding window, with hysteresis and a cool-down: one angry minute is one alert.
 
 Input per tick: the mean P(angry) of the faces seen in that tick (or None) and the P(angry) of a tone result that
-tick produced (or None). The short-window index is the mean of the face mean and the voice mean, whichever are
-present (see aggregate.anger_index). Nothing about who is angry is kept or sent: only the index.
+tick produced (or None). The short-window index is the calibrated combination of the face mean and the voice mean,
+whichever are present (``fusion.AngerIndex``). Nothing about who is angry is kept or sent: only the index.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from appliance.aggregate import anger_index
 from appliance.config import AlertsConfig
+from appliance.fusion import AngerIndex
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,12 @@ class Alert:
 
 
 class Anger:
-    def __init__(self, cfg: AlertsConfig, tick_period_s: float, voice_step_s: float):
+    def __init__(self, cfg: AlertsConfig, tick_period_s: float, voice_step_s: float, anger_index: AngerIndex):
         self.cfg = cfg
+        self.anger_index = anger_index
+        # Set to a list to keep every tick's (t, face, voice) input: the session benchmark replays them through
+        # other thresholds, which cannot change the inputs.
+        self.inputs: list[tuple[float, float | None, float | None]] | None = None
         self.tick_period_s = tick_period_s
         self.voice_step_s = voice_step_s
         self._face: deque[tuple[float, float]] = deque()
@@ -40,6 +44,8 @@ class Anger:
         self.held_back = 0    # crossings inside the cool-down
 
     def update(self, t: float, face_anger: float | None, voice_anger: float | None) -> Alert | None:
+        if self.inputs is not None:
+            self.inputs.append((t, face_anger, voice_anger))
         # Running sums beside the deques: this runs every tick, and the window holds ~50 face values.
         if face_anger is not None:
             self._face.append((t, face_anger))
@@ -59,7 +65,7 @@ class Anger:
         evidence = len(self._face) * self.tick_period_s + len(self._voice) * self.voice_step_s
         face = self._face_sum / len(self._face) if self._face else None
         voice = self._voice_sum / len(self._voice) if self._voice else None
-        self.index = anger_index(face, voice) if evidence >= self.cfg.min_evidence_s else None
+        self.index = self.anger_index(face, voice) if evidence >= self.cfg.min_evidence_s else None
         if self.index is None:
             return None
         if not self._armed:
@@ -74,5 +80,5 @@ class Anger:
             return None
         self._last_alert = t
         self.fired += 1
-        return Alert(t, self.index, None if face is None else round(face, 4),
-                     None if voice is None else round(voice, 4), self.cfg.window_s, self.cfg.on_threshold)
+        return Alert(t, self.index, self.anger_index.face_value(face), self.anger_index.voice_value(voice),
+                     self.cfg.window_s, self.cfg.on_threshold)

@@ -370,6 +370,10 @@ def eval_sessions(
     seed: int = typer.Option(20261127, "--seed", help="the order of clips and pauses"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write sessions and summary as JSON (markdown and "
                                             "a plot beside it)"),
+    choose_thresholds: Optional[float] = typer.Option(
+        None, "--choose-thresholds", min=0, metavar="FALSE_ALERTS_PER_HOUR",
+        help="also choose the alert on/off thresholds that keep false alerts per hour (neutral, calm, happy, sad "
+             "sessions) within this, on two folds of speakers (chosen on one, scored on the other) and on all"),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Minute-long sessions of one speaker in one emotion through the real daemon: share alerted, time to the first
@@ -387,8 +391,12 @@ def eval_sessions(
     _setup_logging("WARNING")
     quiet_pipeline_logs()
     results = evaluate_sessions(directory, cfg, _filters(where), video, seconds, seed,
-                                progress=stderr_progress("playing sessions"))
+                                progress=stderr_progress("playing sessions"), trace=choose_thresholds is not None)
     summary = summarise(results)
+    if choose_thresholds is not None:
+        from appliance.thresholds import cross_fit
+
+        summary["thresholds"] = cross_fit(results, cfg.alerts, choose_thresholds)
     meta = {"command": "appliance eval sessions " + shlex.join(sys.argv[3:]), "sessions": len(results),
             "hours": sum(r.seconds for r in results) / 3600, "on_threshold": cfg.alerts.on_threshold,
             "off_threshold": cfg.alerts.off_threshold, "alert_window_s": cfg.alerts.window_s,

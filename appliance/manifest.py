@@ -76,6 +76,22 @@ class Calibration(_Strict):
         return [1.0 / self.temperature] * labels, [0.0] * labels
 
 
+class AngerCalibration(_Strict):
+    """The model's P(angry) as a calibrated probability: sigmoid(a * logit(p) + b), fitted on validation data with
+    angry and not-angry weighted equally (see ``appliance.fusion``)."""
+
+    a: float
+    b: float
+    fit_on: str
+    n: int
+    weighting: str = "angry and not-angry half each; the other labels share their half equally, per corpus"
+
+    def apply(self, p: float) -> float:
+        from appliance.fusion import logit, sigmoid
+
+        return sigmoid(self.a * logit(p) + self.b)
+
+
 class Variant(_Strict):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -87,6 +103,7 @@ class Variant(_Strict):
     accuracy: Accuracy | None = None
     more_accuracy: list[Accuracy] = Field(default_factory=list, description="the same files on other label sets")
     calibration: Calibration | None = None
+    anger: AngerCalibration | None = Field(default=None, description="calibrated P(angry) for the anger index")
 
 
 class Provenance(_Strict):

@@ -17,6 +17,7 @@ import numpy as np
 from appliance import __version__
 from appliance.aggregate import FaceTracker, WindowAggregator, WindowSummary
 from appliance.alerts import Alert, Anger
+from appliance.fusion import load_fusion
 from appliance.audit import AuditLog
 from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
 from appliance.cpu_latency import CpuLatencyRequest
@@ -123,12 +124,15 @@ class Pipeline:
             self.tone = VoiceToneModel(load_manifest(models / config.voice.model), config.runtime)
             self.speech = SpeechBuffer(config.voice.step_s, config.voice.min_speech_s)
             voice_labels = self.tone.labels
+        self.anger_index = load_fusion(
+            config.models.dir, self.expression.manifest, self.expression.runtime_report.file,
+            self.tone and self.tone.manifest, self.tone and self.tone.runtime_report.file)
         self.aggregator = WindowAggregator(
             self.expression.labels, config.aggregate.window_s, self.scheduler.period, config.k_min,
             config.aggregate.min_observed_s,
             FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou),
-            voice_labels=voice_labels, min_speech_s=config.voice.min_speech_s)
-        self.anger = Anger(config.alerts, self.scheduler.period, config.voice.step_s) \
+            voice_labels=voice_labels, min_speech_s=config.voice.min_speech_s, anger_index=self.anger_index)
+        self.anger = Anger(config.alerts, self.scheduler.period, config.voice.step_s, self.anger_index) \
             if config.alerts_enabled else None
         self._clip_warned_at = -1e9
         self.zones = ExclusionZones(config.privacy.exclusion_zones)

@@ -13,7 +13,7 @@ split by speaker sex and by corpus for fairness.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -23,6 +23,7 @@ import numpy as np
 from appliance.config import AppConfig
 from appliance.evaluation import DatasetError, read_index
 from appliance.sources.audio import SAMPLE_RATE, load_audio_file
+from appliance.video_eval import AngerTrace
 
 # Not alerting on these is the point of the false-alert figure; fearful, disgust and surprised sit close to anger
 # in voice and face and are reported apart.
@@ -55,6 +56,7 @@ class SessionResult:
     window_anger: list[float | None]         # each published window's anger index
     first_alert_s: float | None = None
     summaries: int = 0
+    trace: AngerTrace | None = None            # kept in memory for the threshold sweep, never written out
 
 
 def read_speech_rows(root: Path, where: dict[str, set[str]] | None) -> list[dict]:
@@ -94,7 +96,7 @@ def face_videos(folder: Path | None) -> dict[str, Path]:
 
 def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | None = None,
                       video: Path | None = None, seconds: float = 60.0, seed: int = 20261127,
-                      progress: Callable[[int, int], None] | None = None) -> list[SessionResult]:
+                      progress: Callable[[int, int], None] | None = None, trace: bool = False) -> list[SessionResult]:
     from appliance.sources.replay import Replay
     from appliance.video_eval import play
 
@@ -108,9 +110,11 @@ def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | N
         rng = np.random.default_rng([seed, i])
         audio, used = join_clips([load_audio_file(Path(root) / r["path"]) for r in members], seconds, rng)
         face = videos.get(label)
-        summaries, alerts = play(cfg, Replay.of(face, audio, loop=True), len(audio) / SAMPLE_RATE)
+        kept = AngerTrace() if trace else None
+        summaries, alerts = play(cfg, Replay.of(face, audio, loop=True), len(audio) / SAMPLE_RATE, kept)
         results.append(score(f"{speaker} {label}", speaker, corpus, label, len(audio) / SAMPLE_RATE, used, face,
                              summaries, alerts))
+        results[-1].trace = kept
         if progress:
             progress(i + 1, len(groups))
     return results
@@ -198,6 +202,10 @@ def markdown(summary: dict, meta: dict) -> str:
             share = "-" if v["angry_alerted_share"] is None else f"{100 * v['angry_alerted_share']:.0f}%"
             lines.append(f"| {k} | {v['angry_sessions']} | {share} | {v['false_alerts_per_hour_calm']} |")
         lines.append("")
+    if "thresholds" in summary:
+        from appliance.thresholds import markdown as thresholds_markdown
+
+        lines.append(thresholds_markdown(summary["thresholds"]))
     return "\n".join(lines)
 
 
@@ -230,4 +238,4 @@ def plot(results: list[SessionResult], path: Path) -> Path:
 
 
 def as_json(results: list[SessionResult], summary: dict, meta: dict) -> dict:
-    return meta | {"summary": summary, "sessions": [asdict(r) for r in results]}
+    return meta | {"summary": summary, "sessions": [asdict(replace(r, trace=None)) for r in results]}

@@ -60,9 +60,20 @@ def read_clip_index(folder: Path, index: Path | None = None) -> list[dict]:
     return rows
 
 
-def play(cfg: AppConfig, replay, seconds: float) -> tuple[list[dict], list[dict]]:
+@dataclass
+class AngerTrace:
+    """What the alert logic saw on each tick, and the index it used: enough to replay other thresholds exactly."""
+
+    inputs: list[tuple[float, float | None, float | None]] = field(default_factory=list)
+    index: Callable | None = None
+    tick_period_s: float = 0.0
+    voice_step_s: float = 0.0
+
+
+def play(cfg: AppConfig, replay, seconds: float, trace: AngerTrace | None = None) -> tuple[list[dict], list[dict]]:
     """A recording (``sources.replay.Replay``) through the daemon for ``seconds`` of simulated time, with its own
-    state folder and embedded broker; returns (summaries, alerts) as published."""
+    state folder and embedded broker; returns (summaries, alerts) as published. ``trace`` (alerts enabled) gets
+    the alert logic's inputs."""
     from appliance.pipeline import Pipeline
     from appliance.publish.broker import free_port
 
@@ -79,6 +90,10 @@ def play(cfg: AppConfig, replay, seconds: float) -> tuple[list[dict], list[dict]
         run_cfg.mqtt.embedded_port = free_port()
         run_cfg.mqtt.home_assistant.enabled = False
         pipeline = Pipeline(run_cfg, on_summary=summaries.append, on_alert=alerts.append, replay=replay)
+        if trace is not None and pipeline.anger is not None:
+            pipeline.anger.inputs = trace.inputs
+            trace.index, trace.tick_period_s = pipeline.anger_index, pipeline.anger.tick_period_s
+            trace.voice_step_s = pipeline.anger.voice_step_s
         pipeline.run(duration=seconds)
     return summaries, alerts
 

@@ -8,7 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from appliance.session_eval import SessionResult, join_clips, speaker_sex, summarise
+from appliance.config import load_config
+from appliance.session_eval import SessionResult, evaluate_sessions, join_clips, markdown, speaker_sex, summarise
+from appliance.thresholds import cross_fit, replay, sweep
 from appliance.sources.audio import SAMPLE_RATE
 from conftest import appliance_cmd, appliance_env
 
@@ -67,3 +69,28 @@ def test_an_angry_session_alerts_and_a_neutral_one_does_not(data_dir, tmp_path):
     assert by_label["neutral"]["alerts_at_s"] == []
     assert all(s["summaries"] >= 6 for s in by_label.values())      # 10 s windows over a minute, published
     assert out.with_suffix(".md").read_text().startswith("# Anger alerts") and out.with_suffix(".png").is_file()
+
+
+def test_threshold_replay_gives_the_alerts_the_daemon_raised_and_the_choice_keeps_its_target(data_dir, tmp_path):
+    """The sweep replays each tick's inputs through alerts.Anger: with the daemon's own thresholds it must find
+    exactly the alerts the daemon published, and the thresholds it picks must keep the false-alert target."""
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path)})
+    results = evaluate_sessions(data_dir / "speech", cfg, {"speaker": {"ravdess-17", "ravdess-18"},
+                                                          "label": {"angry", "neutral", "happy"}}, seconds=30,
+                                trace=True)
+    assert any(r.alerts_at_s for r in results)
+    for r in results:
+        assert r.trace.inputs and replay(r.trace, cfg.alerts) == pytest.approx(r.alerts_at_s, abs=0.02), r.name
+    result = cross_fit(results, cfg.alerts, 0.0)
+    assert result["folds"] == [["ravdess-18"], ["ravdess-17"]]          # sorted by sex: female first
+    chosen = result["chosen_on_all"]
+    assert chosen["false_alerts_per_hour"] == 0.0 and chosen["angry_alerted_share"] == 1.0
+    assert chosen["on"] - chosen["off"] == pytest.approx(0.15)
+    # The pick is inside the range that alerts on every angry session without a false alert, not at its edge.
+    feasible = [o.on for o in sweep(results, cfg.alerts) if o.false_alerts_per_hour == 0
+                and o.angry_alerted_share == 1.0 and o.on - o.off == pytest.approx(0.15)]
+    assert min(feasible) < chosen["on"] < max(feasible)
+    assert "## Alert thresholds" in markdown(summarise(results) | {"thresholds": result},
+                                             {"command": "x", "sessions": 1, "hours": 0.1, "on_threshold": 0.5,
+                                              "off_threshold": 0.35, "alert_window_s": 5, "cooldown_s": 60,
+                                              "models": "m"})
