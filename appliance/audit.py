@@ -6,11 +6,15 @@ the chain and ``verify`` says where. Nothing personal is ever written here: only
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 
@@ -26,6 +30,7 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._prev = GENESIS
         self._last_config: str | None = None
+        self.failed = 0       # lines that could not be written (disk full, I/O error)
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 if line.strip():
@@ -39,12 +44,24 @@ class AuditLog:
                  "prev": self._prev}
         line = json.dumps(entry, sort_keys=True, separators=(",", ":"))
         # O_APPEND: concurrent writers cannot overwrite each other; fsync: a power cut keeps what was logged.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                data = (line + "\n").encode()
+                size = os.fstat(fd).st_size
+                if os.write(fd, data) != len(data):
+                    os.ftruncate(fd, size)      # a torn line would break the chain for every line after it
+                    raise OSError(errno.ENOSPC, "short write (no space left on device)")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            # A full or failing disk must not stop a pause (or the shutdown that stores the last events): the line
+            # is lost, counted and logged; the chain goes on from the last line that was written.
+            self.failed += 1
+            log.error("audit log %s: could not write a %s line (%s); %d lost so far: free space in %s", self.path,
+                      event, e.strerror or e, self.failed, self.path.parent)
+            return entry
         self._prev = hashlib.sha256(line.encode()).hexdigest()
         return entry
 

@@ -675,6 +675,7 @@ def main() -> None:
     from appliance.publish.mqtt import MqttSetupError
     from appliance.publish.outbox import OutboxError
     from appliance.sources.camera import SourceError
+    from appliance.statedir import StateDirError
 
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit; pass it on.
@@ -686,7 +687,7 @@ def main() -> None:
             print(f"  {issue}", file=sys.stderr)
         sys.exit(2)
     except (UserError, SourceError, ModelFileError, NoUsableProvider, DatasetError, FileNotFoundError, MqttSetupError,
-            OutboxError) as e:
+            OutboxError, StateDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:

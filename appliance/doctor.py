@@ -99,7 +99,27 @@ def check_models(cfg: AppConfig) -> list[Check]:
                                                                                     else "")))
         except (ModelFileError, ValueError) as e:
             checks.append(Check("model", False, str(e), "reinstall the models or rebuild them: make models"))
+    checks.append(check_anger_index(cfg))
     return checks
+
+
+def check_anger_index(cfg: AppConfig) -> Check:
+    """Every variant pair the runtime may pick has its calibrations and fusion (models/fusion.json)."""
+    from appliance.fusion import load_fusion
+    from appliance.manifest import ModelFileError, load_manifest
+
+    try:
+        face = load_manifest(cfg.models.dir / "onnx" / cfg.expression.model)
+        voice = load_manifest(cfg.models.dir / "onnx" / cfg.voice.model)
+        for f in face.variants:
+            for v in voice.variants:
+                index = load_fusion(cfg.models.dir, face, f.file, voice, v.file)
+        return Check("anger index", True, f"{face.name} + {voice.name}: calibrated, both present = sigmoid("
+                                          f"{index.pair.w_face:.2f} face + {index.pair.w_voice:.2f} voice "
+                                          f"{index.pair.bias:+.2f}); alerts on {cfg.alerts.on_threshold} / off "
+                                          f"{cfg.alerts.off_threshold}")
+    except (ModelFileError, ValueError) as e:
+        return Check("anger index", False, str(e), "rebuild it: python models/recipes/anger_fusion.py")
 
 
 def check_providers(cfg: AppConfig) -> Check:
@@ -193,21 +213,28 @@ def check_outbox(cfg: AppConfig) -> Check:
     return Check("outbox", True, detail)
 
 
-def check_disk(cfg: AppConfig, minimum_mb: int = 500) -> Check:
-    paths = [Path(cfg.state.dir).expanduser(), Path(cfg.runtime.engine_cache_dir).expanduser()]
+def check_disk(cfg: AppConfig, engine_cache_mb: int = 400) -> Check:
+    """Free space for what the state folder can come to hold: the outbox at its size bound plus its WAL, the seq and
+    audit files; and room for TensorRT engines."""
+    from appliance.publish.outbox import WAL_LIMIT_BYTES
+
+    state = Path(cfg.state.dir).expanduser()
+    need = {state: int(cfg.outbox.max_mb + 2 * WAL_LIMIT_BYTES / (1 << 20) + 16),
+            Path(cfg.runtime.engine_cache_dir).expanduser(): engine_cache_mb}
     worst = None
-    for path in paths:
+    for path, mb in need.items():
         probe = path
         while not probe.exists():
             probe = probe.parent
         free = shutil.disk_usage(probe).free // (1 << 20)
-        if worst is None or free < worst[1]:
-            worst = (path, free)
-    path, free = worst
-    if free < minimum_mb:
-        return Check("disk", False, f"{free} MB free for {path}", f"free at least {minimum_mb} MB (state, outbox, "
-                     "engine cache)")
-    return Check("disk", True, f"{free} MB free for {path}")
+        if worst is None or free - mb < worst[1] - worst[2]:
+            worst = (path, free, mb)
+    path, free, mb = worst
+    if free < mb:
+        return Check("disk", False, f"{free} MB free for {path}, which may need {mb} MB",
+                     "free space there, or lower outbox.max_mb (the outbox at its bound, its WAL, seq and audit log)"
+                     if path == state else "free space there (TensorRT engines)")
+    return Check("disk", True, f"{free} MB free for {path} (needs up to {mb} MB)")
 
 
 def check_cpu_latency(cfg: AppConfig) -> list[Check]:

@@ -18,6 +18,7 @@ from appliance import __version__
 from appliance.aggregate import FaceTracker, WindowAggregator, WindowSummary
 from appliance.alerts import Alert, Anger
 from appliance.fusion import load_fusion
+from appliance.statedir import StateDirLock
 from appliance.audit import AuditLog
 from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
 from appliance.cpu_latency import CpuLatencyRequest
@@ -111,9 +112,11 @@ class Pipeline:
             self.audio = make_audio_source(config, self.spec, self.source.loop_file, on_state=self._audio_state)
         if config.mqtt.broker is not None:
             check_setup(config.mqtt, parse_broker_url(config.mqtt.broker))
-        state_dir = Path(config.state.dir).expanduser()
-        # Every event goes to disk first; the seq lives there too (it used to be the one-line file 'seq').
-        self.outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, legacy_seq_file=state_dir / "seq")
+        # One daemon per state folder (statedir.py); held until run() ends, or close() for a pipeline never run.
+        self.state_lock = StateDirLock(config.state.dir).acquire()
+        state_dir = self.state_lock.path.parent
+        # Every event goes to disk first; the seq lives there too, and in the one-line file 'seq' beside it.
+        self.outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, seq_file=state_dir / "seq")
         models = config.models.dir / "onnx"
         self.expression = ExpressionModel(load_manifest(models / config.expression.model), config.runtime,
                                           margin=config.faces.margin)
@@ -276,7 +279,7 @@ class Pipeline:
         self._update_pause_file_only()
         self.publisher.set_status("paused" if self.paused_by else "online", **self._status())
         self.publisher.start()
-        self.writer = OutboxWriter(self.outbox, on_stored=self.publisher.wake)
+        self.writer = OutboxWriter(self.outbox, on_stored=self.publisher.wake, on_storage=self.publisher.report_storage)
         self.writer.start()
         self.audit.start(cfg, __version__, [m | {"sha256": self._model_sha[m["model"]]} for m in self.models])
         self.source.start()
@@ -316,6 +319,7 @@ class Pipeline:
             if self.broker is not None:
                 self.broker.stop()
             self.notifier.close()
+            self.state_lock.release()
         return self.report()
 
     def _tick(self, tick, now: float) -> bool:

@@ -58,7 +58,7 @@ def test_a_failing_payload_builder_consumes_no_seq_and_stores_nothing(tmp_path):
 
 def test_seq_continues_from_the_legacy_file(tmp_path):
     (tmp_path / "seq").write_text("41\n")
-    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(), legacy_seq_file=tmp_path / "seq")
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(), seq_file=tmp_path / "seq")
     assert box.add("summary", event())["seq"] == 42
 
 

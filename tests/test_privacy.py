@@ -180,8 +180,9 @@ def test_nothing_is_written_but_state_and_audit(tmp_path):
                      and p.name != "none.toml")
     state_files = [p for p in written if p.parts[:4] == ("home", ".local", "state", "appliance")]
     caches = [p for p in written if p.parts[:3] == ("home", ".cache", "appliance")]
-    assert state_files == [Path("home/.local/state/appliance/audit.log"),
-                           Path("home/.local/state/appliance/outbox.sqlite3")]
+    assert state_files == [Path(f"home/.local/state/appliance/{name}") for name in ("audit.log", "lock",
+                                                                                   "outbox.sqlite3", "seq")]
+    assert (state / "lock").read_text().strip().isdigit()      # the pid of the daemon that held it, nothing else
     # Library caches only (matplotlib's font list, pulled in by mediapipe), next to the engine cache.
     assert all(p.parts[3] in ("matplotlib", "trt-engines") and p.suffix in (".json", ".engine", ".cache")
                for p in caches), caches

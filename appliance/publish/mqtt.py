@@ -20,6 +20,7 @@ import logging
 import queue
 import random
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -201,6 +202,8 @@ class MqttPublisher:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._last_expire = time.monotonic()
+        self._storage_error: str | None = None
+        self._acks_failing = False
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def start(self) -> "MqttPublisher":
@@ -220,6 +223,21 @@ class MqttPublisher:
         with self._lock:
             self.state = state
             self._status = status_payload(state, self.device_id, self.version, at=time.time(), **extra)
+            if self._storage_error:
+                self._status["storage_error"] = self._storage_error
+            self._status_dirty = True
+        self._wake.set()
+
+    def report_storage(self, error: str | None) -> None:
+        """The outbox could not be written (``error``) or can again (None): the retained status says so, since no
+        stats event can be stored meanwhile. Called from the writer thread and this one."""
+        with self._lock:
+            if error == self._storage_error:
+                return
+            self._storage_error = error
+            self._status.pop("storage_error", None)
+            if error:
+                self._status["storage_error"] = error
             self._status_dirty = True
         self._wake.set()
 
@@ -240,36 +258,60 @@ class MqttPublisher:
 
     # ------------------------------------------------------------------------------------------- the thread
     def _run(self) -> None:
-        try:
-            while True:
-                now = time.monotonic()
-                if self._stop_at is not None and (not self._socket_up or now >= self._stop_at or self._drained()):
+        # This thread must outlive any error: events only leave through it. Storage trouble (a full disk) is
+        # reported and retried; anything else drops the connection and starts over with the usual backoff.
+        while True:
+            try:
+                if self._step():
                     break
-                if not self._socket_up:
-                    if now < self._next_attempt:
-                        self._wake.wait(min(self._next_attempt - now, 0.25))
-                        self._wake.clear()
-                        continue
-                    self._connect()
-                    continue
-                rc = self._client.loop(timeout=0.05)
-                if rc != mqtt.MQTT_ERR_SUCCESS:
-                    self._lost(mqtt.error_string(rc))
-                    continue
-                if not self.connected.is_set() and now > self._connack_deadline:
-                    self._lost(f"no CONNACK within {CONNACK_TIMEOUT_S:g} s")
-                    continue
-                if self.connected.is_set():
-                    self._send_control()
-                    self._drain()
-                self._flush_acks()
-                if now - self._last_expire > 60:
-                    self._last_expire = now
-                    self.outbox.expire()
+                if self._acks_failing:
+                    self._acks_failing = False
+                    log.warning("MQTT: the outbox takes acknowledgements again")
+                    self.report_storage(None)
+            except (sqlite3.Error, OSError) as e:
+                if not self._acks_failing:
+                    log.error("MQTT: the outbox cannot be updated (%s): free space in %s; acknowledged events are "
+                              "removed once it can (nothing is lost or sent twice meanwhile)", e,
+                              self.outbox.path.parent)
+                self._acks_failing = True
+                self.report_storage(f"outbox not writable: {e}")
+                self._wake.wait(1.0)
+            except Exception:
+                log.exception("MQTT thread error; reconnecting, events stay in the outbox")
+                self._lost("internal error")
+                self._wake.wait(1.0)
+        try:
             self._shutdown()
-        except Exception:   # the daemon's loop must learn of it through status, not die with this thread
-            log.exception("MQTT thread failed; events stay in the outbox")
-            self.connected.clear()
+        except Exception:
+            log.exception("MQTT: shutdown failed; events stay in the outbox")
+
+    def _step(self) -> bool:
+        """One pass of the thread's loop; True when it is time to stop."""
+        now = time.monotonic()
+        if self._stop_at is not None and (not self._socket_up or now >= self._stop_at or self._drained()):
+            return True
+        if not self._socket_up:
+            if now < self._next_attempt:
+                self._wake.wait(min(self._next_attempt - now, 0.25))
+                self._wake.clear()
+                return False
+            self._connect()
+            return False
+        rc = self._client.loop(timeout=0.05)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            self._lost(mqtt.error_string(rc))
+            return False
+        if not self.connected.is_set() and now > self._connack_deadline:
+            self._lost(f"no CONNACK within {CONNACK_TIMEOUT_S:g} s")
+            return False
+        if self.connected.is_set():
+            self._send_control()
+            self._drain()
+        self._flush_acks()
+        if now - self._last_expire > 60:
+            self._last_expire = now
+            self.outbox.expire()
+        return False
 
     def _make_client(self) -> mqtt.Client:
         v5 = self.protocol == "5"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -29,6 +30,8 @@ from appliance.config import OutboxConfig
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+WAL_CHECKPOINT_PAGES = 64          # 256 KB of 4 KB pages
+WAL_LIMIT_BYTES = 1 << 20
 
 
 class OutboxError(RuntimeError):
@@ -59,11 +62,15 @@ class OutboxStats:
 
 
 class Outbox:
-    def __init__(self, path: Path, cfg: OutboxConfig, legacy_seq_file: Path | None = None,
+    def __init__(self, path: Path, cfg: OutboxConfig, seq_file: Path | None = None,
                  clock: Callable[[], float] = time.time):
         self.path = Path(path).expanduser()
         self.cfg = cfg
         self.clock = clock
+        # The last seq is kept a second time outside the database, so an outbox that is emptied, replaced or moved
+        # aside cannot take it along: dashboards must never see seq start again at 1.
+        self.seq_file = Path(seq_file).expanduser() if seq_file else self.path.with_name("seq")
+        self._seq_file_error: str | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One connection shared by the writer thread (add) and the MQTT thread (pending, ack), under one lock: SQLite
         # serialises writers anyway, and the lock keeps a transaction from interleaving with another. Re-entrant so
@@ -73,6 +80,10 @@ class Outbox:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={cfg.sync.upper()}")
+            # A bounded WAL: checkpoint every WAL_CHECKPOINT_PAGES and cut the file back to WAL_LIMIT_BYTES after,
+            # so a healthy unit (everything acknowledged) needs a small, stated amount of disk (README 'Delivery').
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise OutboxError(f"{self.path} was written by a newer version (schema {version}); upgrade, or "
@@ -85,17 +96,30 @@ class Outbox:
                 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
             """)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._last_seq = self._meta("last_seq", None)
-            if self._last_seq is None:
-                self._last_seq = self._legacy_seq(legacy_seq_file)
+            stored = self._meta("last_seq", None)
+            kept = self._read_seq_file()
+            if stored is None and kept:
+                log.warning("outbox %s holds no seq (new, emptied or replaced) while %s says %d: any events the old "
+                            "outbox still held are lost; seq continues from %d", self.path, self.seq_file, kept, kept)
+            elif stored is not None and kept is not None and kept > stored:
+                log.warning("outbox %s is behind %s (seq %d < %d): an older copy? seq continues from %d", self.path,
+                            self.seq_file, stored, kept, kept)
+            self._last_seq = max(stored or 0, kept or 0)
+            if self._last_seq != stored:
                 self._set_meta("last_seq", self._last_seq)
             self._dropped = self._meta("dropped", 0)
             self._expired = self._meta("expired", 0)
             self._depth, self._bytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM events").fetchone()
         except sqlite3.DatabaseError as e:
-            raise OutboxError(f"outbox {self.path} cannot be opened ({e}); if it is damaged, move it aside (events in "
-                              "it are then lost, seq continues from the file named seq beside it)") from None
+            if "full" in str(e):
+                raise OutboxError(f"outbox {self.path} cannot be opened: the disk is full ({e}); free space on "
+                                  f"{self.path.parent} (df -h {self.path.parent}) and start again") from None
+            kept = self._read_seq_file()
+            raise OutboxError(f"outbox {self.path} cannot be opened ({e}); if it is damaged, move it aside (the events "
+                              f"in it are then lost; seq continues from {self.seq_file}, "
+                              + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)")
+                              ) from None
         self._last_drop_log = -1e9
         self._closed = False
 
@@ -123,14 +147,35 @@ class Outbox:
         self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
                          "excluded.value", (key, value))
 
-    def _legacy_seq(self, path: Path | None) -> int:
-        # Before the outbox, seq lived in a one-line file; continue from it so dashboards never see seq go back.
-        if path is None or not Path(path).exists():
-            return 0
+    def _read_seq_file(self) -> int | None:
+        # Before the outbox, seq lived in this one-line file only; now it is kept here too (see __init__).
+        if not self.seq_file.exists():
+            return None
         try:
-            return int(Path(path).read_text().strip() or 0)
+            return int(self.seq_file.read_text().strip() or 0)
         except ValueError:
-            raise OutboxError(f"{path} is corrupt; refusing to restart seq at 1") from None
+            raise OutboxError(f"{self.seq_file} is corrupt; refusing to restart seq at 1: write the last seq the "
+                              "fleet saw into it (one number) and start again") from None
+
+    def _write_seq_file(self, seq: int) -> None:
+        """After the commit: a failure here must not fail add() (the event is stored; a retry would store it twice).
+        The file catches up at the next event; the database is ahead of it meanwhile, and the larger one wins."""
+        tmp = self.seq_file.with_name(self.seq_file.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{seq}\n")
+                if self.cfg.sync != "off":
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.seq_file)
+            if self._seq_file_error:
+                log.warning("outbox: %s is written again", self.seq_file)
+            self._seq_file_error = None
+        except OSError as e:
+            if self._seq_file_error is None:
+                log.error("outbox: cannot write %s (%s); seq is still in the outbox, and the file catches up when it "
+                          "can", self.seq_file, e.strerror or e)
+            self._seq_file_error = str(e)
 
     # ------------------------------------------------------------------------------------------- writing
     def add(self, kind: str, make: Callable[[int], dict]) -> dict:
@@ -147,6 +192,7 @@ class Outbox:
             self._bytes += len(text)
             self._expire_locked()
             self._enforce_bound_locked()
+        self._write_seq_file(seq)
         return payload
 
     def _enforce_bound_locked(self) -> None:
@@ -265,9 +311,12 @@ class OutboxWriter:
     meanwhile.
     """
 
-    def __init__(self, outbox: Outbox, on_stored: Callable[[], None] = lambda: None, retry_max_s: float = 30.0):
+    def __init__(self, outbox: Outbox, on_stored: Callable[[], None] = lambda: None, retry_max_s: float = 30.0,
+                 on_storage: Callable[[str | None], None] = lambda error: None):
         self.outbox = outbox
         self._on_stored = on_stored
+        self._on_storage = on_storage      # an error while events cannot be stored, None once they can again
+        self._failing = False
         self._retry_max_s = retry_max_s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()     # lists of events, or None to stop
         self._held: list[tuple] = []       # submitted this tick, not handed over yet (the submitting thread's own)
@@ -327,8 +376,16 @@ class OutboxWriter:
         delay = 0.5
         while True:
             try:
-                return self.outbox.add(kind, make)
+                payload = self.outbox.add(kind, make)
+                if self._failing:
+                    self._failing = False
+                    log.warning("outbox: events are stored again")
+                    self._on_storage(None)
+                return payload
             except (sqlite3.Error, OSError) as e:   # the disk: full, read-only, failing; may clear
+                if not self._failing:
+                    self._failing = True
+                    self._on_storage(f"events cannot be stored: {e}; they wait in memory")
                 if self._closing.is_set():
                     self.lost += 1
                     log.error("outbox: a %s event was not stored (%s) and is lost at shutdown", kind, e)
