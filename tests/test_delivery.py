@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -99,6 +101,82 @@ def test_auto_falls_back_to_mqtt311_when_the_broker_refuses_5(tmp_path):
             watcher.close()
     finally:
         broker.stop()
+
+
+class Mqtt311Only:
+    """A broker that answers an MQTT 3.1.1 CONNECT and never answers an MQTT 5 one (as some do), and never
+    acknowledges a publish: everything sent to it stays in flight."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.conns: list[socket.socket] = []
+        self.levels: list[int] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        try:
+            head = conn.recv(256)
+            at = head.find(b"MQTT")
+            level = head[at + 4] if at >= 0 else 0
+            self.levels.append(level)
+            if level == 4:
+                conn.sendall(b"\x20\x02\x00\x00")       # CONNACK, accepted
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)     # wakes the accept() blocked on it: close() alone may not
+        except OSError:
+            pass
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+
+def test_in_flight_events_are_resent_historical_and_a_silent_fallback_is_not_for_good(tmp_path):
+    """Issue cases 5 and 6: a broker that ignored MQTT 5 and swallowed every publish is replaced by mosquitto on the
+    same port. What was in flight arrives marked historical; the unit asks in MQTT 5 again and gets it."""
+    port = free_port()
+    fake = Mqtt311Only(port)
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    pub = publisher(MqttConfig(protocol="auto", reconnect_min_s=2, reconnect_max_s=3), f"mqtt://127.0.0.1:{port}",
+                    box).start()
+    broker = None
+    try:
+        assert wait(lambda: pub.connected.is_set(), 30) and pub.protocol == "3.1.1" and fake.levels[:2] == [5, 4]
+        add_events(box, 5)
+        pub.wake()
+        assert wait(lambda: len(pub._inflight) == 5, 10), "the events should be in flight, unacknowledged"
+        fake.close()
+        broker = Mosquitto(tmp_path, port).start()
+        watcher = Collector(port, "emotion/#", protocol=mqtt.MQTTv5)
+        assert wait(lambda: len(watcher.json("/summary")) >= 5 and box.depth == 0, 30)
+        assert pub.protocol == "5"
+        received = watcher.json("/summary")
+        assert {e["seq"] for e in received} == {1, 2, 3, 4, 5}
+        assert all(e["historical"] is True for e in received), received     # made before this connection
+        watcher.close()
+    finally:
+        pub.stop()
+        fake.close()
+        if broker:
+            broker.stop()
 
 
 # --------------------------------------------------------------------------------------------- TLS

@@ -204,6 +204,7 @@ class MqttPublisher:
         self._last_expire = time.monotonic()
         self._storage_error: str | None = None
         self._acks_failing = False
+        self._silent_fallback = False     # on 3.1.1 only because an MQTT 5 CONNECT went unanswered
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def start(self) -> "MqttPublisher":
@@ -357,12 +358,22 @@ class MqttPublisher:
         self.connected.clear()
         self._socket_up = False
         try:
-            self._client.disconnect()   # close the socket; paho keeps unacknowledged events for the next connect
+            self._client.disconnect()
         except Exception:   # already closed
             pass
+        if was_connected:
+            # A new client for the next connection: paho would re-send its unacknowledged events as they were
+            # (historical: false); dropped here, they are sent again from the outbox, marked historical.
+            self._rebuild = True
+            if self._silent_fallback:
+                # 3.1.1 was chosen only because a broker never answered MQTT 5; a broker that answers may be
+                # another one now: ask in MQTT 5 first again.
+                self._silent_fallback = False
+                self.protocol, self._protocol_confirmed = "5", False
         if not was_connected and not self._protocol_confirmed and self.cfg.protocol == "auto":
             # Some 3.1.1-only brokers drop an MQTT 5 CONNECT without answering it: try the other protocol next.
             self.protocol = "3.1.1" if self.protocol == "5" else "5"
+            self._silent_fallback = self.protocol == "3.1.1"
             self._rebuild = True
             why += f"; trying MQTT {self.protocol}"
         if self._rebuild:
@@ -461,6 +472,7 @@ class MqttPublisher:
             if reason_code.value in UNSUPPORTED_PROTOCOL and self.cfg.protocol == "auto" and self.protocol == "5":
                 log.info("MQTT: broker does not speak MQTT 5; using 3.1.1")
                 self.protocol = "3.1.1"
+                self._silent_fallback = False
                 self._protocol_confirmed = True
                 self._rebuild = True
                 return
