@@ -137,6 +137,13 @@ class AggregateConfig(Section):
     track_max_age_s: float = Field(default=1.0, gt=0, description="a face unseen this long is a new face")
     track_iou: float = Field(default=0.3, gt=0, lt=1)
 
+    @model_validator(mode="after")
+    def _observable(self) -> "AggregateConfig":
+        if self.min_observed_s > self.window_s:
+            raise ValueError(f"min_observed_s ({self.min_observed_s:g}) is longer than window_s "
+                             f"({self.window_s:g}): no window could ever carry face figures")
+        return self
+
 
 class TlsConfig(Section):
     ca_file: Path | None = Field(default=None, description="CA bundle that signed the broker's certificate; unset: "
@@ -420,12 +427,19 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     origins: dict[str, str] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError([ConfigIssue("(file)", f"config file {path} is a folder; give the file in it "
+                                           "(e.g. config.toml)", str(path))])
         if not path.is_file():
             raise ConfigError([ConfigIssue("(file)", f"config file {path} does not exist", str(path))])
         try:
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError([ConfigIssue("(file)", f"not valid TOML: {e}", str(path))]) from None
+        except OSError as e:
+            raise ConfigError([ConfigIssue("(file)", f"config file {path} cannot be read ({e.strerror}): check its "
+                                           "owner and permissions (the service runs as its own user)",
+                                           str(path))]) from None
         for keys, value in _walk(data):
             _set_path(tree, list(keys), value, origins, str(path))
     for name, raw in sorted(env.items()):

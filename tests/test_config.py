@@ -91,3 +91,22 @@ def test_cli_validate_exit_codes(tmp_path):
     assert proc.returncode == 0 and "config OK" in proc.stdout
     proc = subprocess.run(appliance_cmd("config", "init", str(init)), env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "--force" in proc.stderr
+
+
+@pytest.mark.parametrize("where, words", [
+    ("folder", "is a folder; give the file in it"),
+    ("/proc/self/mem", "cannot be read (Input/output error)"),      # a file every read of fails, even for root
+])
+def test_a_config_path_that_is_no_readable_file_is_one_clear_line(tmp_path, where, words):
+    path = str(tmp_path) if where == "folder" else where
+    for args, env in ((("--config", path), {}), ((), {"APPLIANCE_CONFIG": path})):
+        proc = subprocess.run(appliance_cmd("config", "validate", *args), env=appliance_env(tmp_path, **env),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_window_shorter_than_the_observation_it_needs_is_refused():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env={"APPLIANCE_AGGREGATE__WINDOW_S": "1"})
+    assert "min_observed_s (2) is longer than window_s (1)" in str(e.value.issues)
+    load_config(None, env={"APPLIANCE_AGGREGATE__WINDOW_S": "1", "APPLIANCE_AGGREGATE__MIN_OBSERVED_S": "0.5"})

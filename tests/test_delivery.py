@@ -348,6 +348,7 @@ def test_broker_down_30s_every_seq_arrives_once_and_replays_are_historical(tmp_p
     # A persistent session on a persisting broker: what arrives while the watcher reconnects is kept for it.
     watcher = collect(port, "emotion/kiosk-outage/#", client_id="outage-watcher", clean=False)
     env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-outage", APPLIANCE_AGGREGATE__WINDOW_S="1",
+                        APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5",
                         APPLIANCE_MQTT__STATS_INTERVAL_S="2", APPLIANCE_MQTT__RECONNECT_MIN_S="0.5",
                         APPLIANCE_MQTT__RECONNECT_MAX_S="2")
     proc = subprocess.Popen(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "52"),
@@ -395,6 +396,7 @@ def test_sigkill_loses_nothing_that_reached_the_outbox_and_seq_continues(tmp_pat
     port = free_port()
     broker = Mosquitto(tmp_path, port).start()
     env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-crash", APPLIANCE_AGGREGATE__WINDOW_S="1",
+                        APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5",
                         APPLIANCE_MQTT__STATS_INTERVAL_S="2", APPLIANCE_MQTT__RECONNECT_MAX_S="1")
     first = collect(port, "emotion/kiosk-crash/#")
     proc = subprocess.Popen(appliance_cmd("run", "--broker", broker.url), env=env, stdout=subprocess.DEVNULL,
@@ -431,6 +433,7 @@ def test_sigkill_loses_nothing_that_reached_the_outbox_and_seq_continues(tmp_pat
 def test_the_bound_is_enforced_and_counted_in_a_long_outage(tmp_path, collect):
     port = free_port()     # no broker at all while the daemon runs
     env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-full", APPLIANCE_AGGREGATE__WINDOW_S="1",
+                        APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5",
                         APPLIANCE_MQTT__STATS_INTERVAL_S="1", APPLIANCE_OUTBOX__MAX_EVENTS="5")
     run = subprocess.run(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "6"), env=env,
                          capture_output=True, text=True, timeout=60)

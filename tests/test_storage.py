@@ -153,6 +153,7 @@ def test_a_full_disk_is_reported_survived_and_recovered_from_without_a_restart(t
     watcher = collect(mosquitto.port, "emotion/kiosk-full/#")
     with small_disk(tmp_path / "state") as state:
         env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-full", APPLIANCE_AGGREGATE__WINDOW_S="1",
+                        APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5",
                             APPLIANCE_MQTT__STATS_INTERVAL_S="1", APPLIANCE_STATE__DIR=str(state))
         proc = subprocess.Popen(appliance_cmd("run", "--broker", mosquitto.url), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
