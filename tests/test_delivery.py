@@ -179,6 +179,39 @@ def test_in_flight_events_are_resent_historical_and_a_silent_fallback_is_not_for
             broker.stop()
 
 
+def test_rejected_commands_are_answered_with_their_request_and_pause_floods_are_limited(tmp_path, mosquitto):
+    """Issue case 9: an error reply names the request it answers (request_id, MQTT 5 correlation data), and 500
+    pause/resume commands in a burst reach the daemon as a handful (each costs an fsync'd audit line)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    pub = publisher(MqttConfig(), mosquitto.url, box).start()
+    watcher = Collector(mosquitto.port, "emotion/unit-1/reply", protocol=mqtt.MQTTv5)
+    try:
+        assert wait(lambda: pub.connected.is_set(), 20)
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = b"corr-1"
+        watcher.client.publish("emotion/unit-1/cmd/pause", b'{"request_id": "bad-1", "bogus": 1}', 1, properties=props)
+        assert wait(lambda: watcher.json("/reply"), 10)
+        reply = watcher.json("/reply")[0]
+        assert reply["ok"] is False and reply["request_id"] == "bad-1" and reply["command"] == "pause"
+        assert "unknown keys" in reply["error"] and watcher.properties[0].CorrelationData == b"corr-1"
+        for i in range(500):
+            name = "pause" if i % 2 == 0 else "resume"
+            watcher.client.publish(f"emotion/unit-1/cmd/{name}", json.dumps({"request_id": f"r{i}"}).encode(), 1)
+        # The daemon's loop is not running here: what reaches it waits in pub.commands.
+        assert wait(lambda: len(pub.commands) + sum(1 for r in watcher.json("/reply") if r["request_id"] != "bad-1")
+                    >= 500, 30)
+        limited = [r for r in watcher.json("/reply") if r["request_id"] != "bad-1"]
+        assert len(pub.commands) == 10 and len(limited) == 490
+        assert all(r["ok"] is False and r["error"].startswith("busy: at most 10") for r in limited)
+        assert {r["request_id"] for r in limited} | {c.request_id for c in pub.commands} == {f"r{i}" for i in range(500)}
+    finally:
+        watcher.close()
+        pub.stop()
+
+
 # --------------------------------------------------------------------------------------------- TLS
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)

@@ -58,6 +58,39 @@ def parse_command(topic: str, payload: bytes, base: str) -> Command:
     return Command(name, request_id, reason)
 
 
+def salvage(topic: str, payload: bytes, base: str) -> Command:
+    """What a rejected command still says about itself, so its error reply can be matched: the name if it is one,
+    and a request_id that is a short string (never anything else from a payload that failed the checks)."""
+    name = topic[len(f"{base}/cmd/"):] if topic.startswith(f"{base}/cmd/") else ""
+    request_id = None
+    if len(payload) <= MAX_BYTES:
+        try:
+            data = json.loads(payload.decode("utf-8"))
+            value = data.get("request_id") if isinstance(data, dict) else None
+            request_id = value if isinstance(value, str) and len(value) <= 64 else None
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return Command(name if name in COMMANDS else "", request_id)
+
+
+class RateLimit:
+    """A token bucket: ``burst`` at once, then ``per_minute``. Pause and resume each write an fsync'd audit line and
+    republish the status; a flood of them must not turn into a flood of disk writes."""
+
+    def __init__(self, burst: int = 10, per_minute: float = 10.0, clock=time.monotonic):
+        self.burst, self.rate, self.clock = burst, per_minute / 60.0, clock
+        self._tokens, self._at = float(burst), clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
 def reply_payload(device_id: str, command: str | None, ok: bool, state: str, request_id: str | None = None,
                   error: str | None = None) -> dict:
     return {"schema": REPLY_SCHEMA, "device_id": device_id, "command": command, "request_id": request_id, "ok": ok,

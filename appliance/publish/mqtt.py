@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance.config import BrokerAddress, MqttConfig
-from appliance.publish.commands import Command, CommandError, parse_command, reply_payload
+from appliance.publish.commands import Command, CommandError, RateLimit, parse_command, reply_payload, salvage
 from appliance.publish.outbox import Outbox, PendingEvent
 from appliance.publish.payloads import status_payload
 
@@ -205,6 +205,7 @@ class MqttPublisher:
         self._storage_error: str | None = None
         self._acks_failing = False
         self._silent_fallback = False     # on 3.1.1 only because an MQTT 5 CONNECT went unanswered
+        self._state_changes = RateLimit()
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def start(self) -> "MqttPublisher":
@@ -243,7 +244,7 @@ class MqttPublisher:
         self._wake.set()
 
     def reply(self, command: Command | None, ok: bool, error: str | None = None) -> None:
-        payload = reply_payload(self.device_id, command.name if command else None, ok, self.state,
+        payload = reply_payload(self.device_id, (command.name or None) if command else None, ok, self.state,
                                 command.request_id if command else None, error)
         properties = None
         if command is not None and command.correlation_data is not None:
@@ -507,22 +508,34 @@ class MqttPublisher:
         self._acked.append(seq)
 
     def _on_message(self, client, userdata, message) -> None:
+        # Every reply, an error included, carries what identifies the request (request_id, MQTT 5 correlation data),
+        # so a fleet tool can match its failures.
+        correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None
         try:
-            command = parse_command(message.topic, message.payload, self.topics.base)
-            correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None
-            if correlation is not None:
-                command = replace(command, correlation_data=bytes(correlation)[:64])
+            about = replace(salvage(message.topic, message.payload, self.topics.base),
+                            correlation_data=None if correlation is None else bytes(correlation)[:64])
+        except Exception:
+            about = None
+        try:
+            command = replace(parse_command(message.topic, message.payload, self.topics.base),
+                              correlation_data=about.correlation_data if about else None)
             if len(self.commands) >= MAX_QUEUED_COMMANDS:
                 raise queue.Full
+            if command.name in ("pause", "resume") and not self._state_changes.allow():
+                self.counters["rejected_commands"] += 1
+                log.warning("MQTT: %s rejected: over the rate limit", command.name)
+                self.reply(command, False, error=f"busy: at most {self._state_changes.burst} pause/resume commands "
+                                                 "at once, then 10 a minute")
+                return
             self.commands.append(command)
         except CommandError as e:
             self.counters["rejected_commands"] += 1
             log.warning("MQTT: rejected command on %s: %s", message.topic[:120], e)
-            self.reply(None, False, error=str(e)[:300])
+            self.reply(about, False, error=str(e)[:300])
         except queue.Full:
             self.counters["rejected_commands"] += 1
             log.warning("MQTT: command queue full; rejected %s", message.topic[:120])
-            self.reply(None, False, error="busy: too many commands queued")
+            self.reply(about, False, error="busy: too many commands queued")
         except Exception as e:  # paho must never see an exception from us: it would drop the connection
             self.counters["rejected_commands"] += 1
             log.exception("MQTT: command handling failed: %s", e)
