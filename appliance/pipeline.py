@@ -116,7 +116,8 @@ class Pipeline:
         self.state_lock = StateDirLock(config.state.dir).acquire()
         state_dir = self.state_lock.path.parent
         # Every event goes to disk first; the seq lives there too, and in the one-line file 'seq' beside it.
-        self.outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, seq_file=state_dir / "seq")
+        self.outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, seq_file=state_dir / "seq",
+                             device_id=config.device.id)
         models = config.models.dir / "onnx"
         self.expression = ExpressionModel(load_manifest(models / config.expression.model), config.runtime,
                                           margin=config.faces.margin)

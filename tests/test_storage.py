@@ -206,3 +206,39 @@ def test_the_audit_log_on_a_full_disk_counts_what_it_cannot_write_and_goes_on(tm
         audit.append("stop")
         ok, lines, why = verify(state / "audit.log")
         assert ok, why                      # the chain goes on from the last line that was written
+
+
+# --------------------------------------------------------------------------------------------- a new device id
+def test_events_of_another_device_id_are_never_sent_under_the_new_one(tmp_path, caplog):
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path, OutboxConfig(), device_id="kiosk-a")
+    for _ in range(3):
+        box.add("summary", event)
+    box.close()
+    with pytest.raises(OutboxError, match=r"holds 3 undelivered events of device 'kiosk-a', and device.id is now "
+                                          r"'kiosk-b': start once more with device.id = 'kiosk-a'"):
+        Outbox(path, OutboxConfig(), device_id="kiosk-b")
+    box = Outbox(path, OutboxConfig(), device_id="kiosk-a")     # the old id delivers them
+    box.ack([e.seq for e in box.pending()])
+    box.close()
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(path, OutboxConfig(), device_id="kiosk-b")
+    assert "device.id changed from 'kiosk-a' to 'kiosk-b' (nothing was waiting)" in caplog.text
+    assert box.add("summary", event)["seq"] == 4
+
+
+def test_the_daemon_refuses_a_new_device_id_while_the_old_ones_events_wait(tmp_path):
+    from conftest import free_port
+
+    down = f"mqtt://127.0.0.1:{free_port()}"          # nothing listens: every event waits in the outbox
+    first = subprocess.run(appliance_cmd("run", "--broker", down, "--duration", "3"),
+                           env=appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-a",
+                                             APPLIANCE_AGGREGATE__WINDOW_S="1",
+                                             APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5"),
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run(appliance_cmd("run", "--broker", down, "--duration", "3"),
+                            env=appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-b"), capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 2 and "undelivered events of device 'kiosk-a'" in second.stderr, second.stderr[-2000:]
+    assert "Traceback" not in second.stderr

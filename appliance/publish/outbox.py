@@ -63,7 +63,7 @@ class OutboxStats:
 
 class Outbox:
     def __init__(self, path: Path, cfg: OutboxConfig, seq_file: Path | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, device_id: str | None = None):
         self.path = Path(path).expanduser()
         self.cfg = cfg
         self.clock = clock
@@ -111,6 +111,8 @@ class Outbox:
             self._expired = self._meta("expired", 0)
             self._depth, self._bytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM events").fetchone()
+            if device_id is not None:
+                self._check_device(device_id)
         except sqlite3.DatabaseError as e:
             if "full" in str(e):
                 raise OutboxError(f"outbox {self.path} cannot be opened: the disk is full ({e}); free space on "
@@ -146,6 +148,23 @@ class Outbox:
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
                          "excluded.value", (key, value))
+
+    def _check_device(self, device_id: str) -> None:
+        """Waiting events belong to the device that made them: their payload names it, and they must go out on its
+        topics. A new device.id with events of the old one still waiting is refused until an operator decides."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'device_id'").fetchone()
+        before = None if row is None else str(row[0])
+        if before is not None and before != device_id:
+            if self._depth:
+                raise OutboxError(
+                    f"outbox {self.path} holds {self._depth} undelivered events of device {before!r}, and device.id is "
+                    f"now {device_id!r}: start once more with device.id = {before!r} to deliver them, or move "
+                    f"{self.path.name} aside to drop them (seq continues from {self.seq_file})")
+            log.warning("outbox: device.id changed from %r to %r (nothing was waiting); seq continues from %d",
+                        before, device_id, self._last_seq)
+        if before != device_id:
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('device_id', ?) ON CONFLICT(key) DO UPDATE SET "
+                             "value = excluded.value", (device_id,))
 
     def _read_seq_file(self) -> int | None:
         # Before the outbox, seq lived in this one-line file only; now it is kept here too (see __init__).
