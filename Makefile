@@ -62,6 +62,10 @@ eval: setup
 	$(BIN)/appliance eval video $(DATA)/video/emotion --model fer_mini_xception --json benchmarks/results/eval_video_mini_xception.json
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision fp32 --json benchmarks/results/eval_voice_fp32.json
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision int8 --json benchmarks/results/eval_voice_int8.json
+	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --choose-thresholds 1 \
+		--json benchmarks/results/sessions_voice.json
+	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --video $(DATA)/video/emotion \
+		--json benchmarks/results/sessions_face_voice.json
 
 ## Rebuild the shipped models from their recipes (needs the registries and $(DATA)).
 models: setup
@@ -74,8 +78,10 @@ models: setup
 	$(BIN)/python benchmarks/crop_geometry.py --data $(DATA)
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --arch resnet --train-only
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA)
+	$(BIN)/python models/recipes/anger_fusion.py --data $(DATA)
 
 VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20
+VOICE_VAL := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20,emovo-f3,emovo-m3,turev-1358
 ## Benchmarks of this machine into benchmarks/results/ (about 60 minutes).
 bench: setup
 	$(BIN)/python benchmarks/runtime_precisions.py

@@ -315,7 +315,8 @@ def eval_voice(
     angry = report.per_class.get("angry")
     print(report.table())
     if angry:
-        print(f"\nanger: recall {angry['recall']:.3f}, precision {angry['precision']:.3f} (n={angry['n']})")
+        auc = f", ROC AUC angry vs rest {report.angry_auc:.3f}" if report.angry_auc is not None else ""
+        print(f"\nanger: recall {angry['recall']:.3f}, precision {angry['precision']:.3f} (n={angry['n']}){auc}")
     _write_outputs(report.as_dict() | ({"anger": angry} if angry else {}), json_out, report,
                    png or (json_out.with_suffix(".png") if json_out else None))
 

@@ -36,6 +36,7 @@ class EvalReport:
     ece_uncalibrated: float | None = None
     also: dict[str, float | str] = field(default_factory=dict)   # the same predictions against other labels
     predictions: np.ndarray | None = field(default=None, repr=False)   # per item, not saved
+    angry_auc: float | None = None        # angry vs the rest, ranked by P(angry) (voice)
 
     def as_dict(self) -> dict:
         out = {"model": self.model, "precision": self.precision, "provider": self.provider,
@@ -44,6 +45,8 @@ class EvalReport:
                "confusion": self.confusion, "seconds": self.seconds}
         if self.ece is not None:
             out |= {"ece_15": self.ece, "ece_15_uncalibrated": self.ece_uncalibrated}
+        if self.angry_auc is not None:
+            out["angry_auc"] = self.angry_auc
         return out | ({"also": self.also} if self.also else {})
 
     def table(self) -> str:
@@ -223,22 +226,33 @@ def read_index(index: Path, required: set[str], what: str, where: dict[str, set[
         return [r for r in reader if all(r[c] in allowed for c, allowed in (where or {}).items())]
 
 
+SPEECH_INDEXES = ("index.csv", "index_more.csv")     # the second: corpora added later, same columns
+
+
+def speech_rows(root: Path, columns: set[str], index: Path | None = None,
+                where: dict[str, set[str]] | None = None) -> list[dict]:
+    """Rows of ``index``, or of every SPEECH_INDEXES file under ``root`` that exists; ``where`` as in read_index."""
+    root = Path(root)
+    files = [Path(index)] if index else [root / name for name in SPEECH_INDEXES if (root / name).is_file()]
+    if not files:
+        raise DatasetError(f"{root}: no {' or '.join(SPEECH_INDEXES)} (columns {', '.join(sorted(columns))})")
+    rows = [r for f in files for r in read_index(f, columns, "a voice dataset folder", where)]
+    if not rows:
+        raise DatasetError(f"{', '.join(map(str, files))}: no rows" + (f" match {where}" if where else ""))
+    return rows
+
+
 def list_voice_index(root: Path, labels: Sequence[str], index: Path | None = None,
                      where: dict[str, set[str]] | None = None) -> list[tuple[Path, int]]:
-    """``root/index.csv`` (or ``index``) with at least path,label; paths relative to root.
-
-    ``where`` keeps rows whose column value is in the given set (e.g. speaker in the validation speakers).
+    """``root/index.csv`` and ``root/index_more.csv`` (or ``index``) with at least path,label; paths relative to
+    root. ``where`` keeps rows whose column value is in the given set (e.g. speaker in the validation speakers).
     A label the model does not know is an error, not skipped.
     """
-    root = Path(root)
-    rows = read_index(Path(index) if index else root / "index.csv", {"path", "label"}, "a voice dataset folder",
-                      where)
+    rows = speech_rows(root, {"path", "label"}, index, where)
     unknown = sorted({r["label"] for r in rows} - set(labels))
     if unknown:
-        raise DatasetError(f"{index}: labels {unknown} are not labels of this model ({', '.join(labels)})")
-    if not rows:
-        raise DatasetError(f"{index}: no rows" + (f" match {where}" if where else ""))
-    return [(root / r["path"], labels.index(r["label"])) for r in rows]
+        raise DatasetError(f"{index or root}: labels {unknown} are not labels of this model ({', '.join(labels)})")
+    return [(Path(root) / r["path"], labels.index(r["label"])) for r in rows]
 
 
 def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str, set[str]] | None = None,
@@ -249,12 +263,14 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
     items = list_voice_index(root, model.labels, index, where)
     started = time.perf_counter()
     y_true = np.array([label for _, label in items], dtype=np.int64)
-    y_pred = np.empty(len(items), dtype=np.int64)
+    probs = np.empty((len(items), len(model.labels)), dtype=np.float64)
     for i, (path, _) in enumerate(items):
-        y_pred[i] = int(model.classify_clip(load_audio_file(path)).argmax())
+        probs[i] = model.classify_clip(load_audio_file(path))
         if progress:
             progress(i + 1, len(items))
+    y_pred = probs.argmax(axis=1)
     m = classification_metrics(y_true, y_pred, model.labels)
+    angry = model.labels.index("angry") if "angry" in model.labels else None
     report = model.runtime_report
     # Sorted, so the same filter reads the same in every saved report (a set's order changes between runs).
     subset = "; ".join(f"{k}={','.join(sorted(v))}" for k, v in sorted((where or {}).items()))
@@ -262,7 +278,18 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
                       dataset=str(root) + (f" where {subset}" if subset else ""), labels=list(model.labels), n=m["n"],
                       accuracy=round(m["accuracy"], 4), macro_f1=round(m["macro_f1"], 4),
                       per_class=m["per_class"], confusion=m["confusion"],
-                      seconds=round(time.perf_counter() - started, 2))
+                      seconds=round(time.perf_counter() - started, 2),
+                      angry_auc=None if angry is None else round(roc_auc(probs[:, angry], y_true == angry), 4))
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve by ranks (ties share their mean rank); None without both classes."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def confusion_png(report: EvalReport, path: Path) -> Path:

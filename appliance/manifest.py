@@ -48,6 +48,7 @@ class Accuracy(_Strict):
                                "has more than one set")
     ece: float | None = Field(default=None, description="expected calibration error, 15 bins, calibrated output")
     per_class: dict[str, dict[str, float]] | None = None
+    angry_auc: float | None = Field(default=None, description="angry vs the rest, ROC AUC")
 
 
 class Calibration(_Strict):

@@ -21,14 +21,13 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import AppConfig
-from appliance.evaluation import DatasetError, read_index
+from appliance.evaluation import read_index, speech_rows
 from appliance.sources.audio import SAMPLE_RATE, load_audio_file
 from appliance.video_eval import AngerTrace
 
 # Not alerting on these is the point of the false-alert figure; fearful, disgust and surprised sit close to anger
 # in voice and face and are reported apart.
 CALM_LABELS = ("neutral", "calm", "happy", "sad")
-INDEXES = ("index.csv", "index_more.csv")
 
 
 def speaker_sex(corpus: str, speaker: str) -> str:
@@ -57,17 +56,6 @@ class SessionResult:
     first_alert_s: float | None = None
     summaries: int = 0
     trace: AngerTrace | None = None            # kept in memory for the threshold sweep, never written out
-
-
-def read_speech_rows(root: Path, where: dict[str, set[str]] | None) -> list[dict]:
-    present = [root / name for name in INDEXES if (root / name).is_file()]
-    if not present:
-        raise DatasetError(f"{root}: no {' or '.join(INDEXES)} (path,corpus,speaker,label columns)")
-    rows = [r for index in present
-            for r in read_index(index, {"path", "corpus", "speaker", "label"}, "a speech folder", where)]
-    if not rows:
-        raise DatasetError(f"{root}: no rows match {where}")
-    return rows
 
 
 def join_clips(clips: list[np.ndarray], seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -100,7 +88,7 @@ def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | N
     from appliance.sources.replay import Replay
     from appliance.video_eval import play
 
-    rows = read_speech_rows(Path(root), where)
+    rows = speech_rows(Path(root), {"path", "corpus", "speaker", "label"}, where=where)
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["corpus"], r["speaker"], r["label"])].append(r)
