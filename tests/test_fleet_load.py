@@ -17,4 +17,4 @@ def test_fleet_load_small_run_loses_nothing(tmp_path):
     report = json.loads(out.read_text())
     assert report["published"] >= 40 and report["acked_by_broker"] == report["published"]
     assert report["lost"] == 0 and report["received_unique"] == report["published"]
-    assert report["broker_cpu_percent_of_one_core"] >= 0 and "| 20 |" in out.with_suffix(".md").read_text()
+    assert "broker_cpu_percent_of_one_core" in report and "| 20 |" in out.with_suffix(".md").read_text()

@@ -201,15 +201,15 @@ def test_pause_file_stops_all_inference(tmp_path):
     cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0"})
     cfg.pause_file.parent.mkdir(parents=True, exist_ok=True)
     cfg.pause_file.touch()
-    pipeline = Pipeline(cfg)
-    states = []
+    published = []
+    pipeline = Pipeline(cfg, on_summary=published.append, on_alert=published.append)
     report = pipeline.run(2.0)
     ticks = list(pipeline.scheduler.recent)
     assert ticks and all(not set(t.stages) & {"detect", "crop", "expression", "vad", "features", "tone"}
                          for t in ticks)
     assert report.summaries == 0 and pipeline.paused_by == {"file"}
     entries = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [e["event"] for e in entries] == ["start", "stop"] and states == []
+    assert [e["event"] for e in entries] == ["start", "stop"] and published == []
 
 
 def test_remote_and_signal_pause_and_resume(tmp_path, mosquitto, collect):
