@@ -279,7 +279,7 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
                       accuracy=round(m["accuracy"], 4), macro_f1=round(m["macro_f1"], 4),
                       per_class=m["per_class"], confusion=m["confusion"],
                       seconds=round(time.perf_counter() - started, 2),
-                      angry_auc=None if angry is None else round(roc_auc(probs[:, angry], y_true == angry), 4))
+                      angry_auc=None if angry is None else roc_auc(probs[:, angry], y_true == angry))
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
@@ -289,7 +289,7 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
         return None
     _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
     ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return round(float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)), 4)
 
 
 def confusion_png(report: EvalReport, path: Path) -> Path:

@@ -1,9 +1,9 @@
 """The anger index: one calibrated combination of the face and voice P(angry), whichever are present.
 
 Each model's manifest carries, per variant, an ``anger`` calibration (``AngerCalibration``): a logistic map of its
-P(angry) fitted on that model's validation data with angry and not-angry given equal weight (the other emotions
-sharing theirs equally). Calibrated this way a modality's output reads as "how likely angry, had angry and calm
-been equally likely beforehand": 0.5 is evidence that points neither way. ``models/fusion.json`` holds, per pair of
+P(angry) fitted on that model's validation data with angry weighted as one of seven equally common emotions
+(whatever mix the data had). Calibrated this way a modality's output reads as "how likely angry, if angry were one
+of seven equally common moods": about 0.14 is evidence that points neither way, 0.5 as likely angry as not. ``models/fusion.json`` holds, per pair of
 face and voice model, the logistic weights that combine the two models' P(angry) when both are present:
 sigmoid(w_face * face + w_voice * voice + bias), a weighted mean made a calibrated probability (fitted with the
 same weighting on validation faces and voices paired by label, by ``models/recipes/anger_fusion.py``). One modality

@@ -79,13 +79,13 @@ class Calibration(_Strict):
 
 class AngerCalibration(_Strict):
     """The model's P(angry) as a calibrated probability: sigmoid(a * logit(p) + b), fitted on validation data with
-    angry and not-angry weighted equally (see ``appliance.fusion``)."""
+    angry weighted as one of seven equally common emotions (see ``appliance.fusion``)."""
 
     a: float
     b: float
     fit_on: str
     n: int
-    weighting: str = "angry and not-angry half each; the other labels share their half equally, per corpus"
+    weighting: str = "angry 1/7 (one of seven equally common emotions), the other labels the rest equally, per corpus"
 
     def apply(self, p: float) -> float:
         from appliance.fusion import logit, sigmoid

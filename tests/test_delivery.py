@@ -545,6 +545,7 @@ def test_stats_and_fuzzed_commands_on_a_running_daemon(tmp_path, mosquitto, coll
     for s in stats:
         validate(s)
     last = stats[-1]
-    assert last["loop"]["rate_hz"] == 10 and last["loop"]["ticks"] > 0
+    # An on-demand stats a moment after a periodic one covers an interval with no tick in it.
+    assert last["loop"]["rate_hz"] == 10 and all(s["loop"]["ticks"] > 0 for s in stats if s["interval_seconds"] >= 1)
     assert any(s["stages"].get("detect", {}).get("p50_ms", 0) > 0 for s in stats)   # not while paused
     assert last["system"]["rss_mb"] > 50 and last["mqtt"]["protocol"] == "5" and last["outbox"]["depth"] >= 0

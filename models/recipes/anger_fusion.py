@@ -17,8 +17,8 @@ What is fitted, and on what (validation data only; nothing here is read by the f
   modalities independent given the label, which real people are not (an angry voice comes with an angry face more
   often than chance): the CREMA-D clips (real pairs) check the result, in ``appliance eval video``.
 
-Every fit weighs angry and not-angry half each (the other labels sharing their half equally, per corpus), so a
-calibrated value of 0.5 means the evidence points neither way, whatever mix of emotions a corpus happens to have.
+Every fit weighs angry as one of seven equally common emotions (PRIOR; the other labels share the rest equally, per
+corpus), so a calibrated value means the same whatever mix of emotions a corpus happens to have.
 The report (``benchmarks/results/anger_fusion.{json,md}``) gives each fit's figures on held-out speakers and faces
 in two folds (fit on one, scored on the other), beside the plain mean the index used to be.
 """
@@ -43,6 +43,10 @@ FOLD_A = {"ravdess-17", "ravdess-18", "emovo-f3"}
 FACE_MODELS = ("ferplus_cnn", "fer_mini_xception")
 VOICE_MODEL = "voice_tone_cnn"
 PRECISIONS = ("fp32", "int8")
+# The reference mix every fit assumes: angry one of seven equally common emotions, whatever mix a corpus happens to
+# have (TurEV has four labels, RAVDESS eight). A calibrated value then reads as P(angry) in that mix: about 0.14
+# where the evidence points neither way, 0.5 where angry is as likely as all the rest together.
+PRIOR = 1 / 7
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -76,14 +80,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-3, 
 
 
 def balanced_weights(labels: np.ndarray, groups: np.ndarray, angry: str = "angry") -> np.ndarray:
-    """Per group (corpus): angry half the weight, the other labels sharing the other half equally."""
+    """Per group (corpus): angry PRIOR of the weight, the other labels sharing the rest equally."""
     w = np.zeros(len(labels))
     for g in np.unique(groups):
         in_g = groups == g
         others = sorted(set(labels[in_g]) - {angry})
         for lab in set(labels[in_g]):
             sel = in_g & (labels == lab)
-            w[sel] = (0.5 if lab == angry else 0.5 / len(others)) / sel.sum()
+            w[sel] = (PRIOR if lab == angry else (1 - PRIOR) / len(others)) / sel.sum()
     return w / len(np.unique(groups))
 
 
@@ -255,7 +259,7 @@ def main() -> None:
                 if name == "fer_mini_xception" else ""
             manifest.variant(precision).anger = AngerCalibration(
                 a=round(fit["face"][0], 4), b=round(fit["face"][1], 4), n=len(fp),
-                weighting="angry and not-angry half each; the other labels share their half equally",
+                weighting="angry 1/7 (one of seven equally common emotions), the other labels the rest equally",
                 fit_on="ferplus_cnn selection split: FER2013 train faces, FER+ crowd majority" + trained_on)
             figures = held_out(fp, f_lab, f_fold, vp, v_lab, v_corpus, v_fold, args.pairs, args.seed)
             key = f"{name}+{VOICE_MODEL} {precision}"
@@ -284,8 +288,8 @@ def markdown(report: dict) -> str:
     lines = ["# Anger index: calibration and fusion", "", f"`{report['command']}`", "",
              "Held out: fitted on one fold of voice speakers and faces, scored on the other, both ways (folds: "
              f"{', '.join(report['fold_a'])} | the other validation speakers; faces alternate). Pairs are "
-             "label-matched (a validation voice clip with a selection face of its label); weights give angry and "
-             "not-angry half each. AUC: angry vs not angry; log loss: of the calibrated value.", "",
+             "label-matched (a validation voice clip with a selection face of its label); weights give angry 1/7 and the "
+             "other labels the rest equally. AUC: angry vs not angry; log loss: of the calibrated value.", "",
              "| models | P(angry) from | held-out AUC | log loss | mean when angry | mean when not |",
              "|---|---|---|---|---|---|"]
     for key, fit in report["fits"].items():
