@@ -63,7 +63,8 @@ eval: setup
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision fp32 --json benchmarks/results/eval_voice_fp32.json
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision int8 --json benchmarks/results/eval_voice_int8.json
 	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --choose-thresholds 1 \
-		--json benchmarks/results/sessions_voice.json
+		--json benchmarks/results/alert_thresholds.json
+	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --json benchmarks/results/sessions_voice.json
 	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --video $(DATA)/video/emotion \
 		--json benchmarks/results/sessions_face_voice.json
 

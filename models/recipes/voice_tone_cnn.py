@@ -1,27 +1,30 @@
-"""Recipe: train the vocal-tone CNN on four corpora in three languages, export ONNX FP32 and static INT8 QDQ, write
-the manifest.
+"""Recipe: train the vocal-tone CNN, export ONNX FP32 and static INT8 QDQ, write the manifest.
 
-    python models/recipes/voice_tone_cnn.py [--data ../shared/data]       # the shipped file
+    python models/recipes/voice_tone_cnn.py [--data ../shared/data]      # the shipped file (--preset v1)
+    python models/recipes/voice_tone_cnn.py --preset multilang          # four corpora, three languages (not shipped)
     python models/recipes/voice_tone_cnn.py --seeds 11 --train-only --threads 1   # one member, in parallel
-    python models/recipes/voice_tone_cnn.py --reuse                        # export + manifest from trained members
+    python models/recipes/voice_tone_cnn.py --reuse                      # export + manifest from trained members
 
-Split (speaker-independent, never mixed): train = RAVDESS actors 01-16 + TESS (English) + EMOVO f1, f2, m1, m2
-(Italian) + TurEV-DB 1157, 1234, 1984, 6783, 7895 (Turkish); validation = RAVDESS actors 17-20, EMOVO f3 + m3 and
-TurEV 1358, none of whom is ever trained on. No epoch is picked on validation: each member is the average of its
-last quarter's weights (SWA), and the shipped file averages the probabilities of three members (seeds 7, 11, 13).
+Two presets (PRESETS):
+- ``v1`` (shipped): RAVDESS actors 01-16 + TESS, label-balanced sampling within each corpus (RAVDESS 65%, TESS
+  35%), 40 epochs of one pass each.
+- ``multilang``: adds EMOVO f1, f2, m1, m2 (Italian) and TurEV-DB 1157, 1234, 1984, 6783, 7895 (Turkish), corpora
+  drawn by MULTILANG_SHARE, 30 epochs x 100 batches. Corpora do not share a label set (TESS and EMOVO have no calm;
+  TurEV has only angry, calm, happy and sad): the loss is a softmax over the labels the clip's corpus has, so a
+  missing class is never taught as "not this" (absent logits masked to -inf; label smoothing over the present
+  labels only). A clip shorter than a segment sits at a random place in low noise half the time, as a single word
+  between pauses does live. Measured and not shipped: it read worse than v1 on every held-out corpus
+  (``benchmarks/results/voice_training_v2/``).
 
-Corpora do not share a label set (TESS and EMOVO have no calm; TurEV has only angry, calm, happy and sad). The loss
-is a softmax over the labels the clip's corpus has: a TurEV clip says which of its four it is and nothing about
-the four it cannot be, so a missing class is never taught as "not this" (absent logits are masked to -inf before
-the softmax; label smoothing spreads over the present labels only).
+Validation (speaker-independent, never trained on by either preset): RAVDESS actors 17-20, EMOVO f3 + m3, TurEV
+1358. No epoch is picked on validation: each member is the average of its last quarter's weights (SWA), and the
+shipped file averages the probabilities of three members (seeds 7, 11, 13).
 
 Features come from ``appliance.perception.features.log_mel`` (the daemon's own function): 64 log-mel bands,
-10 ms hop, 2 s segments, mean-normalised so loudness cannot be learned. Training augments with random crops
-(a clip shorter than a segment sits at a random place in low noise half the time, as a word between pauses does
-live), speed perturbation (+-10%, tempo and pitch), gain (+-20 dB) before additive noise (SNR 10-40 dB), and
-SpecAugment masks; sampling is label-balanced within each corpus, corpora drawn by CORPUS_SHARE. Each epoch writes a
-checkpoint under .cache/voice_tone_cnn/, so a stopped run resumes where it was. Needs ``pip install torch==2.13.0``
-(CPU build, on disk here); never needed by the daemon.
+10 ms hop, 2 s segments, mean-normalised so loudness cannot be learned. Training augments with random crops,
+speed perturbation (+-10%, tempo and pitch), gain (+-20 dB) before additive noise (SNR 10-40 dB), and SpecAugment
+masks. Each epoch writes a checkpoint under .cache/voice_tone_cnn/, so a stopped run resumes where it was. Needs
+``pip install torch==2.13.0`` (CPU build, on disk here); never needed by the daemon.
 """
 
 from __future__ import annotations
@@ -50,22 +53,29 @@ VAL_RAVDESS = {f"ravdess-{i:02d}" for i in range(17, 21)}
 VAL_EMOVO = {"emovo-f3", "emovo-m3"}
 VAL_TUREV = {"turev-1358"}     # one of the four TurEV speakers with all four labels
 VAL_SPEAKERS = VAL_RAVDESS | VAL_EMOVO | VAL_TUREV
-# How often each corpus is drawn, decided before training: RAVDESS has the most speakers (16) and all 8 labels;
-# TESS has 2 speakers and many clips; the two new languages get as much as TESS so neither is a rounding error.
-CORPUS_SHARE = {"ravdess": 0.40, "tess": 0.20, "emovo": 0.20, "turev": 0.20}
+# How often each corpus is drawn in the multilang preset, decided before training: RAVDESS has the most speakers (16)
+# and all 8 labels; TESS has 2 speakers and many clips; the two new languages get as much as TESS.
+MULTILANG_SHARE = {"ravdess": 0.40, "tess": 0.20, "emovo": 0.20, "turev": 0.20}
+PRESETS = {
+    "v1": {"share": {"ravdess": 0.65, "tess": 0.35}, "epochs": 40, "steps": None, "multilang": False},
+    "multilang": {"share": MULTILANG_SHARE, "epochs": 30, "steps": 100, "multilang": True},
+}
 INDEXES = ("index.csv", "index_more.csv")
-WEIGHTS_LICENCE = """voice_tone_cnn weights: trained by models/recipes/voice_tone_cnn.py of this repository.
-
-The training data carry non-commercial licences, and so may these weights:
-- RAVDESS (Livingstone & Russo 2018), CC BY-NC-SA 4.0
-- TESS (Toronto Emotional Speech Set), CC BY-NC-ND 4.0
-- EMOVO (Costantini et al. 2014), free for research
-- TurEV-DB (Canpolat et al. 2020), CC BY-NC-ND 4.0
-Use them for evaluation and research; retrain on licensed recordings before commercial deployment.
-"""
+LICENCES = {"ravdess": "RAVDESS (Livingstone & Russo 2018), CC BY-NC-SA 4.0",
+            "tess": "TESS (Toronto Emotional Speech Set), CC BY-NC-ND 4.0",
+            "emovo": "EMOVO (Costantini et al. 2014), free for research",
+            "turev": "TurEV-DB (Canpolat et al. 2020), CC BY-NC-ND 4.0"}
 
 
-def load_index(data: Path):
+def weights_licence(corpora) -> str:
+    return ("voice_tone_cnn weights: trained by models/recipes/voice_tone_cnn.py of this repository.\n\n"
+            "The training data carry non-commercial licences, and so may these weights:\n"
+            + "".join(f"- {LICENCES[c]}\n" for c in corpora)
+            + "Use them for evaluation and research; retrain on licensed recordings before commercial deployment.\n")
+
+
+def load_index(data: Path, corpora):
+    """(train, validation): training rows of ``corpora`` only; validation: every validation speaker."""
     import soundfile as sf
 
     train, val = [], []
@@ -79,7 +89,10 @@ def load_index(data: Path):
                 if sr != SR:
                     raise SystemExit(f"{row['path']}: {sr} Hz, expected {SR}")
                 item = (audio, LABELS.index(row["label"]), row["corpus"], row["speaker"], row["path"])
-                (val if row["speaker"] in VAL_SPEAKERS else train).append(item)
+                if row["speaker"] in VAL_SPEAKERS:
+                    val.append(item)
+                elif row["corpus"] in corpora:
+                    train.append(item)
     assert not {i[3] for i in train} & {i[3] for i in val}, "a speaker is in both splits"
     return train, val
 
@@ -108,9 +121,10 @@ def build_model():
 
 
 class Augment:
-    def __init__(self, rng: np.random.Generator, speed: float = 0.0):
+    def __init__(self, rng: np.random.Generator, speed: float = 0.0, place_short: bool = False):
         self.rng = rng
         self.speed = speed
+        self.place_short = place_short
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         rng = self.rng
@@ -119,7 +133,7 @@ class Augment:
             # voices are few, and a new voice is mostly a different pitch and rate.
             factor = rng.uniform(1 - self.speed, 1 + self.speed)
             audio = np.interp(np.arange(0, len(audio) - 1, factor), np.arange(len(audio)), audio).astype(np.float32)
-        if len(audio) < SEGMENT and rng.random() < 0.5:
+        if self.place_short and len(audio) < SEGMENT and rng.random() < 0.5:
             # A single word (most TurEV clips) as the daemon hears it live: between pauses, not looped.
             x = (rng.standard_normal(SEGMENT) * 1e-4 * (np.abs(audio).max() + 1e-6)).astype(np.float32)
             at = int(rng.integers(0, SEGMENT - len(audio) + 1))
@@ -188,13 +202,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "onnx" / "voice_tone_cnn")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="v1",
+                        help="v1: the shipped model (RAVDESS + TESS); multilang: four corpora (see the docstring)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--angry-weight", type=float, default=2.0, help="loss weight of the angry class")
     parser.add_argument("--speed", type=float, default=0.1,
                         help="speed perturbation: resample each training clip by 1 +- this (0 = off)")
-    parser.add_argument("--steps", type=int, default=100, help="batches per epoch (clips are drawn by weight, "
-                        "so an epoch is a count of batches, not a pass over the data)")
+    parser.add_argument("--steps", type=int, default=None, help="batches per epoch (clips are drawn by weight, so an "
+                        "epoch is a count of batches); default: the preset's (v1: one pass over the training clips)")
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / "voice_training")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "voice_tone_cnn",
                         help="per-epoch checkpoints and finished members' weights (not committed)")
@@ -211,6 +227,9 @@ def main() -> None:
                         "up to floating-point order)")
     args = parser.parse_args()
     args.seed_list = [int(x) for x in args.seeds.split(",")]
+    preset = PRESETS[args.preset]
+    args.share, args.multilang = preset["share"], preset["multilang"]
+    args.epochs = args.epochs or preset["epochs"]
     if args.finalize_only:
         finalize(args)
         return
@@ -221,7 +240,8 @@ def main() -> None:
     for d in (args.out, args.log, args.work):
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train, val = load_index(args.data)
+    train, val = load_index(args.data, set(args.share))
+    args.steps = args.steps or preset["steps"] or len(train) // args.batch
     val_clips = {"features": [clip_features(i[0]) for i in val], "labels": [i[1] for i in val],
                  "corpus": [i[2] for i in val]}
     loaded = (f"train {len(train)} clips ({len({i[3] for i in train})} speakers), validation {len(val)} clips "
@@ -303,13 +323,13 @@ def train_one(args, seed: int, train, val_clips, say):
     device = torch.device(args.device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    # Balanced over labels within each corpus, corpora drawn by CORPUS_SHARE: speaker and language variety is what
-    # generalises to new voices, and no corpus may win by its clip count.
+    # Balanced over labels within each corpus, corpora drawn by the preset's share: speaker and language variety is
+    # what generalises to new voices, and no corpus may win by its clip count.
     groups: dict[tuple, int] = {}
     for item in train:
         groups[(item[2], item[1])] = groups.get((item[2], item[1]), 0) + 1
-    labels_in = {c: len({lab for (cc, lab) in groups if cc == c}) for c in CORPUS_SHARE}
-    weights = np.array([CORPUS_SHARE[i[2]] / labels_in[i[2]] / groups[(i[2], i[1])] for i in train])
+    labels_in = {c: len({lab for (cc, lab) in groups if cc == c}) for c in args.share}
+    weights = np.array([args.share[i[2]] / labels_in[i[2]] / groups[(i[2], i[1])] for i in train])
     weights /= weights.sum()
     masks = {c: torch.from_numpy(m) for c, m in label_masks(train).items()}
 
@@ -323,7 +343,8 @@ def train_one(args, seed: int, train, val_clips, say):
     # tuned on validation.
     class_weight = torch.ones(len(LABELS), device=device)
     class_weight[LABELS.index("angry")] = args.angry_weight
-    augment = Augment(rng, args.speed)
+    augment = Augment(rng, args.speed, place_short=args.multilang)
+    plain_loss = torch.nn.CrossEntropyLoss(weight=class_weight, label_smoothing=0.1)
     history: list[dict] = []
     # Weight averaging over the last quarter of training (SWA): single epochs swing by 10+ points on 240
     # validation clips, the average does not, and no epoch has to be picked by looking at validation.
@@ -342,7 +363,7 @@ def train_one(args, seed: int, train, val_clips, say):
     else:
         say(f"model: {n_params} parameters; {args.epochs} epochs x {args.steps} batches of {args.batch}, seed "
             f"{seed}, angry loss weight {args.angry_weight:g}, speed perturbation +-{args.speed:g}, corpora "
-            + ", ".join(f"{c} {s:.0%}" for c, s in CORPUS_SHARE.items()) + "; labels per corpus: "
+            + ", ".join(f"{c} {s:.0%}" for c, s in args.share.items()) + "; labels per corpus: "
             + "; ".join(f"{c} {int(m.sum())}" for c, m in masks.items()))
     for epoch in range(start, args.epochs + 1):
         model.train()
@@ -353,7 +374,8 @@ def train_one(args, seed: int, train, val_clips, say):
             y = torch.tensor([train[i][1] for i in idx], device=device)
             mask = torch.stack([masks[train[i][2]] for i in idx]).to(device)
             optimiser.zero_grad()
-            loss = masked_loss(model(x), y, mask, class_weight)
+            # v1 keeps the plain loss (its corpora miss at most calm, in TESS): the shipped file is v1's.
+            loss = masked_loss(model(x), y, mask, class_weight) if args.multilang else plain_loss(model(x), y)
             loss.backward()
             optimiser.step()
             schedule.step()
@@ -420,29 +442,30 @@ def finalize(args) -> None:
                             "calibration": "400 augmented 2 s training segments, MinMax"})
                 for p in ("fp32", "int8")]
     manifest = ModelManifest(
-        name="voice_tone_cnn", version="2.0.0", task="speech-emotion", format="onnx", labels=LABELS,
+        name="voice_tone_cnn", version="1.0.0" if args.preset == "v1" else "2.0.0", task="speech-emotion", format="onnx", labels=LABELS,
         input_name="input", output_name="probabilities", variants=variants,
         input_shape=[1, DEFAULT.n_mels, DEFAULT.frames(SEGMENT)],
         provider_precision={"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"},
         provider_precision_source="benchmarks/results/runtime_precisions.md",
         provenance=Provenance(
-            source="trained here from scratch on RAVDESS actors 01-16 + TESS (English), EMOVO f1, f2, m1, m2 "
-                   "(Italian) and TurEV-DB 1157, 1234, 1984, 6783, 7895 (Turkish) (../shared/data/speech), a softmax "
-                   "over each corpus's own labels: "
-                   f"{len(args.seed_list)} model(s), seeds {args.seed_list}, each {args.epochs} epochs x {args.steps} "
-                   f"batches, corpora drawn {CORPUS_SHARE}, angry loss weight {args.angry_weight:g}, speed "
-                   f"perturbation +-{args.speed:g}, weights averaged over the last quarter, BatchNorm re-estimated on "
-                   "clean training audio"
+            source=f"trained here from scratch (preset {args.preset}) on "
+                   + ("RAVDESS actors 01-16 + TESS (English), EMOVO f1, f2, m1, m2 (Italian) and TurEV-DB 1157, "
+                      "1234, 1984, 6783, 7895 (Turkish), a softmax over each corpus's own labels"
+                      if args.multilang else "RAVDESS actors 01-16 + TESS")
+                   + f" (../shared/data/speech): {len(args.seed_list)} model(s), seeds {args.seed_list}, each "
+                   f"{args.epochs} epochs, label-balanced sampling within each corpus, corpora drawn {args.share}, "
+                   f"angry loss weight {args.angry_weight:g}, speed perturbation +-{args.speed:g}, weights averaged "
+                   "over the last quarter, BatchNorm re-estimated on clean training audio"
                    + ("; the file averages their probabilities" if len(args.seed_list) > 1 else "")
                    + (f". Members on validation: {members}" if members else ""),
-            licence="weights: trained on CC BY-NC-SA (RAVDESS), CC BY-NC-ND (TESS, TurEV-DB) and research-only "
-                    "(EMOVO) data: non-commercial research use until retrained on licensed data",
+            licence="weights: trained on " + "; ".join(LICENCES[c] for c in args.share)
+                    + " data: non-commercial research use until retrained on licensed data",
             recipe="models/recipes/voice_tone_cnn.py",
             notes="input (N, 1, 64, 197) log-mel of a 2 s, 16 kHz segment from appliance.perception.features.log_mel "
                   "(mean-normalised); output softmax probabilities"),
     )
     write_manifest(manifest, args.out)
-    (args.out / "LICENSE").write_text(WEIGHTS_LICENCE)
+    (args.out / "LICENSE").write_text(weights_licence(args.share))
     manifest = load_manifest(args.out)
     held_out = (("RAVDESS actors 17-20 (speaker-independent validation)", VAL_RAVDESS, ""),
                 ("EMOVO f3 + m3 (Italian, never trained on)", VAL_EMOVO, "_emovo"),
