@@ -3,11 +3,11 @@
 Each model's manifest carries, per variant, an ``anger`` calibration (``AngerCalibration``): a logistic map of its
 P(angry) fitted on that model's validation data with angry weighted as one of seven equally common emotions
 (whatever mix the data had). Calibrated this way a modality's output reads as "how likely angry, if angry were one
-of seven equally common moods": about 0.14 is evidence that points neither way, 0.5 as likely angry as not. ``models/fusion.json`` holds, per pair of
-face and voice model, the logistic weights that combine the two models' P(angry) when both are present:
-sigmoid(w_face * face + w_voice * voice + bias), a weighted mean made a calibrated probability (fitted with the
-same weighting on validation faces and voices paired by label, by ``models/recipes/anger_fusion.py``). One modality
-alone gives its calibrated value; neither gives no index.
+of seven equally common moods": about 0.14 is evidence that points neither way, 0.5 as likely angry as not.
+``models/fusion.json`` holds, per pair of face and voice model, the logistic weights that combine the two models'
+P(angry) when both are present: sigmoid(w_face * face + w_voice * voice + bias), a (weighted) mean made a calibrated
+probability, fitted with the same weighting on validation faces and voices paired by label by
+``models/recipes/anger_fusion.py``. One modality alone gives its calibrated value; neither gives no index.
 
 Probabilities, not log-odds, are combined on purpose: on log-odds a modality that is confidently wrong outvotes
 the other without bound, and the face model is known to miss anger on real faces that the voice hears; on

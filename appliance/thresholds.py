@@ -118,13 +118,15 @@ def cross_fit(sessions, base: AlertsConfig, max_false_per_hour: float) -> dict:
     return {"target_false_alerts_per_hour": max_false_per_hour,
             "folds": [sorted(sp for sp, f in fold_of.items() if f == k) for k in (0, 1)],
             "held_out": [o.as_dict() for o in held_out],
-            "held_out_pooled": {k: v for k, v in (held_out[0] + held_out[1]).as_dict().items() if k not in ("on", "off")},
+            "held_out_pooled": {k: v for k, v in (held_out[0] + held_out[1]).as_dict().items()
+                                if k not in ("on", "off")},
             "chosen_on_all": chosen.as_dict()}
 
 
 def markdown(result: dict) -> str:
     pooled, chosen = result["held_out_pooled"], result["chosen_on_all"]
-    lines = [f"## Alert thresholds for at most {result['target_false_alerts_per_hour']:g} false alerts per hour", "",
+    target = result["target_false_alerts_per_hour"]
+    lines = [f"## Alert thresholds for a false-alert rate of at most {target:g} an hour", "",
              "Chosen on one fold of speakers, scored on the other (folds: "
              + " | ".join(", ".join(f) for f in result["folds"]) + "):", "",
              "| scored on | thresholds (on / off) | angry sessions alerted | first alert, median s | false alerts per "
@@ -133,7 +135,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| fold {k + 1} | {o['on']} / {o['off']} | {o['angry_alerted_share']:.0%} of "
                      f"{o['angry_sessions']} | {o['first_alert_median_s']} | {o['false_alerts_per_hour']} | "
                      f"{o['calm_hours']} |")
-    lines += [f"| both, pooled | (each fold's own) | {pooled['angry_alerted_share']:.0%} of {pooled['angry_sessions']} |"
+    lines += [f"| both, pooled | (each fold's own) | {pooled['angry_alerted_share']:.0%} of "
+              f"{pooled['angry_sessions']} |"
               f" {pooled['first_alert_median_s']} | {pooled['false_alerts_per_hour']} | {pooled['calm_hours']} |", "",
               f"Chosen on all sessions: **on {chosen['on']} / off {chosen['off']}** (on these same sessions: "
               f"{chosen['angry_alerted_share']:.0%} of angry sessions alerted, median "

@@ -288,8 +288,8 @@ def markdown(report: dict) -> str:
     lines = ["# Anger index: calibration and fusion", "", f"`{report['command']}`", "",
              "Held out: fitted on one fold of voice speakers and faces, scored on the other, both ways (folds: "
              f"{', '.join(report['fold_a'])} | the other validation speakers; faces alternate). Pairs are "
-             "label-matched (a validation voice clip with a selection face of its label); weights give angry 1/7 and the "
-             "other labels the rest equally. AUC: angry vs not angry; log loss: of the calibrated value.", "",
+             "label-matched (a validation voice clip with a selection face of its label); weights give angry 1/7 "
+             "and the other labels the rest equally. AUC: angry vs not angry; log loss: of the calibrated value.", "",
              "| models | P(angry) from | held-out AUC | log loss | mean when angry | mean when not |",
              "|---|---|---|---|---|---|"]
     for key, fit in report["fits"].items():

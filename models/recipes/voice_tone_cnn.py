@@ -185,7 +185,8 @@ def evaluate(model, clips, probabilities: bool = False) -> dict[str, float]:
     angry = LABELS.index("angry")
     r = corpus == "ravdess"
     pred = probs[r].argmax(1)
-    out = {"val_accuracy": float((pred == y[r]).mean()), "val_angry_recall": float((pred[y[r] == angry] == angry).mean())}
+    out = {"val_accuracy": float((pred == y[r]).mean()),
+           "val_angry_recall": float((pred[y[r] == angry] == angry).mean())}
     for name in ("ravdess", "emovo", "turev"):
         sel = corpus == name
         out[f"{name}_angry_auc"] = roc_auc(probs[sel, angry], y[sel] == angry) or float("nan")
