@@ -62,6 +62,10 @@ eval: setup
 	$(BIN)/appliance eval video $(DATA)/video/emotion --model fer_mini_xception --json benchmarks/results/eval_video_mini_xception.json
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision fp32 --json benchmarks/results/eval_voice_fp32.json
 	$(BIN)/appliance eval voice $(DATA)/speech --where $(VAL_SPEAKERS) --precision int8 --json benchmarks/results/eval_voice_int8.json
+	$(BIN)/appliance eval voice $(DATA)/speech --where speaker=ravdess-17,ravdess-19,emovo-m3 \
+		--json benchmarks/results/eval_voice_male.json
+	$(BIN)/appliance eval voice $(DATA)/speech --where speaker=ravdess-18,ravdess-20,emovo-f3 \
+		--json benchmarks/results/eval_voice_female.json
 	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --choose-thresholds 1 \
 		--json benchmarks/results/alert_thresholds.json
 	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --json benchmarks/results/sessions_voice.json

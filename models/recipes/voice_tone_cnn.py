@@ -505,10 +505,13 @@ def finalize(args) -> None:
         speed[variant.precision] = (time.perf_counter() - t) / 200 * 1000
     fp32, int8 = manifest.variant("fp32"), manifest.variant("int8")
     close = abs(int8.accuracy.accuracy - fp32.accuracy.accuracy) <= 0.02
-    manifest.provider_precision["cpu"] = "int8" if speed["int8"] < speed["fp32"] and close else "fp32"
+    # INT8 only when clearly faster: a few per cent is this timing's noise (in the loop, a 3 % "gain" measured here
+    # came out 40 % slower).
+    manifest.provider_precision["cpu"] = "int8" if speed["int8"] < 0.9 * speed["fp32"] and close else "fp32"
     manifest.provider_precision_source = (
-        f"CPU timed by this recipe at batch 1: fp32 {speed['fp32']:.2f} ms, int8 {speed['int8']:.2f} ms; INT8 "
-        f"accuracy {'within' if close else 'NOT within'} 2 points; TensorRT INT8 as for every QDQ model here")
+        f"CPU timed by this recipe at batch 1: fp32 {speed['fp32']:.2f} ms, int8 {speed['int8']:.2f} ms (INT8 "
+        f"needs to be 10 % faster); INT8 accuracy {'within' if close else 'NOT within'} 2 points; TensorRT INT8 as "
+        "for every QDQ model here")
     print(f"  cpu: fp32 {speed['fp32']:.2f} ms, int8 {speed['int8']:.2f} ms -> {manifest.provider_precision['cpu']}")
     write_manifest(manifest, args.out)
     print(f"wrote {args.out}/manifest.json")
