@@ -73,7 +73,8 @@ class WindowSummary:
     voice_distribution: dict[str, float] | None
     anger_index: float | None        # fusion.AngerIndex over the modalities present
     suppressed: bool
-    reason: str | None               # why suppressed: no_faces | too_few_faces | too_little_observation
+    reason: str | None               # why suppressed: camera_unavailable | no_faces | too_few_faces |
+                                     # too_little_observation
 
 
 def _mean_distribution(total: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
@@ -114,6 +115,7 @@ class WindowAggregator:
         self._voice_sum = np.zeros(len(self.voice_labels), dtype=np.float64)
         self._tone_results = 0
         self._speech_s = 0.0
+        self._camera_down_ticks = 0
 
     def add(self, t: float, boxes: Sequence[FaceBox], probabilities: np.ndarray, speech_s: float = 0.0,
             tone: np.ndarray | None = None) -> WindowSummary | None:
@@ -136,9 +138,13 @@ class WindowAggregator:
             self._tone_results += len(tone)
         return closed
 
-    def advance(self, t: float, speech_s: float = 0.0, tone: np.ndarray | None = None) -> WindowSummary | None:
-        """A tick with no new camera frame: time passes, no face is observed (voice may still be)."""
-        return self.add(t, (), np.zeros((0, len(self.labels)), np.float32), speech_s, tone)
+    def advance(self, t: float, speech_s: float = 0.0, tone: np.ndarray | None = None,
+                camera_down: bool = False) -> WindowSummary | None:
+        """A tick with no new camera frame: time passes, no face is observed (voice may still be). ``camera_down``:
+        the camera is retrying or stalled, so "no face" says nothing about the shop."""
+        closed = self.add(t, (), np.zeros((0, len(self.labels)), np.float32), speech_s, tone)
+        self._camera_down_ticks += camera_down
+        return closed
 
     def restart(self) -> None:
         """Forget the open window and the tracks (after a pause: what came before must not join what follows)."""
@@ -155,7 +161,9 @@ class WindowAggregator:
     def _close(self, end: float) -> WindowSummary:
         observed = self._ticks_with_faces * self.tick_period_s
         distinct = sum(1 for n in self._track_ticks.values() if n >= self.min_track_ticks)
-        if self._observations == 0:
+        if self._observations == 0 and self._camera_down_ticks * 2 >= self._ticks:
+            face_reason = "camera_unavailable"     # a dead camera must not read as an empty shop
+        elif self._observations == 0:
             face_reason = "no_faces"
         elif distinct < self.k_min:
             face_reason = "too_few_faces"

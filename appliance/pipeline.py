@@ -40,6 +40,8 @@ from appliance.sources.replay import Replay
 from appliance.systemd_notify import Notifier
 from appliance.system import SystemMonitor
 
+CAMERA_DOWN = (SourceState.RETRYING, SourceState.STALLED)   # no face then says nothing about the shop
+
 log = logging.getLogger(__name__)
 
 STAGES = ("capture", "detect", "crop", "expression", "audio", "vad", "features", "tone", "aggregate", "publish")
@@ -371,7 +373,7 @@ class Pipeline:
             if frame is not None:
                 window = self.aggregator.add(now, boxes, probs, speech_s, tone)
             else:
-                window = self.aggregator.advance(now, speech_s, tone)
+                window = self.aggregator.advance(now, speech_s, tone, camera_down=self.source.state in CAMERA_DOWN)
             alert = None
             if self.anger is not None:
                 face_anger = float(probs[:, self._face_angry].mean()) if len(probs) else None

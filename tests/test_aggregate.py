@@ -107,3 +107,38 @@ def test_advance_closes_a_window_without_frames_and_flush_closes_early():
     w = agg.advance(10.0)
     assert w is not None and w.end == 10.0 and w.observations == 30
     assert agg.flush(12.0).end == 12.0
+
+
+def test_a_dead_camera_is_not_an_empty_shop():
+    """Issue: a camera that is retrying or stalled made windows read "no_faces", as an empty shop does."""
+    import jsonschema
+
+    from conftest import load_schema
+
+    agg = aggregator(window_s=2)
+    windows = [agg.advance(i * 0.1, camera_down=i < 25 or i >= 45) for i in range(61)]
+    first, second, third = [w for w in windows if w]
+    assert (first.suppressed, first.reason) == (True, "camera_unavailable")     # down the whole window
+    assert second.reason == "no_faces"                                            # down 5 of 20 ticks: up, empty
+    assert third.reason == "camera_unavailable"                                  # down half the window
+    payload = summary_payload(first, "kiosk-1", 1, "kiosk")
+    jsonschema.validate(payload, load_schema("summary"))
+    assert payload["suppressed_reason"] == "camera_unavailable"
+
+
+def test_a_dead_camera_in_the_daemon_publishes_camera_unavailable(tmp_path):
+    """The daemon in-process with a camera that cannot be reached (a stream on a closed port: it retries)."""
+    from appliance.config import load_config
+    from appliance.pipeline import Pipeline
+    from conftest import free_port
+
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
+                                 "APPLIANCE_CAMERA__SOURCE": f"rtsp://127.0.0.1:{free_port()}/none",
+                                 "APPLIANCE_PRIVACY__PURPOSE": "customer-experience",
+                                 "APPLIANCE_PRIVACY__JURISDICTION": "US",
+                                 "APPLIANCE_AUDIO__SOURCE": "none", "APPLIANCE_AGGREGATE__WINDOW_S": "2",
+                                 "APPLIANCE_AGGREGATE__MIN_OBSERVED_S": "1", "APPLIANCE_LOG__LEVEL": "WARNING"})
+    published = []
+    Pipeline(cfg, on_summary=published.append).run(5)
+    assert len(published) >= 2 and all(s["suppressed_reason"] == "camera_unavailable" for s in published[1:]), \
+        [s["suppressed_reason"] for s in published]

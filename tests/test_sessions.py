@@ -76,7 +76,7 @@ def test_threshold_replay_gives_the_alerts_the_daemon_raised_and_the_choice_keep
     exactly the alerts the daemon published, and the thresholds it picks must keep the false-alert target."""
     cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path)})
     results = evaluate_sessions(data_dir / "speech", cfg, {"speaker": {"ravdess-17", "ravdess-18"},
-                                                          "label": {"angry", "neutral", "happy"}}, seconds=30,
+                                                          "label": {"angry", "neutral", "happy"}}, seconds=20,
                                 trace=True)
     assert any(r.alerts_at_s for r in results)
     for r in results:
