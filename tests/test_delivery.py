@@ -155,7 +155,7 @@ def test_in_flight_events_are_resent_historical_and_a_silent_fallback_is_not_for
     port = free_port()
     fake = Mqtt311Only(port)
     box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
-    pub = publisher(MqttConfig(protocol="auto", reconnect_min_s=2, reconnect_max_s=3), f"mqtt://127.0.0.1:{port}",
+    pub = publisher(MqttConfig(protocol="auto", reconnect_min_s=1, reconnect_max_s=1.5), f"mqtt://127.0.0.1:{port}",
                     box).start()
     broker = None
     try:

@@ -228,17 +228,13 @@ def test_events_of_another_device_id_are_never_sent_under_the_new_one(tmp_path, 
 
 
 def test_the_daemon_refuses_a_new_device_id_while_the_old_ones_events_wait(tmp_path):
-    from conftest import free_port
-
-    down = f"mqtt://127.0.0.1:{free_port()}"          # nothing listens: every event waits in the outbox
-    first = subprocess.run(appliance_cmd("run", "--broker", down, "--duration", "3"),
-                           env=appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-a",
-                                             APPLIANCE_AGGREGATE__WINDOW_S="1",
-                                             APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5"),
-                           capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = subprocess.run(appliance_cmd("run", "--broker", down, "--duration", "3"),
-                            env=appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-b"), capture_output=True,
-                            text=True, timeout=120)
-    assert second.returncode == 2 and "undelivered events of device 'kiosk-a'" in second.stderr, second.stderr[-2000:]
-    assert "Traceback" not in second.stderr
+    state = tmp_path / "state"
+    box = Outbox(state / "outbox.sqlite3", OutboxConfig(), device_id="kiosk-a")     # what kiosk-a left undelivered
+    for _ in range(2):
+        box.add("summary", event)
+    box.close()
+    proc = subprocess.run(appliance_cmd("run", "--duration", "3"),
+                          env=appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-b"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "holds 2 undelivered events of device 'kiosk-a'" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
