@@ -9,6 +9,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -72,7 +73,20 @@ class CpuReference:
 
 
 def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = True) -> dict:
-    """Drive the real pipeline for ``seconds`` and measure it."""
+    """Drive the real pipeline for ``seconds`` and measure it.
+
+    In a state folder of its own and to an embedded broker: a benchmark on a unit whose daemon runs must neither
+    wait for the daemon's state-folder lock nor put its events into the unit's outbox and seq. The unit's pause
+    file still applies: an opted-out unit is not analysed by its benchmark either."""
+    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as state:
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.privacy.pause_file = cfg.pause_file
+        run_cfg.state.dir = Path(state)
+        run_cfg.mqtt.broker = None
+        return _run_loop(run_cfg, seconds, faces, progress)
+
+
+def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dict:
     from appliance.pipeline import STAGES, Pipeline
 
     pipeline = Pipeline(cfg, history_ticks=int(seconds * cfg.loop.rate_hz) + 100, replicate_faces=faces)

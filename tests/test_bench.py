@@ -76,3 +76,27 @@ def test_matrix_covers_models_precisions_providers_and_the_auto_choice(tmp_path,
                      "stages": {}, "matrix": m})
     assert "## Provider x precision" in text and "largest rate meeting every deadline" in text
     assert "| ferplus_cnn | cuda | fp32 | not usable here |" in text
+
+
+def test_bench_beside_a_running_daemon_leaves_its_state_alone(tmp_path):
+    """A technician benchmarks a unit whose daemon holds the state folder: the bench runs in a folder of its own
+    (no lock conflict, nothing in the unit's outbox or seq) and still honours the unit's opt-out."""
+    from appliance.bench import run_loop
+    from appliance.publish.outbox import Outbox
+    from appliance.config import OutboxConfig
+    from appliance.statedir import StateDirLock
+
+    state = tmp_path / "state"
+    daemon = StateDirLock(state).acquire()                      # the unit's daemon, running
+    box = Outbox(state / "outbox.sqlite3", OutboxConfig(), device_id="kiosk-demo")
+    box.close()
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(state), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
+                                 "APPLIANCE_LOG__LEVEL": "WARNING", "APPLIANCE_AGGREGATE__WINDOW_S": "1",
+                                 "APPLIANCE_AGGREGATE__MIN_OBSERVED_S": "0.5"})
+    report = run_loop(cfg, 2.5, progress=False)
+    assert report["stages"]["detect"]["calls"] > 0
+    assert Outbox(state / "outbox.sqlite3", OutboxConfig()).last_seq == 0 and not (state / "seq").exists()
+    (state / "paused").touch()                                  # the unit is opted out
+    report = run_loop(cfg, 1.5, progress=False)
+    assert report["stages"]["detect"]["calls"] == 0
+    daemon.release()
