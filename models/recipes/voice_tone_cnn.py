@@ -23,7 +23,7 @@ shipped file averages the probabilities of three members (seeds 7, 11, 13).
 Features come from ``appliance.perception.features.log_mel`` (the daemon's own function): 64 log-mel bands,
 10 ms hop, 2 s segments, mean-normalised so loudness cannot be learned. Training augments with random crops,
 speed perturbation (+-10%, tempo and pitch), gain (+-20 dB) before additive noise (SNR 10-40 dB), and SpecAugment
-masks. Each epoch writes a checkpoint under .cache/voice_tone_cnn/, so a stopped run resumes where it was. Needs
+masks. Each epoch writes a checkpoint under .cache/voice_tone_cnn/<preset>/, so a stopped run resumes where it was. Needs
 ``pip install torch==2.13.0`` (CPU build, on disk here); never needed by the daemon.
 """
 
@@ -212,9 +212,10 @@ def main() -> None:
                         help="speed perturbation: resample each training clip by 1 +- this (0 = off)")
     parser.add_argument("--steps", type=int, default=None, help="batches per epoch (clips are drawn by weight, so an "
                         "epoch is a count of batches); default: the preset's (v1: one pass over the training clips)")
-    parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / "voice_training")
-    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "voice_tone_cnn",
-                        help="per-epoch checkpoints and finished members' weights (not committed)")
+    parser.add_argument("--log", type=Path, default=None, help="training logs and reports (default: "
+                        "benchmarks/results/voice_training_v1 for --preset v1, voice_training_v2 for multilang)")
+    parser.add_argument("--work", type=Path, default=None, help="per-epoch checkpoints and finished members' "
+                        "weights (not committed; default .cache/voice_tone_cnn/<preset>)")
     parser.add_argument("--finalize-only", action="store_true",
                         help="skip training: evaluate the exported files and (re)write the manifest")
     parser.add_argument("--seeds", type=str, default="7,11,13",
@@ -231,6 +232,9 @@ def main() -> None:
     preset = PRESETS[args.preset]
     args.share, args.multilang = preset["share"], preset["multilang"]
     args.epochs = args.epochs or preset["epochs"]
+    args.log = args.log or ROOT / "benchmarks" / "results" / ("voice_training_v1" if args.preset == "v1"
+                                                              else "voice_training_v2")
+    args.work = args.work or ROOT / ".cache" / "voice_tone_cnn" / args.preset
     if args.finalize_only:
         finalize(args)
         return
