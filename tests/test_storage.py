@@ -93,9 +93,9 @@ def test_one_daemon_per_state_folder(tmp_path):
 
 
 def test_a_second_daemon_is_refused_at_start_with_the_reason(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom appliance.statedir import StateDirLock\n"
-                               f"lock = StateDirLock({str(tmp_path / 'state')!r}).acquire()\nprint('held', flush=True)\n"
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    script = ("import time\nfrom appliance.statedir import StateDirLock\n"
+              f"lock = StateDirLock({str(tmp_path / 'state')!r}).acquire()\nprint('held', flush=True)\ntime.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         proc = subprocess.run(appliance_cmd("run", "--duration", "3"), env=appliance_env(tmp_path),

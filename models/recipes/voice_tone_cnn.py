@@ -23,7 +23,7 @@ shipped file averages the probabilities of three members (seeds 7, 11, 13).
 Features come from ``appliance.perception.features.log_mel`` (the daemon's own function): 64 log-mel bands,
 10 ms hop, 2 s segments, mean-normalised so loudness cannot be learned. Training augments with random crops,
 speed perturbation (+-10%, tempo and pitch), gain (+-20 dB) before additive noise (SNR 10-40 dB), and SpecAugment
-masks. Each epoch writes a checkpoint under .cache/voice_tone_cnn/<preset>/, so a stopped run resumes where it was. Needs
+masks. Each epoch writes a checkpoint under .cache/voice_tone_cnn/<preset>/, so a stopped run resumes. Needs
 ``pip install torch==2.13.0`` (CPU build, on disk here); never needed by the daemon.
 """
 
@@ -447,7 +447,8 @@ def finalize(args) -> None:
                             "calibration": "400 augmented 2 s training segments, MinMax"})
                 for p in ("fp32", "int8")]
     manifest = ModelManifest(
-        name="voice_tone_cnn", version="1.0.0" if args.preset == "v1" else "2.0.0", task="speech-emotion", format="onnx", labels=LABELS,
+        name="voice_tone_cnn", version="1.0.0" if args.preset == "v1" else "2.0.0", task="speech-emotion",
+        format="onnx", labels=LABELS,
         input_name="input", output_name="probabilities", variants=variants,
         input_shape=[1, DEFAULT.n_mels, DEFAULT.frames(SEGMENT)],
         provider_precision={"tensorrt": "int8", "cuda": "fp32", "cpu": "fp32"},
