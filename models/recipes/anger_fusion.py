@@ -147,15 +147,13 @@ def face_probabilities(data: Path, name: str, precision: str) -> tuple[np.ndarra
 def voice_probabilities(data: Path, precision: str, cache: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                          np.ndarray]:
     """Validation clips' P(angry) (mean over 2 s segments, the daemon's VoiceToneModel), labels, corpus, fold A."""
-    import csv
-
     from appliance.config import RuntimeConfig
+    from appliance.evaluation import speech_rows
     from appliance.manifest import load_manifest
     from appliance.perception.voice import VoiceToneModel
     from appliance.sources.audio import load_audio_file
 
-    rows = [r for name in ("index.csv", "index_more.csv")
-            for r in csv.DictReader(open(data / "speech" / name)) if r["speaker"] in VOICE_SPEAKERS]
+    rows = speech_rows(data / "speech", {"path", "corpus", "speaker", "label"}, where={"speaker": VOICE_SPEAKERS})
     model = VoiceToneModel(load_manifest(ROOT / "models" / "onnx" / VOICE_MODEL),
                            RuntimeConfig(providers=["cpu"], precision=precision))
     angry = list(model.labels).index("angry")

@@ -30,7 +30,6 @@ masks. Each epoch writes a checkpoint under .cache/voice_tone_cnn/<preset>/, so 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -60,7 +59,6 @@ PRESETS = {
     "v1": {"share": {"ravdess": 0.65, "tess": 0.35}, "epochs": 40, "steps": None, "multilang": False},
     "multilang": {"share": MULTILANG_SHARE, "epochs": 30, "steps": 100, "multilang": True},
 }
-INDEXES = ("index.csv", "index_more.csv")
 LICENCES = {"ravdess": "RAVDESS (Livingstone & Russo 2018), CC BY-NC-SA 4.0",
             "tess": "TESS (Toronto Emotional Speech Set), CC BY-NC-ND 4.0",
             "emovo": "EMOVO (Costantini et al. 2014), free for research",
@@ -78,21 +76,19 @@ def load_index(data: Path, corpora):
     """(train, validation): training rows of ``corpora`` only; validation: every validation speaker."""
     import soundfile as sf
 
+    from appliance.evaluation import speech_rows
+
     train, val = [], []
-    for name in INDEXES:
-        index = data / "speech" / name
-        if not index.is_file():
-            raise SystemExit(f"{index}: missing (see ../shared/data/README.md)")
-        with open(index) as f:
-            for row in csv.DictReader(f):
-                audio, sr = sf.read(data / "speech" / row["path"], dtype="float32")
-                if sr != SR:
-                    raise SystemExit(f"{row['path']}: {sr} Hz, expected {SR}")
-                item = (audio, LABELS.index(row["label"]), row["corpus"], row["speaker"], row["path"])
-                if row["speaker"] in VAL_SPEAKERS:
-                    val.append(item)
-                elif row["corpus"] in corpora:
-                    train.append(item)
+    # The daemon's eval reader: index.csv, then index_more.csv, in file order (so v1's training set is unchanged).
+    for row in speech_rows(data / "speech", {"path", "corpus", "speaker", "label"}):
+        audio, sr = sf.read(data / "speech" / row["path"], dtype="float32")
+        if sr != SR:
+            raise SystemExit(f"{row['path']}: {sr} Hz, expected {SR}")
+        item = (audio, LABELS.index(row["label"]), row["corpus"], row["speaker"], row["path"])
+        if row["speaker"] in VAL_SPEAKERS:
+            val.append(item)
+        elif row["corpus"] in corpora:
+            train.append(item)
     assert not {i[3] for i in train} & {i[3] for i in val}, "a speaker is in both splits"
     return train, val
 
