@@ -64,18 +64,20 @@ retrain on licensed images before commercial deployment.
 
 def load_ferplus(data: Path, cache: Path) -> dict:
     """Every usable FER+ face: images (N, 48, 48) uint8, targets (N, 7) vote shares, majority (-1: none of ours),
-    split ('train' | 'public_test'), duplicate flag. Decoded once into ``cache``."""
-    index = data / "faces" / "ferplus" / "ferplus_index.csv"
-    if not index.is_file():
-        raise SystemExit(f"{index} is missing: see ../shared/data/README.md")
+    fer2013 (the single FER2013 annotator's label, index into LABELS), split ('train' | 'public_test'), duplicate
+    flag. Decoded once into ``cache``."""
     cache.mkdir(parents=True, exist_ok=True)
     stored = cache / "ferplus_48.npz"
     if stored.is_file():
         d = np.load(stored)
-        return {k: d[k] for k in d.files}
+        if "fer2013" in d.files:         # a cache from before the FER2013 label was kept is rebuilt
+            return {k: d[k] for k in d.files}
+    index = data / "faces" / "ferplus" / "ferplus_index.csv"
+    if not index.is_file():
+        raise SystemExit(f"{index} is missing: see ../shared/data/README.md")
     import cv2
 
-    images, targets, majority, split, dup, paths = [], [], [], [], [], []
+    images, targets, majority, fer2013, split, dup, paths = [], [], [], [], [], [], []
     with open(index) as f:
         for row in csv.DictReader(f):
             votes = np.array([float(row[c]) for c in VOTE_COLUMNS])
@@ -87,11 +89,12 @@ def load_ferplus(data: Path, cache: Path) -> dict:
             images.append(img)
             targets.append(votes / votes.sum())
             majority.append(LABELS.index(row["majority"]) if row["majority"] in LABELS else -1)
+            fer2013.append(LABELS.index(row["fer2013_label"]))
             split.append(row["split"])
             dup.append(row["ambiguous"] == "1")
             paths.append(row["path"])
     out = {"images": np.stack(images), "targets": np.array(targets, np.float32), "majority": np.array(majority),
-           "split": np.array(split), "duplicate": np.array(dup), "path": np.array(paths)}
+           "fer2013": np.array(fer2013), "split": np.array(split), "duplicate": np.array(dup), "path": np.array(paths)}
     np.savez(stored, **out)
     return out
 
@@ -238,6 +241,16 @@ def majority_accuracy(logits: np.ndarray, majority: np.ndarray) -> tuple[float, 
     return float((pred == y).mean()), recall, precision
 
 
+def label_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def training_targets(d: dict, rows: np.ndarray, fer2013_weight: float) -> np.ndarray:
+    """The crowd's vote shares, blended with the single FER2013 annotator's label by ``fer2013_weight``."""
+    single = np.eye(len(LABELS), dtype=np.float32)[d["fer2013"][rows]]
+    return ((1 - fer2013_weight) * d["targets"][rows] + fer2013_weight * single).astype(np.float32)
+
+
 def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tuple[object, list]:
     """One model: SGD + Nesterov, warm-up then cosine to zero, soft-target cross-entropy; an EMA of the weights rides
     along. No epoch is picked: the final weights are the last epoch's or their EMA (``choose_final``). Checkpoint
@@ -276,7 +289,7 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
         f"{steps_per_epoch} steps of {args.batch}; lr {args.lr:g}, wd {args.weight_decay:g}, EMA {args.ema:g}; "
         f"device {device}, {torch.get_num_threads()} threads")
     images = torch.from_numpy(d["images"][train_idx]).to(device)
-    targets = torch.from_numpy(d["targets"][train_idx]).to(device)
+    targets = torch.from_numpy(training_targets(d, train_idx, args.fer2013_weight)).to(device)
     for epoch in range(start, args.epochs + 1):
         gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + epoch)
         order = torch.randperm(len(train_idx), generator=gen, device=device)
@@ -298,13 +311,16 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
         # 0.63 against 0.80 for the weights themselves at epoch 13); both are logged.
         acc, rec, prec = majority_accuracy(predict_logits(ema.module, d["images"][sel_idx], device),
                                            d["majority"][sel_idx])
-        raw = majority_accuracy(predict_logits(model, d["images"][sel_idx], device), d["majority"][sel_idx])[0]
+        raw_logits = predict_logits(model, d["images"][sel_idx], device)
+        raw = majority_accuracy(raw_logits, d["majority"][sel_idx])[0]
+        single = label_accuracy(raw_logits, d["fer2013"][sel_idx])
         history.append({"epoch": epoch, "train_loss": round(loss_sum / steps_per_epoch, 4),
                         "selection_accuracy": round(acc, 4), "selection_angry_recall": round(rec, 4),
                         "selection_angry_precision": round(prec, 4), "selection_accuracy_weights": round(raw, 4),
+                        "selection_fer2013_accuracy_weights": round(single, 4),
                         "seconds": round(time.time() - started, 1)})
         say(f"{args.tag} epoch {epoch:3d}/{args.epochs}  loss {loss_sum / steps_per_epoch:.4f}  selection acc "
-            f"{raw:.4f} (EMA before BatchNorm re-estimation {acc:.4f}, angry recall {rec:.3f} precision {prec:.3f})  "
+            f"{raw:.4f}, FER2013 labels {single:.4f} (EMA before BatchNorm re-estimation {acc:.4f}, angry recall {rec:.3f} precision {prec:.3f})  "
             f"({time.time() - started:.0f} s)")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
                     "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
@@ -335,10 +351,13 @@ def choose_final(last, ema, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray,
     recalibrate_batchnorm(ema, d["images"][train_idx[:8192]], device)
     scores = {}
     for name, model in (("last", last), ("ema", ema)):
-        acc, rec, prec = majority_accuracy(predict_logits(model, d["images"][sel_idx], device), d["majority"][sel_idx])
+        logits = predict_logits(model, d["images"][sel_idx], device)
+        acc, rec, prec = majority_accuracy(logits, d["majority"][sel_idx])
+        single = label_accuracy(logits, d["fer2013"][sel_idx])
         scores[name] = {"selection_accuracy": round(acc, 4), "selection_angry_recall": round(rec, 4),
-                        "selection_angry_precision": round(prec, 4)}
-        say(f"final candidate {name}: selection acc {acc:.4f}  angry recall {rec:.3f} precision {prec:.3f}")
+                        "selection_angry_precision": round(prec, 4), "selection_fer2013_accuracy": round(single, 4)}
+        say(f"final candidate {name}: selection acc {acc:.4f}  angry recall {rec:.3f} precision {prec:.3f}  "
+            f"FER2013 labels {single:.4f}")
     chosen = max(scores, key=lambda k: scores[k]["selection_accuracy"])
     say(f"chosen: {chosen} weights")
     return (ema if chosen == "ema" else last), {"chosen": chosen, **scores[chosen], "candidates": scores}
@@ -434,6 +453,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fer2013-weight", type=float, default=0.0,
+                        help="blend the single FER2013 label into the crowd's targets by this weight (0: crowd only)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the shipped file is trained on the CPU)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", action="store_true", help="train (or resume) and record; no export")
@@ -442,7 +463,12 @@ def main() -> None:
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    args.tag = f"{args.arch}{args.width}_seed{args.seed}"
+    if not 0 <= args.fer2013_weight <= 1:
+        raise SystemExit("--fer2013-weight must lie in [0, 1]")
+    args.tag = f"{args.arch}{args.width}_seed{args.seed}" + (
+        f"_fer{round(args.fer2013_weight * 100):02d}" if args.fer2013_weight else "")
+    if args.epochs != 24:
+        args.tag += f"_e{args.epochs}"
 
     import torch
 
@@ -471,6 +497,7 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     last = final
     results[args.tag] = {"arch": args.arch, "width": args.width, "seed": args.seed, "epochs": args.epochs,
+                         "fer2013_weight": args.fer2013_weight,
                          "parameters": sum(p.numel() for p in model.parameters()), "device": args.device,
                          "threads": args.threads,
                          # Summed over the epochs (a resumed run included); evaluation of each epoch counted in.
@@ -479,6 +506,7 @@ def main() -> None:
                          "selection_accuracy": last["selection_accuracy"],
                          "selection_angry_recall": last["selection_angry_recall"],
                          "selection_angry_precision": last["selection_angry_precision"],
+                         "selection_fer2013_accuracy": last.get("selection_fer2013_accuracy"),
                          "final_weights": final["chosen"], "final_candidates": final["candidates"], "history": history}
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     write_architectures_md(results, results_path.with_suffix(".md"))
@@ -503,13 +531,17 @@ def write_architectures_md(results: dict, path: Path) -> None:
     lines = ["# Face-expression architectures compared (FER+ selection split, final weights)", "",
              "Written by `models/recipes/ferplus_cnn.py`; the selection split is 10% of FER2013 train, held out of "
              "training. PublicTest is not read here.", "",
-             "| run | parameters | epochs | device, threads | training min | final weights | selection accuracy | "
-             "angry recall | angry precision | other candidate's accuracy |", "|---" * 10 + "|"]
+             "| run | parameters | epochs | FER2013 label weight | device, threads | training min | final weights | "
+             "selection accuracy (FER+ majority) | angry recall | angry precision | accuracy on FER2013 labels | "
+             "other candidate's accuracy |", "|---" * 12 + "|"]
     for tag, r in sorted(results.items()):
         other = {k: v for k, v in r.get("final_candidates", {}).items() if k != r.get("final_weights")}
-        lines.append(f"| {tag} | {r['parameters']:,} | {r['epochs']} | {r['device']}, {r['threads']} | "
+        single = r.get("selection_fer2013_accuracy")
+        lines.append(f"| {tag} | {r['parameters']:,} | {r['epochs']} | {r.get('fer2013_weight', 0):g} | "
+                     f"{r['device']}, {r['threads']} | "
                      f"{r['train_minutes']:.0f} | {r.get('final_weights', '-')} | {r['selection_accuracy']:.4f} | "
                      f"{r['selection_angry_recall']:.3f} | {r['selection_angry_precision']:.3f} | "
+                     f"{'-' if single is None else f'{single:.4f}'} | "
                      + ", ".join(f"{k} {v['selection_accuracy']:.4f}" for k, v in other.items()) + " |")
     path.write_text("\n".join(lines) + "\n")
 
