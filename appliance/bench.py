@@ -87,7 +87,8 @@ def run_loop(cfg: AppConfig, seconds: float, faces: int = 0, progress: bool = Tr
 
 
 def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dict:
-    from appliance.pipeline import STAGES, Pipeline
+    from appliance.daemon.pipeline import Pipeline
+    from appliance.daemon.stages import STAGE_NAMES
 
     pipeline = Pipeline(cfg, history_ticks=int(seconds * cfg.loop.rate_hz) + 100, replicate_faces=faces)
     reference = CpuReference()
@@ -110,7 +111,7 @@ def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dic
     model = sum(t.stages.get(s, 0.0) for t in ticks for s in MODEL_STAGES)
     return {
         "stages": {s: percentiles([t.stages[s] for t in ticks if s in t.stages]) | {
-            "calls": sum(1 for t in ticks if s in t.stages)} for s in STAGES},
+            "calls": sum(1 for t in ticks if s in t.stages)} for s in STAGE_NAMES},
         # Stages whose work per tick varies (faces, 32 ms VAD chunks): time per item, a single-valued figure where
         # the per-tick one is a mix of 3- and 4-chunk ticks.
         "per_item": {s: percentiles([t.stages[s] / t.items[s] for t in ticks if t.items.get(s)]) | {
@@ -133,7 +134,7 @@ def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dic
         # Where the overhead goes, in ms per tick: each non-model stage, and the loop's own untimed work (pause
         # checks, stall checks, bookkeeping) as "untimed".
         "overhead_ms_per_tick": {s: round(sum(t.stages.get(s, 0.0) for t in ticks) * 1000 / len(ticks), 3)
-                                 for s in STAGES if s not in MODEL_STAGES} | {
+                                 for s in STAGE_NAMES if s not in MODEL_STAGES} | {
             "untimed": round(sum(t.finished - t.started - sum(t.stages.values()) for t in ticks) * 1000
                              / len(ticks), 3)} if ticks else {},
         "cpu_percent_of_one_core": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall, 1),
@@ -143,7 +144,7 @@ def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dic
         "cpu_reference": reference.report(),
         "cpu_wakeup_latency": pipeline.cpu_latency.describe() if pipeline.cpu_latency else None,
         "timeline_ms": [round(t.latency * 1000, 3) for t in ticks],
-        "stage_samples_ms": {s: [round(t.stages[s] * 1000, 3) for t in ticks if s in t.stages] for s in STAGES},
+        "stage_samples_ms": {s: [round(t.stages[s] * 1000, 3) for t in ticks if s in t.stages] for s in STAGE_NAMES},
     }
 
 

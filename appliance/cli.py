@@ -110,7 +110,7 @@ def run(
                  "audio.realtime": False if fast else None}
     cfg = _load(config, **overrides)
     _setup_logging(cfg.log.level)
-    from appliance.pipeline import Pipeline
+    from appliance.daemon.pipeline import Pipeline
 
     def show(payload: dict) -> None:
         print(json.dumps(payload) if json_lines else _summary_line(payload), flush=True)
@@ -623,7 +623,7 @@ def zones_preview(
 
     from appliance.perception.faces import FaceDetector
     from appliance.perception.zones import ExclusionZones
-    from appliance.pipeline import face_detector_path
+    from appliance.daemon.assemble import face_detector_path
     from appliance.sources.camera import _default_capture, resolve_spec
 
     cfg = _load(config, **{"camera.source": video or camera})

@@ -53,7 +53,7 @@ def check_camera(cfg: AppConfig) -> Check:
 
 
 def check_microphone(cfg: AppConfig) -> Check:
-    from appliance.pipeline import make_audio_source
+    from appliance.daemon.assemble import make_audio_source
     from appliance.sources.audio import MicSource
     from appliance.sources.camera import SourceError, resolve_spec
 

@@ -74,7 +74,7 @@ def play(cfg: AppConfig, replay, seconds: float, trace: AngerTrace | None = None
     """A recording (``sources.replay.Replay``) through the daemon for ``seconds`` of simulated time, with its own
     state folder and embedded broker; returns (summaries, alerts) as published. ``trace`` (alerts enabled) gets
     the alert logic's inputs."""
-    from appliance.pipeline import Pipeline
+    from appliance.daemon.pipeline import Pipeline
     from appliance.publish.broker import free_port
 
     summaries: list[dict] = []

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.config import AppConfig  # noqa: E402
 from appliance.perception.faces import FaceDetector  # noqa: E402
-from appliance.pipeline import face_detector_path  # noqa: E402
+from appliance.daemon.assemble import face_detector_path  # noqa: E402
 
 UPSCALE = 4
 CANVAS = 3

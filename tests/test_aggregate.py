@@ -129,7 +129,7 @@ def test_a_dead_camera_is_not_an_empty_shop():
 def test_a_dead_camera_in_the_daemon_publishes_camera_unavailable(tmp_path):
     """The daemon in-process with a camera that cannot be reached (a stream on a closed port: it retries)."""
     from appliance.config import load_config
-    from appliance.pipeline import Pipeline
+    from appliance.daemon.pipeline import Pipeline
     from conftest import free_port
 
     cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",

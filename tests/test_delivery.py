@@ -186,7 +186,9 @@ def test_rejected_commands_are_answered_with_their_request_and_pause_floods_are_
     from paho.mqtt.properties import Properties
 
     box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
-    pub = publisher(MqttConfig(), mosquitto.url, box).start()
+    received = []      # the receiver: in the daemon, its control plane
+    pub = MqttPublisher(MqttConfig(), parse_broker_url(mosquitto.url), "unit-1", "test", box, max_age_s=3600,
+                        on_command=received.append).start()
     watcher = Collector(mosquitto.port, "emotion/unit-1/reply", protocol=mqtt.MQTTv5)
     try:
         assert wait(lambda: pub.connected.is_set(), 20)
@@ -200,13 +202,12 @@ def test_rejected_commands_are_answered_with_their_request_and_pause_floods_are_
         for i in range(500):
             name = "pause" if i % 2 == 0 else "resume"
             watcher.client.publish(f"emotion/unit-1/cmd/{name}", json.dumps({"request_id": f"r{i}"}).encode(), 1)
-        # The daemon's loop is not running here: what reaches it waits in pub.commands.
-        assert wait(lambda: len(pub.commands) + sum(1 for r in watcher.json("/reply") if r["request_id"] != "bad-1")
+        assert wait(lambda: len(received) + sum(1 for r in watcher.json("/reply") if r["request_id"] != "bad-1")
                     >= 500, 30)
         limited = [r for r in watcher.json("/reply") if r["request_id"] != "bad-1"]
-        assert len(pub.commands) == 10 and len(limited) == 490
+        assert len(received) == 10 and len(limited) == 490
         assert all(r["ok"] is False and r["error"].startswith("busy: at most 10") for r in limited)
-        answered = {r["request_id"] for r in limited} | {c.request_id for c in pub.commands}
+        answered = {r["request_id"] for r in limited} | {c.request_id for c in received}
         assert answered == {f"r{i}" for i in range(500)}
     finally:
         watcher.close()

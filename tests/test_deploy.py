@@ -157,7 +157,7 @@ def test_daemon_notifies_ready_and_pings_the_watchdog_every_tick(tmp_path):
 
 
 def test_watchdog_pings_stop_while_the_loop_is_stalled(tmp_path):
-    from appliance.pipeline import Pipeline
+    from appliance.daemon.pipeline import Pipeline
 
     notify = NotifySocket(tmp_path / "notify.sock")
     cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",

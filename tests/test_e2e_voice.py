@@ -69,7 +69,7 @@ def test_angry_speech_raises_one_alert_and_neutral_none(tmp_path, speech_data, m
     alone), each through the daemon in-process with the recording replayed in lockstep (simulated clock), the
     alerts read off a real mosquitto."""
     from appliance.config import load_config
-    from appliance.pipeline import Pipeline
+    from appliance.daemon.pipeline import Pipeline
     from appliance.sources.replay import Replay
 
     watcher = collect(mosquitto.port, "emotion/+/alert")

@@ -10,7 +10,7 @@ from appliance.config import RuntimeConfig, default_models_dir, load_config
 from appliance.manifest import load_manifest
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceBox, FaceDetector, crop_faces, non_max_suppression, regions
-from appliance.pipeline import face_detector_path
+from appliance.daemon.assemble import face_detector_path
 from conftest import DEMO
 
 

@@ -90,7 +90,7 @@ def test_alerts_only_for_customer_experience():
 # ------------------------------------------------------------------------------------ staff exclusion zones
 def test_a_zone_over_a_face_means_it_is_never_detected():
     from appliance.perception.faces import FaceDetector
-    from appliance.pipeline import face_detector_path
+    from appliance.daemon.assemble import face_detector_path
 
     frame = demo_frame(30)
     zones = ExclusionZones(FACE_ZONE)
@@ -196,7 +196,7 @@ def test_nothing_is_written_but_state_and_audit(tmp_path):
 
 # ------------------------------------------------------------------------------------ opt-out
 def test_pause_file_stops_all_inference(tmp_path):
-    from appliance.pipeline import Pipeline
+    from appliance.daemon.pipeline import Pipeline
 
     cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0"})
     cfg.pause_file.parent.mkdir(parents=True, exist_ok=True)

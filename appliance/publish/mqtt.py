@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import random
 import socket
 import sqlite3
@@ -27,6 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -40,7 +40,6 @@ from appliance.publish.payloads import status_payload
 log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 5.0
-MAX_QUEUED_COMMANDS = 100
 UNSUPPORTED_PROTOCOL = {132, 1}   # MQTT 5 reason code / MQTT 3.1.1 CONNACK return code
 
 
@@ -161,7 +160,7 @@ class Outgoing:
 class MqttPublisher:
     def __init__(self, cfg: MqttConfig, broker: BrokerAddress, device_id: str, version: str, outbox: Outbox,
                  max_age_s: float, retained_on_connect: list[tuple[str, dict]] | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, on_command: Callable[[Command], None] | None = None):
         self.cfg = cfg
         self.broker = broker
         self.device_id = device_id
@@ -174,9 +173,9 @@ class MqttPublisher:
         self.connected = threading.Event()
         self.protocol = "5" if cfg.protocol in ("auto", "5") else "3.1.1"
         self.counters = {"acked": 0, "connects": 0, "refused": 0, "rejected_commands": 0}
-        # Commands are parsed on the MQTT thread and executed by the loop, between ticks. A deque: the loop looks
-        # at it every tick, and an empty deque costs a length check where a Queue costs a lock and an exception.
-        self.commands: deque[Command] = deque()
+        # Commands are parsed (and pause/resume floods limited) here, on the MQTT thread, then handed to the
+        # receiver (the daemon's control plane), which must not block. Without one, a command is refused.
+        self.on_command = on_command
         self.state = "online"
         self._ssl = tls_context(cfg) if broker.tls else None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng or random.Random())
@@ -519,23 +518,19 @@ class MqttPublisher:
         try:
             command = replace(parse_command(message.topic, message.payload, self.topics.base),
                               correlation_data=about.correlation_data if about else None)
-            if len(self.commands) >= MAX_QUEUED_COMMANDS:
-                raise queue.Full
             if command.name in ("pause", "resume") and not self._state_changes.allow():
                 self.counters["rejected_commands"] += 1
                 log.warning("MQTT: %s rejected: over the rate limit", command.name)
                 self.reply(command, False, error=f"busy: at most {self._state_changes.burst} pause/resume commands "
                                                  "at once, then 10 a minute")
                 return
-            self.commands.append(command)
+            if self.on_command is None:
+                raise CommandError("this process takes no commands")
+            self.on_command(command)
         except CommandError as e:
             self.counters["rejected_commands"] += 1
             log.warning("MQTT: rejected command on %s: %s", message.topic[:120], e)
             self.reply(about, False, error=str(e)[:300])
-        except queue.Full:
-            self.counters["rejected_commands"] += 1
-            log.warning("MQTT: command queue full; rejected %s", message.topic[:120])
-            self.reply(about, False, error="busy: too many commands queued")
         except Exception as e:  # paho must never see an exception from us: it would drop the connection
             self.counters["rejected_commands"] += 1
             log.exception("MQTT: command handling failed: %s", e)

@@ -1,0 +1,141 @@
+"""Wiring apart from work (as Holoscan's ``compose()`` is apart from ``compute()``): build every part of the daemon
+from a config, check everything that can fail on bad input before anything starts, and hand back the parts and
+the tick's stage lists. Nothing here runs per tick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from appliance.aggregate import FaceTracker, WindowAggregator
+from appliance.alerts import Anger
+from appliance.audit import AuditLog
+from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
+from appliance.cpu_latency import CpuLatencyRequest
+from appliance.daemon.stages import Capture, DiscardAudio, Health, Stage, Vision, Voice, Windows
+from appliance.fusion import AngerIndex, load_fusion
+from appliance.loop import FixedRateScheduler
+from appliance.manifest import load_manifest, verify_variant
+from appliance.perception.expression import ExpressionModel
+from appliance.perception.faces import FaceDetector
+from appliance.perception.vad import VoiceActivity
+from appliance.perception.voice import SpeechBuffer, VoiceToneModel
+from appliance.perception.zones import ExclusionZones
+from appliance.publish.broker import EmbeddedBroker
+from appliance.publish.mqtt import check_setup
+from appliance.publish.outbox import Outbox
+from appliance.sources.audio import SAMPLE_RATE, FileAudioSource, MicSource
+from appliance.sources.camera import CameraSource, CameraSpec, resolve_spec
+from appliance.sources.replay import Replay
+from appliance.statedir import StateDirLock
+
+DEMO_AUDIO = DEMO_VIDEO.with_suffix(".flac")
+DETECTOR = "blazeface_short_range"
+
+
+def make_audio_source(config: AppConfig, camera: CameraSpec, camera_loops: bool, on_state=None):
+    """The configured audio source, or None. 'auto' means the demo's soundtrack when the camera is the demo."""
+    source = config.audio.source.strip()
+    if source == "auto":
+        is_demo = camera.kind == "file" and str(camera.target) == str(DEMO_VIDEO)
+        source = str(DEMO_AUDIO) if is_demo else "none"
+    if source == "none":
+        return None
+    if source == "mic" or source.startswith("mic:"):
+        return MicSource(source[4:] or None, on_state=on_state, retry_initial_s=config.audio.retry_initial_s,
+                         retry_max_s=config.audio.retry_max_s)
+    loop = config.audio.loop if config.audio.loop is not None else camera_loops
+    return FileAudioSource(source, realtime=config.audio.realtime, loop=loop, on_state=on_state)
+
+
+def face_detector_path(config: AppConfig):
+    manifest = load_manifest(config.models.dir / "tflite" / DETECTOR)
+    return verify_variant(manifest, manifest.variants[0])
+
+
+@dataclass
+class Parts:
+    config: AppConfig
+    scheduler: FixedRateScheduler
+    cpu_latency: CpuLatencyRequest | None
+    spec: CameraSpec
+    source: object                       # CameraSource, or a replay's camera
+    audio: object | None
+    state_lock: StateDirLock
+    outbox: Outbox
+    expression: ExpressionModel
+    vad: VoiceActivity | None
+    tone: VoiceToneModel | None
+    anger_index: AngerIndex
+    aggregator: WindowAggregator
+    anger: Anger | None
+    audit: AuditLog
+    detector: FaceDetector
+    broker: EmbeddedBroker | None
+    health: Health
+    stages: list[Stage]                  # a tick's work, in order (the publish stage is added by the pipeline)
+    paused_stages: list[Stage]           # while opted out: frames and audio taken only to be thrown away
+    voice: Voice | None
+    models: list[dict]                   # model, provider, precision: what each model got
+    model_sha: dict[str, str]
+
+
+def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3000, replicate_faces: int = 0,
+            replay: Replay | None = None) -> Parts:
+    """Everything that can fail on bad input fails here, cheapest checks first, and the MediaPipe detector (which
+    must be closed explicitly) last. The state folder's lock is held from here (``Parts.state_lock``)."""
+    # A replay runs on its own clock: the loop's waits advance it instead of sleeping (sources/replay.py).
+    clock = {"clock": replay.clock.now, "wait": replay.clock.advance} if replay else {}
+    scheduler = FixedRateScheduler(config.loop.rate_hz, history=history_ticks, **clock)
+    latency = config.loop.cpu_wakeup_latency_us
+    cpu_latency = CpuLatencyRequest(latency) if latency is not None else None
+    spec = resolve_spec(config.camera.source, config.camera)
+    if replay is not None:
+        source, audio = replay.camera, replay.audio
+    else:
+        source = CameraSource(spec, config.camera, on_state=on_source_state)
+        audio = make_audio_source(config, spec, source.loop_file, on_state=on_source_state)
+    if config.mqtt.broker is not None:
+        check_setup(config.mqtt, parse_broker_url(config.mqtt.broker))
+    state_lock = StateDirLock(config.state.dir).acquire()     # one daemon per state folder (statedir.py)
+    state_dir = state_lock.path.parent
+    # Every event goes to disk first; the seq lives there too, and in the one-line file 'seq' beside it.
+    outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, seq_file=state_dir / "seq", device_id=config.device.id)
+    models_dir = config.models.dir / "onnx"
+    expression = ExpressionModel(load_manifest(models_dir / config.expression.model), config.runtime,
+                                 margin=config.faces.margin)
+    vad = tone = speech = None
+    if audio is not None:
+        vad = VoiceActivity(load_manifest(models_dir / config.voice.vad_model), config.voice.vad_threshold)
+        tone = VoiceToneModel(load_manifest(models_dir / config.voice.model), config.runtime)
+        speech = SpeechBuffer(config.voice.step_s, config.voice.min_speech_s)
+    anger_index = load_fusion(config.models.dir, expression.manifest, expression.runtime_report.file,
+                              tone and tone.manifest, tone and tone.runtime_report.file)
+    period = scheduler.period
+    aggregator = WindowAggregator(
+        expression.labels, config.aggregate.window_s, period, config.k_min, config.aggregate.min_observed_s,
+        FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou),
+        voice_labels=tone.labels if tone else (), min_speech_s=config.voice.min_speech_s, anger_index=anger_index)
+    anger = Anger(config.alerts, period, config.voice.step_s, anger_index) if config.alerts_enabled else None
+    audit = AuditLog(config.state.dir / "audit.log")
+    detector_manifest = load_manifest(config.models.dir / "tflite" / DETECTOR)
+    detector = FaceDetector(face_detector_path(config), config.faces.score_threshold, config.faces.max_faces,
+                            config.faces.min_face_px, config.faces.tiles)
+    broker = EmbeddedBroker(config.mqtt.embedded_port) if config.mqtt.broker is None else None
+
+    health = Health()
+    capture = Capture(source, health)
+    voice = Voice(audio, vad, speech, tone, health, SAMPLE_RATE) if audio is not None else None
+    stages: list[Stage] = [capture, Vision(ExclusionZones(config.privacy.exclusion_zones), detector, expression,
+                                           replicate_faces)]
+    stages += [voice] if voice else []
+    stages.append(Windows(aggregator, anger, source, expression.labels.index("angry")))
+    paused = [capture] + ([DiscardAudio(audio, health, SAMPLE_RATE)] if audio is not None else [])
+
+    reports = [expression.report] + ([vad.report, tone.report] if tone else [])
+    models = [{"model": DETECTOR, "provider": "xnnpack", "precision": "fp32"}] + [
+        {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
+    model_sha = {r.model: r.sha256 for r in reports} | {DETECTOR: detector_manifest.variants[0].sha256}
+    return Parts(config, scheduler, cpu_latency, spec, source, audio, state_lock, outbox, expression, vad, tone,
+                 anger_index, aggregator, anger, audit, detector, broker, health, stages, paused, voice, models,
+                 model_sha)
