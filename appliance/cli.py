@@ -168,7 +168,7 @@ def bench(
                                                     "--voice-data, e.g. speaker=ravdess-17,ravdess-18"),
 ) -> None:
     """Per-stage latency, deadline misses, providers and precisions (and accuracy) of this unit, as a report."""
-    from appliance import bench as b
+    from appliance.tools import bench as b
 
     if video and camera:
         raise UserError("give --video or --camera, not both")
@@ -198,7 +198,7 @@ def compare(
 ) -> None:
     """Compare two saved bench reports: medians per stage, and whether the CPU itself ran at another speed.
     Exit 0 when every median is within the tolerance, 1 when one is not, 3 when only the machine's speed differed."""
-    from appliance import compare as c
+    from appliance.tools import compare as c
 
     reports = []
     for path in (a, b):
@@ -273,7 +273,7 @@ def eval_faces(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Accuracy, macro-F1, per-class recall/precision and calibration error (ECE) of the expression model."""
-    from appliance.evaluation import evaluate_faces, evaluate_ferplus, stderr_progress
+    from appliance.tools.evaluation import evaluate_faces, evaluate_ferplus, stderr_progress
     from appliance.perception.expression import ExpressionModel
 
     if labels not in ("folder", "ferplus"):
@@ -303,7 +303,7 @@ def eval_voice(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Accuracy, macro-F1, per-class recall and anger recall/precision of the vocal-tone model on clips."""
-    from appliance.evaluation import evaluate_voice, stderr_progress
+    from appliance.tools.evaluation import evaluate_voice, stderr_progress
     from appliance.perception.voice import VoiceToneModel
 
     cfg = _load(config, **{"runtime.precision": precision})
@@ -337,10 +337,10 @@ def eval_video(
 ) -> None:
     """Labelled clips through the real daemon pipeline: per clip faces seen, face and voice distributions, anger
     index and alerts."""
-    from appliance.evaluation import stderr_progress
+    from appliance.tools.evaluation import stderr_progress
     from appliance.manifest import load_manifest
     from appliance.perception.expression import ExpressionModel
-    from appliance.video_eval import as_json, confusion_report, evaluate_clips, quiet_pipeline_logs, table
+    from appliance.tools.video_eval import as_json, confusion_report, evaluate_clips, quiet_pipeline_logs, table
 
     cfg = _load(config, **{"runtime.precision": precision, "expression.model": model})
     _setup_logging("WARNING")
@@ -381,9 +381,9 @@ def eval_sessions(
     alert, window anger index, false alerts per hour; by emotion, speaker sex and corpus."""
     import shlex
 
-    from appliance.evaluation import stderr_progress
-    from appliance.session_eval import as_json, evaluate_sessions, markdown, plot, summarise
-    from appliance.video_eval import quiet_pipeline_logs
+    from appliance.tools.evaluation import stderr_progress
+    from appliance.tools.session_eval import as_json, evaluate_sessions, markdown, plot, summarise
+    from appliance.tools.video_eval import quiet_pipeline_logs
 
     cfg = _load(config)
     if not cfg.alerts_enabled:
@@ -395,7 +395,7 @@ def eval_sessions(
                                 progress=stderr_progress("playing sessions"), trace=choose_thresholds is not None)
     summary = summarise(results)
     if choose_thresholds is not None:
-        from appliance.thresholds import cross_fit
+        from appliance.tools.thresholds import cross_fit
 
         summary["thresholds"] = cross_fit(results, cfg.alerts, choose_thresholds)
     meta = {"command": "appliance eval sessions " + shlex.join(sys.argv[3:]), "sessions": len(results),
@@ -414,7 +414,7 @@ def eval_sessions(
 
 def _write_outputs(data: dict, json_out: Optional[Path], report, png: Optional[Path]) -> None:
     """An eval command's JSON (where asked) and confusion matrix PNG (where asked)."""
-    from appliance.evaluation import confusion_png
+    from appliance.tools.evaluation import confusion_png
 
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -451,7 +451,7 @@ def _engine_manifests(cfg: AppConfig):
 @models_app.command("list")
 def models_list(config: Optional[Path] = ConfigOpt) -> None:
     """Every shipped model: files, sha256 check, measured accuracy, and what this unit's runtime picks."""
-    from appliance.doctor import check_models
+    from appliance.tools.doctor import check_models
     from appliance.manifest import load_manifest
     from appliance.runtime import open_session
 
@@ -508,7 +508,7 @@ def models_build_engines(config: Optional[Path] = ConfigOpt) -> None:
 @app.command()
 def doctor(config: Optional[Path] = ConfigOpt) -> None:
     """Check camera, microphone, models, providers, engine cache, broker, disk and clock; exit 1 on any failure."""
-    from appliance.doctor import run_checks
+    from appliance.tools.doctor import run_checks
 
     cfg = _load(config)
     _setup_logging("ERROR")
@@ -538,7 +538,7 @@ def watch(
     """Live table of every unit on the broker: status, last summary, anger index, alerts, stats, outbox depth."""
     from appliance.config import parse_broker_url
     from appliance.publish.mqtt import check_setup, tool_client
-    from appliance.watch import FleetView
+    from appliance.tools.watch import FleetView
 
     overrides = {"mqtt.broker": broker, "mqtt.username": username, "mqtt.password_file": password_file}
     cfg = _load(config, **overrides)
@@ -601,7 +601,7 @@ def watch(
 @app.command()
 def notice(config: Optional[Path] = ConfigOpt) -> None:
     """Print the signage text for this unit: what is measured, what is sent, retention, purpose, contact."""
-    from appliance.notice import notice_text
+    from appliance.tools.notice import notice_text
 
     print(notice_text(_load(config)))
 
@@ -648,7 +648,7 @@ def zones_preview(
 @app.command()
 def audit(config: Optional[Path] = ConfigOpt, tail: int = typer.Option(20, "--tail", help="lines to show")) -> None:
     """Show the local audit log and check that its hash chain is intact (exit 1 if not)."""
-    from appliance.audit import verify
+    from appliance.host.audit import verify
 
     cfg = _load(config)
     path = Path(cfg.state.dir).expanduser() / "audit.log"
@@ -670,13 +670,13 @@ def version() -> None:
 
 
 def main() -> None:
-    from appliance.evaluation import DatasetError
+    from appliance.tools.evaluation import DatasetError
     from appliance.manifest import ModelFileError
     from appliance.runtime import NoUsableProvider
     from appliance.publish.mqtt import MqttSetupError
     from appliance.publish.outbox import OutboxError
     from appliance.sources.camera import SourceError
-    from appliance.statedir import StateDirError
+    from appliance.host.statedir import StateDirError
 
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit; pass it on.

@@ -79,7 +79,7 @@ class Calibration(_Strict):
 
 class AngerCalibration(_Strict):
     """The model's P(angry) as a calibrated probability: sigmoid(a * logit(p) + b), fitted on validation data with
-    angry weighted as one of seven equally common emotions (see ``appliance.fusion``)."""
+    angry weighted as one of seven equally common emotions (see ``appliance.windows.fusion``)."""
 
     a: float
     b: float
@@ -88,7 +88,7 @@ class AngerCalibration(_Strict):
     weighting: str = "angry 1/7 (one of seven equally common emotions), the other labels the rest equally, per corpus"
 
     def apply(self, p: float) -> float:
-        from appliance.fusion import logit, sigmoid
+        from appliance.windows.fusion import logit, sigmoid
 
         return sigmoid(self.a * logit(p) + self.b)
 

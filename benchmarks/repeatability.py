@@ -4,7 +4,7 @@
                                        [--cpu-wakeup-latency-us 0] [--out NAME]
 
 A pair only counts when the machine held still: both runs' CPU reference (a fixed matmul timed in the loop's
-slack, see appliance.bench.CpuReference) within 5 % of each other and neither drifting by more than 5 % inside its
+slack, see appliance.tools.bench.CpuReference) within 5 % of each other and neither drifting by more than 5 % inside its
 run. This project's 2-core VM shares its host: for seconds to minutes at a time every stage runs 20-30 % slower
 (the reference with it), so a pair taken across such a change measures the host, not the benchmark. Such pairs are
 kept in the record, marked, and the next pair is run, up to ``--attempts`` (``--keep-going``: all of them, each
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.compare import STEADY, TOLERANCE, compare, markdown  # noqa: E402
+from appliance.tools.compare import STEADY, TOLERANCE, compare, markdown  # noqa: E402
 
 
 def bench(args: argparse.Namespace, out: Path) -> dict:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.config import RuntimeConfig, default_models_dir  # noqa: E402
-from appliance.loop import percentiles  # noqa: E402
+from appliance.daemon.loop import percentiles  # noqa: E402
 from appliance.manifest import load_manifest  # noqa: E402
 from appliance.runtime import SHORT_NAMES, SUPPORTED, _available_providers, open_session  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.aggregate import FaceTracker, WindowAggregator
+from appliance.windows.aggregate import FaceTracker, WindowAggregator
 from appliance.perception.faces import FaceBox
 from appliance.publish.payloads import summary_payload
 

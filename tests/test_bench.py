@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from appliance.bench import markdown, matrix
+from appliance.tools.bench import markdown, matrix
 from appliance.config import load_config
 from conftest import appliance_cmd, appliance_env
 
@@ -81,10 +81,10 @@ def test_matrix_covers_models_precisions_providers_and_the_auto_choice(tmp_path,
 def test_bench_beside_a_running_daemon_leaves_its_state_alone(tmp_path):
     """A technician benchmarks a unit whose daemon holds the state folder: the bench runs in a folder of its own
     (no lock conflict, nothing in the unit's outbox or seq) and still honours the unit's opt-out."""
-    from appliance.bench import run_loop
+    from appliance.tools.bench import run_loop
     from appliance.publish.outbox import Outbox
     from appliance.config import OutboxConfig
-    from appliance.statedir import StateDirLock
+    from appliance.host.statedir import StateDirLock
 
     state = tmp_path / "state"
     daemon = StateDirLock(state).acquire()                      # the unit's daemon, running

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from appliance.compare import compare, markdown
-from appliance.cpu_latency import DEVICE
+from appliance.tools.compare import compare, markdown
+from appliance.host.cpu_latency import DEVICE
 from conftest import appliance_cmd, appliance_env
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from appliance.cpu_latency import DEVICE, CpuLatencyRequest, current_target_us
+from appliance.host.cpu_latency import DEVICE, CpuLatencyRequest, current_target_us
 
 
 @pytest.mark.skipif(not DEVICE.exists(), reason=f"{DEVICE} does not exist on this kernel")

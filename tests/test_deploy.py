@@ -20,7 +20,7 @@ import pytest
 from appliance.config import load_config
 from appliance.sources.camera import resolve_spec
 from appliance.sources.gstreamer import CaptureFormat, csi_pipeline, expand, usb_pipeline
-from appliance.systemd_notify import Notifier
+from appliance.host.systemd_notify import Notifier
 from conftest import ROOT, appliance_cmd, appliance_env
 
 INSTALL = ROOT / "deploy" / "jetson" / "install.sh"

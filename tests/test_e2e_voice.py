@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from appliance.fusion import load_fusion
+from appliance.windows.fusion import load_fusion
 from appliance.manifest import load_manifest
 from conftest import DEMO, ROOT, appliance_cmd, appliance_env, load_schema
 from test_e2e_mqtt import check_summaries

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from appliance.config import AppConfig, RuntimeConfig, default_models_dir
-from appliance.evaluation import evaluate_ferplus, expected_calibration_error, load_gray
+from appliance.tools.evaluation import evaluate_ferplus, expected_calibration_error, load_gray
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceBox, crop_faces

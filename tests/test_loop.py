@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.loop import FixedRateScheduler, percentiles
+from appliance.daemon.loop import FixedRateScheduler, percentiles
 
 
 class SimClock:

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from appliance.audit import AuditLog, verify
+from appliance.host.audit import AuditLog, verify
 from appliance.config import EU_MEMBERS, ConfigError, load_config
 from appliance.perception.zones import ExclusionZones
 from conftest import DEMO, appliance_cmd, appliance_env, load_schema

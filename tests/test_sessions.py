@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from appliance.config import load_config
-from appliance.session_eval import SessionResult, evaluate_sessions, join_clips, markdown, speaker_sex, summarise
-from appliance.thresholds import cross_fit, replay, sweep
+from appliance.tools.session_eval import SessionResult, evaluate_sessions, join_clips, markdown, speaker_sex, summarise
+from appliance.tools.thresholds import cross_fit, replay, sweep
 from appliance.sources.audio import SAMPLE_RATE
 from conftest import appliance_cmd, appliance_env
 

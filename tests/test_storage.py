@@ -20,7 +20,7 @@ import pytest
 
 from appliance.config import OutboxConfig
 from appliance.publish.outbox import WAL_LIMIT_BYTES, Outbox, OutboxError
-from appliance.statedir import StateDirError, StateDirLock
+from appliance.host.statedir import StateDirError, StateDirLock
 from conftest import appliance_cmd, appliance_env
 
 
@@ -93,7 +93,7 @@ def test_one_daemon_per_state_folder(tmp_path):
 
 
 def test_a_second_daemon_is_refused_at_start_with_the_reason(tmp_path):
-    script = ("import time\nfrom appliance.statedir import StateDirLock\n"
+    script = ("import time\nfrom appliance.host.statedir import StateDirLock\n"
               f"lock = StateDirLock({str(tmp_path / 'state')!r}).acquire()\nprint('held', flush=True)\ntime.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
@@ -192,7 +192,7 @@ def test_a_full_disk_is_reported_survived_and_recovered_from_without_a_restart(t
 
 
 def test_the_audit_log_on_a_full_disk_counts_what_it_cannot_write_and_goes_on(tmp_path, caplog):
-    from appliance.audit import AuditLog, verify
+    from appliance.host.audit import AuditLog, verify
 
     with small_disk(tmp_path / "state", "256k") as state:
         audit = AuditLog(state / "audit.log")

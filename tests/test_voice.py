@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from appliance.alerts import Anger
+from appliance.windows.alerts import Anger
 from appliance.config import AlertsConfig, RuntimeConfig, default_models_dir
 from appliance.manifest import load_manifest
 from appliance.perception.features import DEFAULT, clip_segments, log_mel

@@ -9,7 +9,7 @@ import threading
 import paho.mqtt.client as mqtt
 
 from appliance.publish.payloads import STATS_SCHEMA, status_payload
-from appliance.watch import FleetView
+from appliance.tools.watch import FleetView
 from conftest import appliance_cmd, appliance_env
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from appliance.aggregate import FaceTracker, WindowAggregator
-from appliance.alerts import Anger
-from appliance.audit import AuditLog
+from appliance.windows.aggregate import FaceTracker, WindowAggregator
+from appliance.windows.alerts import Anger
+from appliance.host.audit import AuditLog
 from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
-from appliance.cpu_latency import CpuLatencyRequest
+from appliance.host.cpu_latency import CpuLatencyRequest
 from appliance.daemon.stages import Capture, DiscardAudio, Health, Stage, Vision, Voice, Windows
-from appliance.fusion import AngerIndex, load_fusion
-from appliance.loop import FixedRateScheduler
+from appliance.windows.fusion import AngerIndex, load_fusion
+from appliance.daemon.loop import FixedRateScheduler
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceDetector
@@ -27,7 +27,7 @@ from appliance.publish.outbox import Outbox
 from appliance.sources.audio import SAMPLE_RATE, FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, resolve_spec
 from appliance.sources.replay import Replay
-from appliance.statedir import StateDirLock
+from appliance.host.statedir import StateDirLock
 
 DEMO_AUDIO = DEMO_VIDEO.with_suffix(".flac")
 DETECTOR = "blazeface_short_range"

@@ -22,8 +22,8 @@ from appliance.publish.discovery import discovery_messages
 from appliance.publish.mqtt import MqttPublisher, Topics
 from appliance.publish.outbox import OutboxWriter
 from appliance.sources.replay import Replay
-from appliance.system import SystemMonitor
-from appliance.systemd_notify import Notifier
+from appliance.host.system import SystemMonitor
+from appliance.host.systemd_notify import Notifier
 
 log = logging.getLogger(__name__)
 

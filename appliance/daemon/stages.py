@@ -13,9 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
-from appliance.aggregate import WindowAggregator, WindowSummary
-from appliance.alerts import Alert, Anger
-from appliance.loop import Tick
+from appliance.windows.aggregate import WindowAggregator, WindowSummary
+from appliance.windows.alerts import Alert, Anger
+from appliance.daemon.loop import Tick
 from appliance.sources.camera import Frame, SourceState
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from appliance.aggregate import WindowSummary
-from appliance.alerts import Alert
+from appliance.windows.aggregate import WindowSummary
+from appliance.windows.alerts import Alert
 from appliance.config import AppConfig
 from appliance.daemon.stages import STAGE_NAMES, Health
-from appliance.loop import FixedRateScheduler, percentiles, stage_percentiles
+from appliance.daemon.loop import FixedRateScheduler, percentiles, stage_percentiles
 from appliance.publish.payloads import alert_payload, stats_payload, summary_payload
 
 log = logging.getLogger(__name__)

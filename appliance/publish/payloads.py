@@ -9,8 +9,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from appliance.aggregate import WindowSummary
-from appliance.alerts import Alert
+from appliance.windows.aggregate import WindowSummary
+from appliance.windows.alerts import Alert
 
 SUMMARY_SCHEMA = "emotion.summary/1"
 ALERT_SCHEMA = "emotion.alert/1"

@@ -1,4 +1,4 @@
-"""Recipe: calibrate each model's P(angry) and fit the face + voice fusion of the anger index (``appliance.fusion``).
+"""Recipe: calibrate each model's P(angry) and fit the face + voice fusion of the anger index (``appliance.windows.fusion``).
 
     python models/recipes/anger_fusion.py [--data ../shared/data]      # a few minutes on 2 cores, no PyTorch
 
@@ -148,7 +148,7 @@ def voice_probabilities(data: Path, precision: str, cache: dict) -> tuple[np.nda
                                                                          np.ndarray]:
     """Validation clips' P(angry) (mean over 2 s segments, the daemon's VoiceToneModel), labels, corpus, fold A."""
     from appliance.config import RuntimeConfig
-    from appliance.evaluation import speech_rows
+    from appliance.tools.evaluation import speech_rows
     from appliance.manifest import load_manifest
     from appliance.perception.voice import VoiceToneModel
     from appliance.sources.audio import load_audio_file
@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "anger_fusion")
     args = parser.parse_args()
 
-    from appliance.fusion import FUSION_FILE, FusionFile, PairFusion
+    from appliance.windows.fusion import FUSION_FILE, FusionFile, PairFusion
     from appliance.manifest import AngerCalibration, load_manifest, write_manifest
 
     models = ROOT / "models" / "onnx"

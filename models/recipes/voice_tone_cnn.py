@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel  # noqa: E402
-from appliance.evaluation import roc_auc  # noqa: E402
+from appliance.tools.evaluation import roc_auc  # noqa: E402
 from models.recipes.recipe_tools import quantize_qdq  # noqa: E402
 
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -76,7 +76,7 @@ def load_index(data: Path, corpora):
     """(train, validation): training rows of ``corpora`` only; validation: every validation speaker."""
     import soundfile as sf
 
-    from appliance.evaluation import speech_rows
+    from appliance.tools.evaluation import speech_rows
 
     train, val = [], []
     # The daemon's eval reader: index.csv, then index_more.csv, in file order (so v1's training set is unchanged).
@@ -424,7 +424,7 @@ def Ensemble(models):  # noqa: N802 - a factory that reads like the class it bui
 def finalize(args) -> None:
     """Manifest with sha256 and the validation figures of both files, measured by the daemon's own code."""
     from appliance.config import RuntimeConfig
-    from appliance.evaluation import confusion_png, evaluate_voice, stderr_progress
+    from appliance.tools.evaluation import confusion_png, evaluate_voice, stderr_progress
     from appliance.manifest import Accuracy, ModelManifest, Provenance, Variant, load_manifest, sha256_of
     from appliance.manifest import write_manifest
     from appliance.perception.voice import VoiceToneModel

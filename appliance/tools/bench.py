@@ -18,9 +18,9 @@ from typing import Callable
 import numpy as np
 
 from appliance import __version__
-from appliance.compare import STEADY
+from appliance.tools.compare import STEADY
 from appliance.config import AppConfig
-from appliance.loop import percentiles
+from appliance.daemon.loop import percentiles
 
 # Stages that are model calls; everything else in a tick is loop overhead.
 MODEL_STAGES = ("detect", "expression", "vad", "tone")
@@ -243,7 +243,7 @@ def expression_models(cfg: AppConfig) -> list[str]:
 def accuracy(cfg: AppConfig, faces_dir: Path | None, voice_dir: Path | None, voice_where: dict | None,
              out_dir: Path) -> dict:
     """FP32 and INT8 side by side on the datasets given, with confusion matrix PNGs."""
-    from appliance.evaluation import confusion_png, evaluate_faces, evaluate_voice, stderr_progress
+    from appliance.tools.evaluation import confusion_png, evaluate_faces, evaluate_voice, stderr_progress
     from appliance.manifest import load_manifest
     from appliance.perception.expression import ExpressionModel
     from appliance.perception.voice import VoiceToneModel

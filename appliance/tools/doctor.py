@@ -105,7 +105,7 @@ def check_models(cfg: AppConfig) -> list[Check]:
 
 def check_anger_index(cfg: AppConfig) -> Check:
     """Every variant pair the runtime may pick has its calibrations and fusion (models/fusion.json)."""
-    from appliance.fusion import load_fusion
+    from appliance.windows.fusion import load_fusion
     from appliance.manifest import ModelFileError, load_manifest
 
     try:
@@ -239,7 +239,7 @@ def check_disk(cfg: AppConfig, engine_cache_mb: int = 400) -> Check:
 
 def check_cpu_latency(cfg: AppConfig) -> list[Check]:
     """Only when loop.cpu_wakeup_latency_us is set: can the daemon hold it? (Asks the kernel, then lets go.)"""
-    from appliance.cpu_latency import CpuLatencyRequest
+    from appliance.host.cpu_latency import CpuLatencyRequest
 
     if cfg.loop.cpu_wakeup_latency_us is None:
         return []

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from appliance.config import AlertsConfig
-from appliance.fusion import AngerIndex
+from appliance.windows.fusion import AngerIndex
 
 
 @dataclass(frozen=True)

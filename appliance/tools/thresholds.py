@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.alerts import Anger
+from appliance.windows.alerts import Anger
 from appliance.config import AlertsConfig
 
 CALM_LABELS = ("neutral", "calm", "happy", "sad")

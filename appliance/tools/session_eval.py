@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import AppConfig
-from appliance.evaluation import read_index, speech_rows
+from appliance.tools.evaluation import read_index, speech_rows
 from appliance.sources.audio import SAMPLE_RATE, load_audio_file
-from appliance.video_eval import AngerTrace
+from appliance.tools.video_eval import AngerTrace
 
 # Not alerting on these is the point of the false-alert figure; fearful, disgust and surprised sit close to anger
 # in voice and face and are reported apart.
@@ -86,7 +86,7 @@ def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | N
                       video: Path | None = None, seconds: float = 60.0, seed: int = 20261127,
                       progress: Callable[[int, int], None] | None = None, trace: bool = False) -> list[SessionResult]:
     from appliance.sources.replay import Replay
-    from appliance.video_eval import play
+    from appliance.tools.video_eval import play
 
     rows = speech_rows(Path(root), {"path", "corpus", "speaker", "label"}, where=where)
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
@@ -191,7 +191,7 @@ def markdown(summary: dict, meta: dict) -> str:
             lines.append(f"| {k} | {v['angry_sessions']} | {share} | {v['false_alerts_per_hour_calm']} |")
         lines.append("")
     if "thresholds" in summary:
-        from appliance.thresholds import markdown as thresholds_markdown
+        from appliance.tools.thresholds import markdown as thresholds_markdown
 
         lines.append(thresholds_markdown(summary["thresholds"]))
     return "\n".join(lines)
