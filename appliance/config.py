@@ -74,6 +74,8 @@ class AudioConfig(Section):
 
 
 class FacesConfig(Section):
+    model: str = Field(default="blazeface_short_range", description="the face detector: a model folder under "
+                       "models.dir/tflite")
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_faces: int = Field(default=8, ge=1, le=64)
     min_face_px: int = Field(default=40, ge=8, description="smaller faces are ignored (too few pixels to read)")

@@ -175,7 +175,7 @@ def plan_sessions(manifest: ModelManifest, available: Sequence[str], cfg: Runtim
     return plans
 
 
-def _available_providers() -> list[str]:
+def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
@@ -200,7 +200,7 @@ SessionFactory = Callable[[str, Sequence, RuntimeConfig], Any]
 def open_session(manifest: ModelManifest, cfg: RuntimeConfig, available: Sequence[str] | None = None,
                  factory: SessionFactory = _default_session_factory, trt_env: TrtEnvironment | None = None):
     """Build the best session that really runs where planned. Returns (session, RuntimeReport)."""
-    available = _available_providers() if available is None else list(available)
+    available = available_providers() if available is None else list(available)
     skipped: list[str] = []
     for plan in plan_sessions(manifest, available, cfg, trt_env):
         if plan.provider == "tensorrt":

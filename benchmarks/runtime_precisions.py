@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from appliance.config import RuntimeConfig, default_models_dir  # noqa: E402
 from appliance.daemon.loop import percentiles  # noqa: E402
 from appliance.manifest import load_manifest  # noqa: E402
-from appliance.runtime import SHORT_NAMES, SUPPORTED, _available_providers, open_session  # noqa: E402
+from appliance.runtime import SHORT_NAMES, SUPPORTED, available_providers, open_session  # noqa: E402
 
 
 def measure(session, batch: int, runs: int) -> dict:
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     manifest = load_manifest(default_models_dir() / "onnx" / "fer_mini_xception")
     rows = []
-    for provider in [SHORT_NAMES[p] for p in _available_providers() if p in SHORT_NAMES]:
+    for provider in [SHORT_NAMES[p] for p in available_providers() if p in SHORT_NAMES]:
         for precision in SUPPORTED[provider]:
             if ("fp32" if precision == "fp16" else precision) not in manifest.precisions():
                 continue

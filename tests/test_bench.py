@@ -47,7 +47,7 @@ def test_matrix_covers_models_precisions_providers_and_the_auto_choice(tmp_path,
     # runtime detects. The matrix must say so per row and go on, not abort the whole report.
     import appliance.runtime as runtime
 
-    monkeypatch.setattr(runtime, "_available_providers", lambda: [
+    monkeypatch.setattr(runtime, "available_providers", lambda: [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
                                  "APPLIANCE_LOG__LEVEL": "WARNING",

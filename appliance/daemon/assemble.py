@@ -30,7 +30,6 @@ from appliance.sources.replay import Replay
 from appliance.host.statedir import StateDirLock
 
 DEMO_AUDIO = DEMO_VIDEO.with_suffix(".flac")
-DETECTOR = "blazeface_short_range"
 
 
 def make_audio_source(config: AppConfig, camera: CameraSpec, camera_loops: bool, on_state=None):
@@ -49,8 +48,15 @@ def make_audio_source(config: AppConfig, camera: CameraSpec, camera_loops: bool,
 
 
 def face_detector_path(config: AppConfig):
-    manifest = load_manifest(config.models.dir / "tflite" / DETECTOR)
+    manifest = load_manifest(config.models.dir / "tflite" / config.faces.model)
     return verify_variant(manifest, manifest.variants[0])
+
+
+def make_face_detector(config: AppConfig, max_faces: int | None = None) -> FaceDetector:
+    """The face detector as the daemon runs it (``faces`` section); close it, or use it in a ``with``."""
+    f = config.faces
+    return FaceDetector(face_detector_path(config), f.score_threshold, max_faces or f.max_faces, f.min_face_px,
+                        f.tiles)
 
 
 @dataclass
@@ -118,9 +124,8 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
         voice_labels=tone.labels if tone else (), min_speech_s=config.voice.min_speech_s, anger_index=anger_index)
     anger = Anger(config.alerts, period, config.voice.step_s, anger_index) if config.alerts_enabled else None
     audit = AuditLog(config.state.dir / "audit.log")
-    detector_manifest = load_manifest(config.models.dir / "tflite" / DETECTOR)
-    detector = FaceDetector(face_detector_path(config), config.faces.score_threshold, config.faces.max_faces,
-                            config.faces.min_face_px, config.faces.tiles)
+    detector_manifest = load_manifest(config.models.dir / "tflite" / config.faces.model)
+    detector = make_face_detector(config)
     broker = EmbeddedBroker(config.mqtt.embedded_port) if config.mqtt.broker is None else None
 
     health = Health()
@@ -133,9 +138,9 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
     paused = [capture] + ([DiscardAudio(audio, health, SAMPLE_RATE)] if audio is not None else [])
 
     reports = [expression.report] + ([vad.report, tone.report] if tone else [])
-    models = [{"model": DETECTOR, "provider": "xnnpack", "precision": "fp32"}] + [
+    models = [{"model": detector_manifest.name, "provider": "xnnpack", "precision": "fp32"}] + [
         {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
-    model_sha = {r.model: r.sha256 for r in reports} | {DETECTOR: detector_manifest.variants[0].sha256}
+    model_sha = {r.model: r.sha256 for r in reports} | {detector_manifest.name: detector_manifest.variants[0].sha256}
     return Parts(config, scheduler, cpu_latency, spec, source, audio, state_lock, outbox, expression, vad, tone,
                  anger_index, aggregator, anger, audit, detector, broker, health, stages, paused, voice, models,
                  model_sha)

@@ -35,7 +35,7 @@ class MelSpec:
 DEFAULT = MelSpec()
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def hz_to_mel(f: np.ndarray) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     linear = f / (200.0 / 3)
     log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
@@ -53,7 +53,7 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 def mel_filterbank(spec: MelSpec = DEFAULT) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) triangular filters, area-normalised."""
     fft_freqs = np.linspace(0, spec.sample_rate / 2, spec.n_fft // 2 + 1)
-    mel_points = np.linspace(_hz_to_mel(spec.fmin), _hz_to_mel(spec.fmax), spec.n_mels + 2)
+    mel_points = np.linspace(hz_to_mel(spec.fmin), hz_to_mel(spec.fmax), spec.n_mels + 2)
     hz = _mel_to_hz(mel_points)
     lower = (fft_freqs[None, :] - hz[:-2, None]) / (hz[1:-1, None] - hz[:-2, None])
     upper = (hz[2:, None] - fft_freqs[None, :]) / (hz[2:, None] - hz[1:-1, None])

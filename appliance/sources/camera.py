@@ -122,7 +122,7 @@ def probe_file(path: str) -> dict:
         cap.release()
 
 
-def _default_capture(spec: CameraSpec):
+def open_capture(spec: CameraSpec):
     import cv2
 
     if spec.kind == "gstreamer":
@@ -134,11 +134,25 @@ def _default_capture(spec: CameraSpec):
     return cv2.VideoCapture(spec.target)
 
 
+def read_frame(spec: CameraSpec, index: int = 0):
+    """One frame: the ``index``-th of a file, the next one of a live source; None if none can be read."""
+    import cv2
+
+    cap = open_capture(spec)
+    try:
+        if spec.kind == "file":
+            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+        return frame if ok else None
+    finally:
+        cap.release()
+
+
 class CameraSource(ThreadedSource):
     """Reads frames in a thread into a FrameBuffer; survives a camera that comes and goes."""
 
     def __init__(self, spec: CameraSpec, cfg: CameraConfig, buffer: FrameBuffer | None = None,
-                 capture_factory: Callable[[CameraSpec], object] = _default_capture,
+                 capture_factory: Callable[[CameraSpec], object] = open_capture,
                  on_state: Callable[[SourceState, str], None] | None = None):
         super().__init__("camera", on_state)
         self.spec = spec

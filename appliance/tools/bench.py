@@ -164,10 +164,10 @@ def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
     """Every model x available provider x precision: per-call latency at batch 1 and at the loop's batch, and the
     largest loop rate whose every tick met its deadline in a short run of the real loop with that choice."""
     from appliance.manifest import load_manifest
-    from appliance.runtime import SHORT_NAMES, SUPPORTED, NoUsableProvider, _available_providers, open_session
+    from appliance.runtime import SHORT_NAMES, SUPPORTED, NoUsableProvider, available_providers, open_session
 
     models = {name: cfg.faces.max_faces for name in expression_models(cfg)} | {cfg.voice.model: 1}
-    available = [SHORT_NAMES[p] for p in _available_providers() if p in SHORT_NAMES]
+    available = [SHORT_NAMES[p] for p in available_providers() if p in SHORT_NAMES]
     rows = []
     for name, loop_batch in models.items():
         manifest = load_manifest(cfg.models.dir / "onnx" / name)

@@ -28,7 +28,7 @@ class Check:
 def check_camera(cfg: AppConfig) -> Check:
     import cv2
 
-    from appliance.sources.camera import SourceError, _default_capture, gstreamer_available, probe_file, resolve_spec
+    from appliance.sources.camera import SourceError, gstreamer_available, probe_file, read_frame, resolve_spec
 
     spec = resolve_spec(cfg.camera.source, cfg.camera)
     if spec.kind == "file":
@@ -41,12 +41,8 @@ def check_camera(cfg: AppConfig) -> Check:
         return Check("camera", False, "GStreamer pipeline, but this OpenCV has no GStreamer",
                      "use JetPack's OpenCV: deploy/jetson/install.sh builds the venv with --system-site-packages "
                      "and removes pip's opencv wheels")
-    cap = _default_capture(spec)
-    try:
-        ok, frame = cap.read() if cap.isOpened() else (False, None)
-    finally:
-        cap.release()
-    if not ok:
+    frame = read_frame(spec)
+    if frame is None:
         return Check("camera", False, f"{spec.describe()} did not deliver a frame",
                      "check the cable and `v4l2-ctl --list-devices`; the service user must be in group video")
     return Check("camera", True, f"{spec.describe()}: {frame.shape[1]}x{frame.shape[0]}, backend {cv2.__version__}")
@@ -84,7 +80,7 @@ def check_models(cfg: AppConfig) -> list[Check]:
     from appliance.manifest import ModelFileError, load_manifest, verify_variant
 
     checks = []
-    folders = [cfg.models.dir / "tflite" / "blazeface_short_range", cfg.models.dir / "onnx" / cfg.expression.model,
+    folders = [cfg.models.dir / "tflite" / cfg.faces.model, cfg.models.dir / "onnx" / cfg.expression.model,
                cfg.models.dir / "onnx" / cfg.voice.vad_model, cfg.models.dir / "onnx" / cfg.voice.model]
     for folder in folders:
         try:

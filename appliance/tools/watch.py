@@ -137,3 +137,63 @@ def _clock(iso: str | None) -> str:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
     except ValueError:
         return "?"
+
+
+class WatchError(RuntimeError):
+    """The broker could not be reached or refused the dashboard; the message says why."""
+
+
+class FleetWatcher:
+    """A ``FleetView`` fed by its own MQTT client (a thread of paho's); read it with ``render``/``as_json``."""
+
+    def __init__(self, mqtt_cfg, url: str, client_id: str):
+        import threading
+
+        from appliance.config import parse_broker_url
+        from appliance.publish.mqtt import check_setup, tool_client
+
+        self.url = url
+        self.addr = parse_broker_url(url)
+        check_setup(mqtt_cfg, self.addr)
+        self.mqtt_cfg = mqtt_cfg
+        self.view = FleetView(mqtt_cfg.topic_prefix)
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self._lock = threading.Lock()
+        self._client = tool_client(mqtt_cfg, self.addr, client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+
+    def start(self) -> "FleetWatcher":
+        from appliance.publish.mqtt import describe_connect_error
+
+        try:
+            self._client.connect(self.addr.host, self.addr.port, keepalive=30)
+        except OSError as e:
+            raise WatchError(describe_connect_error(e, self.addr, self.mqtt_cfg)) from None
+        self._client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+    def render(self) -> str:
+        with self._lock:
+            return self.view.render()
+
+    def as_json(self) -> str:
+        with self._lock:
+            return json.dumps([u.as_dict() for u in self.view.units.values()], indent=1)
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:
+        if reason.is_failure:
+            self.refused = str(reason)
+            return
+        self.connected.set()
+        for topic in self.view.subscriptions():
+            client.subscribe(topic, qos=1)
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.view.update(message.topic, message.payload)
