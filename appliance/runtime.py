@@ -13,12 +13,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
-from appliance.config import RuntimeConfig
+from pydantic import Field
+
 from appliance.manifest import ModelManifest, verify_variant
+from appliance.section import Section
 
 log = logging.getLogger(__name__)
+
+
+class RuntimeConfig(Section):
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"], min_length=1,
+        description="preference order; only those that are available are tried")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    engine_cache_dir: Path = Field(default=Path("~/.cache/appliance/trt-engines"))
+    trt_max_batch: int = Field(default=16, ge=1, description="largest batch TensorRT engines are built for; "
+                               "faces.max_faces must not exceed it")
+    intra_op_threads: int = Field(default=1, ge=0, description="0 = ONNX Runtime's default")
 
 ORT_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",

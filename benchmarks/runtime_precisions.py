@@ -20,7 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.config import RuntimeConfig, default_models_dir  # noqa: E402
+from appliance.config import default_models_dir
+from appliance.runtime import RuntimeConfig  # noqa: E402
 from appliance.daemon.loop import percentiles  # noqa: E402
 from appliance.manifest import load_manifest  # noqa: E402
 from appliance.runtime import SHORT_NAMES, SUPPORTED, available_providers, open_session  # noqa: E402

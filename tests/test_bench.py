@@ -83,7 +83,7 @@ def test_bench_beside_a_running_daemon_leaves_its_state_alone(tmp_path):
     (no lock conflict, nothing in the unit's outbox or seq) and still honours the unit's opt-out."""
     from appliance.tools.bench import run_loop
     from appliance.publish.outbox import Outbox
-    from appliance.config import OutboxConfig
+    from appliance.publish.config import OutboxConfig
     from appliance.host.statedir import StateDirLock
 
     state = tmp_path / "state"

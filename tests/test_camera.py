@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from appliance.config import CameraConfig
+from appliance.sources.config import CameraConfig
 from appliance.sources.camera import (CameraSource, Frame, FrameBuffer, SourceError, SourceState, probe_file,
                                       resolve_spec)
 from conftest import DEMO, appliance_cmd, appliance_env

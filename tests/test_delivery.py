@@ -19,7 +19,7 @@ import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 
-from appliance.config import MqttConfig, OutboxConfig, parse_broker_url
+from appliance.publish.config import MqttConfig, OutboxConfig, parse_broker_url
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.commands import COMMANDS
 from appliance.publish.discovery import ENTITIES

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.config import AppConfig, RuntimeConfig, default_models_dir
+from appliance.config import AppConfig, default_models_dir
+from appliance.runtime import RuntimeConfig
 from appliance.tools.evaluation import evaluate_ferplus, expected_calibration_error, load_gray
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel

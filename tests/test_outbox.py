@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from appliance.config import OutboxConfig
+from appliance.publish.config import OutboxConfig
 from appliance.publish.mqtt import Backoff
 from appliance.publish.outbox import Outbox, OutboxError, OutboxWriter
 

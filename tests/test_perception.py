@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.config import RuntimeConfig, default_models_dir, load_config
+from appliance.config import default_models_dir, load_config
+from appliance.runtime import RuntimeConfig
 from appliance.manifest import load_manifest
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceBox, FaceDetector, crop_faces, non_max_suppression, regions

@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 
 from appliance.host.audit import AuditLog, verify
-from appliance.config import EU_MEMBERS, ConfigError, load_config
+from appliance.config import ConfigError, load_config
+from appliance.privacy import EU_MEMBERS
 from appliance.perception.zones import ExclusionZones
 from conftest import DEMO, appliance_cmd, appliance_env, load_schema
 from test_perception import demo_frame

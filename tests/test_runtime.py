@@ -11,7 +11,8 @@ import itertools
 import numpy as np
 import pytest
 
-from appliance.config import RuntimeConfig, default_models_dir
+from appliance.config import default_models_dir
+from appliance.runtime import RuntimeConfig
 from appliance.manifest import load_manifest
 from appliance.runtime import ORT_NAMES, NoUsableProvider, TrtEnvironment, engine_cache_dir, open_session
 from appliance.runtime import plan_sessions as _plan_sessions

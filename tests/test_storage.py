@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from appliance.config import OutboxConfig
+from appliance.publish.config import OutboxConfig
 from appliance.publish.outbox import WAL_LIMIT_BYTES, Outbox, OutboxError
 from appliance.host.statedir import StateDirError, StateDirLock
 from conftest import appliance_cmd, appliance_env

@@ -7,7 +7,9 @@ import pytest
 import soundfile as sf
 
 from appliance.windows.alerts import Anger
-from appliance.config import AlertsConfig, RuntimeConfig, default_models_dir
+from appliance.config import default_models_dir
+from appliance.runtime import RuntimeConfig
+from appliance.windows.config import AlertsConfig
 from appliance.manifest import load_manifest
 from appliance.perception.features import DEFAULT, clip_segments, log_mel
 from appliance.perception.vad import VoiceActivity

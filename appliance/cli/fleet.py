@@ -98,7 +98,7 @@ def audit(config: Optional[Path] = ConfigOpt, tail: int = typer.Option(20, "--ta
     from appliance.host.audit import verify
 
     cfg = load(config)
-    path = Path(cfg.state.dir).expanduser() / "audit.log"
+    path = cfg.state.audit
     if not path.exists():
         raise UserError(f"no audit log at {path} yet (written from the first `appliance run`)")
     for line in path.read_text().splitlines()[-tail:]:

@@ -10,7 +10,8 @@ from typing import Callable
 from appliance.windows.aggregate import FaceTracker, WindowAggregator
 from appliance.windows.alerts import Anger
 from appliance.host.audit import AuditLog
-from appliance.config import DEMO_VIDEO, AppConfig, parse_broker_url
+from appliance.config import DEMO_VIDEO, AppConfig
+from appliance.publish.config import parse_broker_url
 from appliance.host.cpu_latency import CpuLatencyRequest
 from appliance.daemon.stages import Capture, DiscardAudio, Health, Stage, Vision, Voice, Windows
 from appliance.windows.fusion import AngerIndex, load_fusion
@@ -104,9 +105,8 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
     if config.mqtt.broker is not None:
         check_setup(config.mqtt, parse_broker_url(config.mqtt.broker))
     state_lock = StateDirLock(config.state.dir).acquire()     # one daemon per state folder (statedir.py)
-    state_dir = state_lock.path.parent
     # Every event goes to disk first; the seq lives there too, and in the one-line file 'seq' beside it.
-    outbox = Outbox(state_dir / "outbox.sqlite3", config.outbox, seq_file=state_dir / "seq", device_id=config.device.id)
+    outbox = Outbox(config.state.outbox, config.outbox, seq_file=config.state.seq, device_id=config.device.id)
     models_dir = config.models.dir / "onnx"
     expression = ExpressionModel(load_manifest(models_dir / config.expression.model), config.runtime,
                                  margin=config.faces.margin)
@@ -123,7 +123,7 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
         FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou),
         voice_labels=tone.labels if tone else (), min_speech_s=config.voice.min_speech_s, anger_index=anger_index)
     anger = Anger(config.alerts, period, config.voice.step_s, anger_index) if config.alerts_enabled else None
-    audit = AuditLog(config.state.dir / "audit.log")
+    audit = AuditLog(config.state.audit)
     detector_manifest = load_manifest(config.models.dir / "tflite" / config.faces.model)
     detector = make_face_detector(config)
     broker = EmbeddedBroker(config.mqtt.embedded_port) if config.mqtt.broker is None else None

@@ -14,6 +14,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
+from pydantic import Field
+
+from appliance.section import Section
+
+
+class LoopConfig(Section):
+    rate_hz: float = Field(default=10.0, gt=0, le=120)
+    cpu_wakeup_latency_us: int | None = Field(
+        default=None, ge=0, le=1_000_000,
+        description="while running, keep CPUs out of idle states slower than this to wake (us; 0 = poll, the "
+                    "steadiest tick times, more power); unset = the kernel's choice")
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from appliance import __version__
-from appliance.config import AppConfig, parse_broker_url
+from appliance.config import AppConfig
+from appliance.publish.config import parse_broker_url
 from appliance.daemon.assemble import compose
 from appliance.daemon.control import ControlPlane
 from appliance.daemon.stages import Publish, TickData

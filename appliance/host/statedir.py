@@ -13,6 +13,40 @@ import fcntl
 import os
 from pathlib import Path
 
+from pydantic import Field
+
+from appliance.section import Section
+
+
+class StateConfig(Section):
+    dir: Path = Field(default=Path("~/.local/state/appliance"), description="persistent device state (outbox with "
+                      "seq, audit log, pause file)")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser()
+
+    # The files in it, named here only.
+    @property
+    def outbox(self) -> Path:
+        return self.path / "outbox.sqlite3"
+
+    @property
+    def seq(self) -> Path:
+        return self.path / "seq"
+
+    @property
+    def audit(self) -> Path:
+        return self.path / "audit.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "lock"
+
+    @property
+    def paused(self) -> Path:
+        return self.path / "paused"
+
 
 class StateDirError(RuntimeError):
     """The state folder cannot be used: not a folder, not writable, or in use by another daemon."""
@@ -37,7 +71,8 @@ def prepare(directory: Path) -> Path:
 class StateDirLock:
     def __init__(self, directory: Path):
         self._fd: int | None = None
-        self.path = prepare(directory) / "lock"
+        prepare(directory)
+        self.path = StateConfig(dir=directory).lock
 
     def acquire(self) -> "StateDirLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.config import RuntimeConfig
+from appliance.runtime import RuntimeConfig
 from appliance.manifest import ModelManifest
 from appliance.perception.faces import FaceBox, crop_faces
 from appliance.runtime import RuntimeReport, open_session

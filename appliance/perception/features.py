@@ -11,7 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from appliance.sources.audio import SAMPLE_RATE   # what every audio source delivers
+
 FLOOR = 1e-8   # 80 dB below the loudest bin of the segment
 
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from appliance.config import RuntimeConfig
 from appliance.manifest import ModelManifest
-from appliance.runtime import open_session
+from appliance.runtime import RuntimeConfig, open_session
+from appliance.sources.audio import SAMPLE_RATE
 
-CHUNK = 512      # samples at 16 kHz = 32 ms, what the model takes
+CHUNK = 512      # samples = 32 ms at SAMPLE_RATE, what the model takes
 CONTEXT = 64     # samples of the previous chunk the model sees in front of each chunk
 # The VAD is tiny and stateful (one chunk at a time): the CPU is right for it everywhere, whatever the config says.
 RUNTIME = RuntimeConfig(providers=["cpu"], intra_op_threads=1)
@@ -42,7 +42,7 @@ class VoiceActivity:
         self._window = np.zeros((1, CONTEXT + CHUNK), np.float32)
         self._states = (np.zeros((2, 1, 128), np.float32), np.zeros((2, 1, 128), np.float32))
         self._out = np.zeros((1, 1), np.float32)
-        self._sr = np.array(16000, np.int64)
+        self._sr = np.array(SAMPLE_RATE, np.int64)
         self._bindings = [self._bind(src, dst) for src, dst in ((0, 1), (1, 0))]
         self.reset()
 
@@ -100,4 +100,4 @@ class VoiceActivity:
             if self._speaking:
                 kept.append(chunk)
         speech = np.concatenate(kept) if kept else np.zeros(0, np.float32)
-        return SpeechChunks(speech, len(audio) / 16000, len(speech) / 16000, peak, clipped, n)
+        return SpeechChunks(speech, len(audio) / SAMPLE_RATE, len(speech) / SAMPLE_RATE, peak, clipped, n)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.config import RuntimeConfig
+from appliance.runtime import RuntimeConfig
 from appliance.manifest import ModelManifest
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel
 from appliance.runtime import open_session

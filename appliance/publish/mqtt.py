@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from appliance.config import BrokerAddress, MqttConfig
+from appliance.publish.config import BrokerAddress, MqttConfig
 from appliance.publish.commands import Command, CommandError, RateLimit, parse_command, reply_payload, salvage
 from appliance.publish.outbox import Outbox, PendingEvent
 from appliance.publish.payloads import status_payload

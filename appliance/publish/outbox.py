@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from appliance.config import OutboxConfig
+from appliance.publish.config import OutboxConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from appliance.config import AppConfig
+from appliance.sources.audio import SAMPLE_RATE
 
 
 @dataclass
@@ -60,15 +61,15 @@ def check_microphone(cfg: AppConfig) -> Check:
     if source is None:
         return Check("microphone", True, "no audio source configured (vision only)", warn=True)
     if not isinstance(source, MicSource):
-        return Check("microphone", True, f"{source.describe()}: {len(source.audio) / 16000:.1f} s at 16 kHz")
+        return Check("microphone", True, f"{source.describe()}: {len(source.audio) / SAMPLE_RATE:.1f} s at {SAMPLE_RATE // 1000} kHz")
     import pyaudio
 
     pa = pyaudio.PyAudio()
     try:
         index = MicSource.find_device(pa, source.device)
         info = pa.get_device_info_by_index(index) if index is not None else pa.get_default_input_device_info()
-        pa.is_format_supported(16000, input_device=info["index"], input_channels=1, input_format=pyaudio.paInt16)
-        return Check("microphone", True, f"{info['name']}: 16 kHz mono supported")
+        pa.is_format_supported(SAMPLE_RATE, input_device=info["index"], input_channels=1, input_format=pyaudio.paInt16)
+        return Check("microphone", True, f"{info['name']}: {SAMPLE_RATE // 1000} kHz mono supported")
     except (OSError, ValueError, SourceError) as e:
         return Check("microphone", False, f"{source.describe()}: {e}",
                      "plug the microphone in, check `arecord -l`, and that the service user is in group audio")
@@ -151,7 +152,7 @@ def check_broker(cfg: AppConfig, timeout: float = 3.0) -> Check:
     """Connect the way the daemon does (TLS, client certificate, credentials) and wait for the CONNACK."""
     import paho.mqtt.client as mqtt
 
-    from appliance.config import parse_broker_url
+    from appliance.publish.config import parse_broker_url
     from appliance.publish.mqtt import MqttSetupError, check_setup, describe_connect_error, refusal_hint, tool_client
 
     if cfg.mqtt.broker is None:
@@ -191,7 +192,7 @@ def check_outbox(cfg: AppConfig) -> Check:
     """What waits to be sent, and whether the bound has had to drop anything."""
     import sqlite3
 
-    path = Path(cfg.state.dir).expanduser() / "outbox.sqlite3"
+    path = cfg.state.outbox
     if not path.exists():
         return Check("outbox", True, f"{path}: not created yet (first `appliance run` creates it)", warn=True)
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.windows.alerts import Anger
-from appliance.config import AlertsConfig
+from appliance.windows.config import AlertsConfig
 
 CALM_LABELS = ("neutral", "calm", "happy", "sad")
 ON_GRID = tuple(round(x, 2) for x in np.arange(0.30, 0.96, 0.01))

@@ -149,7 +149,7 @@ class FleetWatcher:
     def __init__(self, mqtt_cfg, url: str, client_id: str):
         import threading
 
-        from appliance.config import parse_broker_url
+        from appliance.publish.config import parse_broker_url
         from appliance.publish.mqtt import check_setup, tool_client
 
         self.url = url

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from appliance.config import AlertsConfig
+from appliance.windows.config import AlertsConfig
 from appliance.windows.fusion import AngerIndex
 
 

@@ -123,7 +123,7 @@ def apply_platt(p: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------ measuring
 def face_probabilities(data: Path, name: str, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The selection faces' calibrated P(angry) (the daemon's ExpressionModel), labels, and a fold per face."""
-    from appliance.config import RuntimeConfig
+    from appliance.runtime import RuntimeConfig
     from appliance.manifest import load_manifest
     from appliance.perception.expression import ExpressionModel
     from models.recipes.ferplus_cnn import LABELS, load_ferplus, selection_split
@@ -147,7 +147,7 @@ def face_probabilities(data: Path, name: str, precision: str) -> tuple[np.ndarra
 def voice_probabilities(data: Path, precision: str, cache: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                          np.ndarray]:
     """Validation clips' P(angry) (mean over 2 s segments, the daemon's VoiceToneModel), labels, corpus, fold A."""
-    from appliance.config import RuntimeConfig
+    from appliance.runtime import RuntimeConfig
     from appliance.tools.evaluation import speech_rows
     from appliance.manifest import load_manifest
     from appliance.perception.voice import VoiceToneModel

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from appliance.config import RuntimeConfig  # noqa: E402
+from appliance.runtime import RuntimeConfig  # noqa: E402
 from appliance.tools.evaluation import evaluate_faces, list_face_folder, load_gray, stderr_progress  # noqa: E402
 from appliance.manifest import (Accuracy, ModelManifest, Preprocessing, Provenance, Variant,  # noqa: E402
                                 load_manifest, sha256_of, write_manifest)

@@ -320,7 +320,8 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
                         "selection_fer2013_accuracy_weights": round(single, 4),
                         "seconds": round(time.time() - started, 1)})
         say(f"{args.tag} epoch {epoch:3d}/{args.epochs}  loss {loss_sum / steps_per_epoch:.4f}  selection acc "
-            f"{raw:.4f}, FER2013 labels {single:.4f} (EMA before BatchNorm re-estimation {acc:.4f}, angry recall {rec:.3f} precision {prec:.3f})  "
+            f"{raw:.4f}, FER2013 labels {single:.4f} (EMA before BatchNorm re-estimation {acc:.4f}, angry recall "
+            f"{rec:.3f} precision {prec:.3f})  "
             f"({time.time() - started:.0f} s)")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
                     "schedule": schedule.state_dict(), "history": history, "epoch": epoch,

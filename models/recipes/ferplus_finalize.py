@@ -19,7 +19,7 @@ PUBLIC_TEST = "FER2013 PublicTest"
 
 
 def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
-    from appliance.config import RuntimeConfig
+    from appliance.runtime import RuntimeConfig
     from appliance.tools.evaluation import confusion_png, evaluate_faces, evaluate_ferplus, stderr_progress
     from appliance.manifest import (Accuracy, Calibration, ModelManifest, Preprocessing, Provenance, Variant,
                                     load_manifest, sha256_of, write_manifest)
@@ -114,7 +114,7 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
 
 
 def time_variants(manifest, batch: int = 4, calls: int = 400) -> dict[str, float]:
-    from appliance.config import RuntimeConfig
+    from appliance.runtime import RuntimeConfig
     from appliance.perception.expression import ExpressionModel
 
     speed = {}

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from appliance.manifest import ModelManifest, Provenance, Variant, sha256_of, write_manifest  # noqa: E402
-from appliance.sources.audio import load_audio_file  # noqa: E402
+from appliance.sources.audio import SAMPLE_RATE, load_audio_file  # noqa: E402
 from models.recipes.recipe_tools import files_from_wheel, specialise_shapes  # noqa: E402
 
 WHEEL = "silero-vad==6.2.3"
@@ -43,7 +43,7 @@ def chunk_probabilities(path: Path, audio: np.ndarray) -> np.ndarray:
     for i in range(0, len(audio) - 511, 512):
         chunk = audio[i:i + 512]
         p, state = session.run(None, {"input": np.concatenate([context, chunk])[None], "state": state,
-                                      "sr": np.array(16000, np.int64)})
+                                      "sr": np.array(SAMPLE_RATE, np.int64)})
         out.append(float(p[0, 0]))
         context = chunk[-64:]
     return np.array(out)
@@ -60,11 +60,11 @@ def main() -> None:
         upstream = Path(tmp) / "upstream.onnx"
         upstream.write_bytes(files[MEMBER])
         feeds = {"input": np.zeros(SHAPES["input"], np.float32), "state": np.zeros(SHAPES["state"], np.float32),
-                 "sr": np.array(16000, np.int64)}
+                 "sr": np.array(SAMPLE_RATE, np.int64)}
         shape = specialise_shapes(upstream, args.out / "fp32.onnx", SHAPES, feeds)
         if shape["ifs_left"]:
             raise SystemExit(f"{shape['ifs_left']} If nodes depend on values, not shapes: not specialised")
-        noise = np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32) * 0.1
+        noise = np.random.default_rng(0).standard_normal(SAMPLE_RATE * 3).astype(np.float32) * 0.1
         audio = np.concatenate([np.asarray(load_audio_file(DEMO), np.float32), noise])
         before, after = chunk_probabilities(upstream, audio), chunk_probabilities(args.out / "fp32.onnx", audio)
         worst = float(np.abs(before - after).max())

@@ -423,7 +423,7 @@ def Ensemble(models):  # noqa: N802 - a factory that reads like the class it bui
 
 def finalize(args) -> None:
     """Manifest with sha256 and the validation figures of both files, measured by the daemon's own code."""
-    from appliance.config import RuntimeConfig
+    from appliance.runtime import RuntimeConfig
     from appliance.tools.evaluation import confusion_png, evaluate_voice, stderr_progress
     from appliance.manifest import Accuracy, ModelManifest, Provenance, Variant, load_manifest, sha256_of
     from appliance.manifest import write_manifest
