@@ -12,31 +12,20 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.config import default_models_dir
-from appliance.runtime import RuntimeConfig  # noqa: E402
-from appliance.daemon.loop import percentiles  # noqa: E402
+from appliance.config import default_models_dir  # noqa: E402
 from appliance.manifest import load_manifest  # noqa: E402
-from appliance.runtime import SHORT_NAMES, SUPPORTED, available_providers, open_session  # noqa: E402
+from appliance.runtime import RuntimeConfig, open_session  # noqa: E402
+from appliance.tools.sweep import random_feed, time_calls, usable_providers, variants  # noqa: E402
 
 
 def measure(session, batch: int, runs: int) -> dict:
-    x = np.random.default_rng(0).uniform(-1, 1, (batch, 1, 64, 64)).astype(np.float32)
-    for _ in range(20):
-        session.run(None, {"input": x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - t0)
-    p = percentiles(times)
+    p = time_calls(session, random_feed(session, batch), runs, warm_up=20)
     p["per_item_p50_ms"] = round(p["p50_ms"] / batch, 4)
     return p
 
@@ -48,21 +37,18 @@ def main() -> None:
     args = parser.parse_args()
     manifest = load_manifest(default_models_dir() / "onnx" / "fer_mini_xception")
     rows = []
-    for provider in [SHORT_NAMES[p] for p in available_providers() if p in SHORT_NAMES]:
-        for precision in SUPPORTED[provider]:
-            if ("fp32" if precision == "fp16" else precision) not in manifest.precisions():
+    for provider, precision in variants(manifest, usable_providers(["tensorrt", "cuda", "cpu"])):
+        for threads in (1, 2):
+            cfg = RuntimeConfig(providers=[provider], precision=precision, intra_op_threads=threads)
+            session, report = open_session(manifest, cfg)
+            if report.provider != provider:
                 continue
-            for threads in (1, 2):
-                cfg = RuntimeConfig(providers=[provider], precision=precision, intra_op_threads=threads)
-                session, report = open_session(manifest, cfg)
-                if report.provider != provider:
-                    continue
-                for batch in (1, 8):
-                    r = measure(session, batch, args.runs)
-                    rows.append({"model": manifest.name, "provider": provider, "precision": precision,
-                                 "threads": threads, "batch": batch, **r})
-                    print(f"{provider:8} {precision:5} threads={threads} batch={batch}: p50 {r['p50_ms']:.3f} ms "
-                          f"p99 {r['p99_ms']:.3f} ms ({r['per_item_p50_ms']:.3f} ms/face)", flush=True)
+            for batch in (1, 8):
+                r = measure(session, batch, args.runs)
+                rows.append({"model": manifest.name, "provider": provider, "precision": precision,
+                             "threads": threads, "batch": batch, **r})
+                print(f"{provider:8} {precision:5} threads={threads} batch={batch}: p50 {r['p50_ms']:.3f} ms "
+                      f"p99 {r['p99_ms']:.3f} ms ({r['per_item_p50_ms']:.3f} ms/face)", flush=True)
     auto = open_session(manifest, RuntimeConfig())[1]
     result = {"machine": f"{platform.machine()} {platform.processor() or ''} cores={__import__('os').cpu_count()}",
               "onnxruntime": __import__("onnxruntime").__version__, "runs": args.runs, "rows": rows,

@@ -148,58 +148,42 @@ def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dic
     }
 
 
-def _time_session(session, feed: dict, runs: int) -> dict:
-    for _ in range(10):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return percentiles(times)
-
-
 def matrix(cfg: AppConfig, runs: int = 200, loop_seconds: float = 10.0,
            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Every model x available provider x precision: per-call latency at batch 1 and at the loop's batch, and the
     largest loop rate whose every tick met its deadline in a short run of the real loop with that choice."""
     from appliance.manifest import load_manifest
-    from appliance.runtime import SHORT_NAMES, SUPPORTED, NoUsableProvider, available_providers, open_session
+    from appliance.runtime import SUPPORTED, NoUsableProvider, open_session
+    from appliance.tools.sweep import random_feed, time_calls, usable_providers, variants
 
     models = {name: cfg.faces.max_faces for name in expression_models(cfg)} | {cfg.voice.model: 1}
-    available = [SHORT_NAMES[p] for p in available_providers() if p in SHORT_NAMES]
+    providers = usable_providers(cfg.runtime.providers)
     rows = []
     for name, loop_batch in models.items():
         manifest = load_manifest(cfg.models.dir / "onnx" / name)
         shape = manifest.preprocessing and (1, manifest.preprocessing.height, manifest.preprocessing.width)
-        for provider in [p for p in cfg.runtime.providers if p in available]:
-            for precision in SUPPORTED[provider]:
-                if ("fp32" if precision == "fp16" else precision) not in manifest.precisions():
-                    continue
-                rcfg = cfg.runtime.model_copy(update={"providers": [provider], "precision": precision})
-                try:
-                    session, report = open_session(manifest, rcfg)
-                except NoUsableProvider as e:
-                    # In the build but not usable here (onnxruntime-gpu without TensorRT's libraries, a CUDA
-                    # mismatch): a row that says why, not a crash of the whole report.
-                    log(f"matrix: {name} {provider} {precision}: not usable here ({e})")
-                    rows.append({"model": name, "provider": provider, "precision": precision,
-                                 "loop_batch": loop_batch, "unavailable": str(e)})
-                    continue
-                shape_ = shape or tuple(session.get_inputs()[0].shape[1:])
-                row = {"model": name, "provider": provider, "precision": precision}
-                for batch in sorted({1, loop_batch}):
-                    x = np.random.default_rng(0).standard_normal((batch, *shape_)).astype(np.float32)
-                    p = _time_session(session, {session.get_inputs()[0].name: x}, runs)
-                    row[f"batch{batch}"] = p
-                row["loop_batch"] = loop_batch
-                log(f"matrix: {name} {provider} {precision}: batch 1 p50 {row['batch1']['p50_ms']:.3f} ms"
-                    + (f", batch {loop_batch} p50 {row[f'batch{loop_batch}']['p50_ms']:.3f} ms" if loop_batch > 1
-                       else ""))
-                rows.append(row)
+        for provider, precision in variants(manifest, providers):
+            rcfg = cfg.runtime.model_copy(update={"providers": [provider], "precision": precision})
+            try:
+                session, report = open_session(manifest, rcfg)
+            except NoUsableProvider as e:
+                # In the build but not usable here (onnxruntime-gpu without TensorRT's libraries, a CUDA
+                # mismatch): a row that says why, not a crash of the whole report.
+                log(f"matrix: {name} {provider} {precision}: not usable here ({e})")
+                rows.append({"model": name, "provider": provider, "precision": precision,
+                             "loop_batch": loop_batch, "unavailable": str(e)})
+                continue
+            row = {"model": name, "provider": provider, "precision": precision}
+            for batch in sorted({1, loop_batch}):
+                row[f"batch{batch}"] = time_calls(session, random_feed(session, batch, shape), runs)
+            row["loop_batch"] = loop_batch
+            log(f"matrix: {name} {provider} {precision}: batch 1 p50 {row['batch1']['p50_ms']:.3f} ms"
+                + (f", batch {loop_batch} p50 {row[f'batch{loop_batch}']['p50_ms']:.3f} ms" if loop_batch > 1
+                   else ""))
+            rows.append(row)
     # The largest rate that meets every deadline, per precision choice, from the real loop.
     loops = []
-    for provider in [p for p in cfg.runtime.providers if p in available]:
+    for provider in providers:
         for precision in [p for p in SUPPORTED[provider] if p != "fp16" or provider == "tensorrt"]:
             if not any(r["provider"] == provider and r["precision"] == precision and "unavailable" not in r
                        for r in rows):
