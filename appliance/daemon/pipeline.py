@@ -110,6 +110,7 @@ class Pipeline:
         """Every model once at each shape the loop will give it, before the first tick; returns the seconds taken.
         (On a GPU the first call at a new shape costs up to seconds: see ExpressionModel.warm_up.)"""
         t0 = time.monotonic()
+        self.parts.detector.warm_up()
         self.parts.expression.warm_up(max(self.config.faces.max_faces, self.replicate_faces))
         if self.parts.tone is not None:
             self.parts.vad.warm_up()

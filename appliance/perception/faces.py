@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from appliance.host.native_log import native_output_to
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,8 @@ class FaceDetector:
             running_mode=vision.RunningMode.IMAGE,
             min_detection_confidence=score_threshold,
         )
-        self._detector = vision.FaceDetector.create_from_options(options)
+        with native_output_to(log):
+            self._detector = vision.FaceDetector.create_from_options(options)
         self.max_faces = max_faces
         self.min_face_px = min_face_px
         self.tiles = tiles
@@ -67,9 +73,15 @@ class FaceDetector:
         kept = big[:self.max_faces]
         return Detections(tuple(kept), len(boxes), len(boxes) - len(big), len(big) - len(kept))
 
+    def warm_up(self, width: int = 640, height: int = 480) -> None:
+        """One detection on a blank frame: the first inference is where LiteRT prints (and allocates)."""
+        with native_output_to(log):
+            self.detect(np.zeros((height, width, 3), np.uint8))
+
     def close(self) -> None:
         if self._detector is not None:
-            self._detector.close()
+            with native_output_to(log):
+                self._detector.close()
             self._detector = None
 
     def __enter__(self) -> "FaceDetector":
