@@ -23,7 +23,8 @@ from appliance.publish.config import MqttConfig, OutboxConfig, parse_broker_url
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.commands import COMMANDS
 from appliance.publish.discovery import ENTITIES
-from appliance.publish.mqtt import MqttPublisher, MqttSetupError, check_setup
+from appliance.publish.client import MqttSetupError, check_setup
+from appliance.publish.mqtt import MqttPublisher
 from appliance.publish.outbox import Outbox
 from conftest import ROOT, Collector, Mosquitto, appliance_cmd, appliance_env, free_port, load_schema
 
@@ -162,7 +163,7 @@ def test_in_flight_events_are_resent_historical_and_a_silent_fallback_is_not_for
         assert wait(lambda: pub.connected.is_set(), 30) and pub.protocol == "3.1.1" and fake.levels[:2] == [5, 4]
         add_events(box, 5)
         pub.wake()
-        assert wait(lambda: len(pub._inflight) == 5, 10), "the events should be in flight, unacknowledged"
+        assert wait(lambda: pub.in_flight == 5, 10), "the events should be in flight, unacknowledged"
         fake.close()
         broker = Mosquitto(tmp_path, port).start()
         watcher = Collector(port, "emotion/#", protocol=mqtt.MQTTv5)

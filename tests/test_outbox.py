@@ -12,8 +12,9 @@ import uuid
 import pytest
 
 from appliance.publish.config import OutboxConfig
-from appliance.publish.mqtt import Backoff
-from appliance.publish.outbox import Outbox, OutboxError, OutboxWriter
+from appliance.publish.client import Backoff
+from appliance.publish.outbox import Outbox, OutboxError
+from appliance.publish.outbox_writer import OutboxWriter
 
 
 def event(kind: str = "summary", size: int = 0):

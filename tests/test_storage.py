@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import pytest
 
 from appliance.publish.config import OutboxConfig
-from appliance.publish.outbox import WAL_LIMIT_BYTES, Outbox, OutboxError
+from appliance.publish.outbox import Outbox, OutboxError
+from appliance.publish.outbox_db import WAL_LIMIT_BYTES
 from appliance.host.statedir import StateDirError, StateDirLock
 from conftest import appliance_cmd, appliance_env
 

@@ -30,8 +30,8 @@ def main() -> None:
     from appliance.tools.evaluation import DatasetError
     from appliance.manifest import ModelFileError
     from appliance.runtime import NoUsableProvider
-    from appliance.publish.mqtt import MqttSetupError
-    from appliance.publish.outbox import OutboxError
+    from appliance.publish.client import MqttSetupError
+    from appliance.publish.outbox_db import OutboxError
     from appliance.sources.camera import SourceError
     from appliance.host.statedir import StateDirError
 

@@ -23,7 +23,7 @@ from appliance.perception.vad import VoiceActivity
 from appliance.perception.voice import SpeechBuffer, VoiceToneModel
 from appliance.perception.zones import ExclusionZones
 from appliance.publish.broker import EmbeddedBroker
-from appliance.publish.mqtt import check_setup
+from appliance.publish.client import check_setup
 from appliance.publish.outbox import Outbox
 from appliance.sources.audio import SAMPLE_RATE, FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, resolve_spec

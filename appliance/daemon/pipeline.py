@@ -18,10 +18,12 @@ from appliance.publish.config import parse_broker_url
 from appliance.daemon.assemble import compose
 from appliance.daemon.control import ControlPlane
 from appliance.daemon.stages import Publish, TickData
+from appliance.daemon.status import UnitStatus
 from appliance.daemon.telemetry import Events, RunReport, Telemetry
 from appliance.publish.discovery import discovery_messages
-from appliance.publish.mqtt import MqttPublisher, Topics
-from appliance.publish.outbox import OutboxWriter
+from appliance.publish.client import Topics
+from appliance.publish.mqtt import MqttPublisher
+from appliance.publish.outbox_writer import OutboxWriter
 from appliance.sources.replay import Replay
 from appliance.host.system import SystemMonitor
 from appliance.host.systemd_notify import Notifier
@@ -36,12 +38,14 @@ class Pipeline:
         self.config = config
         self.replicate_faces = replicate_faces
         self.notifier = Notifier()
-        self.parts = p = compose(config, self._source_state, history_ticks, replicate_faces, replay)
+        self.parts = p = compose(config, lambda *state: self.status.publish(), history_ticks, replicate_faces,
+                                 replay)
         self.scheduler, self.spec, self.audio, self.models = p.scheduler, p.spec, p.audio, p.models
         self.cpu_latency, self.anger, self.anger_index = p.cpu_latency, p.anger, p.anger_index
         self.control = ControlPlane(config.pause_file, self._pause_changed, on_stats=self._request_stats)
+        self.status = UnitStatus(config, p.source, p.audio, p.models, lambda: self.control.paused_by)
         self.telemetry = Telemetry(config, p.scheduler, p.health, p.outbox, SystemMonitor(), p.models,
-                                   state=self._state)
+                                   state=lambda: self.status.state)
         self.telemetry.has_audio = p.audio is not None
         self._on_summary, self._on_alert, self._on_broker = on_summary, on_alert, on_broker
         self._broker_url = config.mqtt.broker
@@ -62,25 +66,6 @@ class Pipeline:
     def request_pause(self, paused: bool) -> None:
         """From a signal handler: only records the wish; the loop applies it at the next tick."""
         self.control.request_pause(paused)
-
-    def _state(self) -> str:
-        return "paused" if self.control.paused_by else "online"
-
-    def _status_extra(self) -> dict:
-        extra = {"profile": self.config.device.profile, "purpose": self.config.purpose,
-                 "camera": self.parts.source.state.value, "models": self.models}
-        if self.control.paused_by:
-            extra["paused_by"] = sorted(self.control.paused_by)
-        if self.audio is not None:
-            extra["microphone"] = self.audio.state.value
-        return extra
-
-    def _publish_status(self) -> None:
-        if self.publisher is not None:
-            self.publisher.set_status(self._state(), **self._status_extra())
-
-    def _source_state(self, state, detail: str) -> None:
-        self._publish_status()
 
     def _request_stats(self) -> None:
         self.telemetry.request()
@@ -103,7 +88,7 @@ class Pipeline:
             p.audit.append("resume", reason=reason)
         else:
             p.audit.append("pause", by=sorted(paused_by), reason=reason)
-        self._publish_status()
+        self.status.publish()
 
     # ------------------------------------------------------------------------------------------- run
     def warm_up(self) -> float:
@@ -136,10 +121,10 @@ class Pipeline:
         self.publisher = MqttPublisher(mqtt_cfg, parse_broker_url(self._broker_url), cfg.device.id, __version__,
                                        p.outbox, cfg.outbox.max_age_h * 3600, retained_on_connect=discovery,
                                        on_command=self.control.deliver)
-        self.control.reply, self.control.status = self.publisher.reply, self._publish_status
-        self.telemetry.publisher = self.publisher
+        self.control.reply, self.control.status = self.publisher.reply, self.status.publish
+        self.telemetry.publisher = self.status.publisher = self.publisher
         self.control.check_file()
-        self._publish_status()
+        self.status.publish()
         self.publisher.start()
         self.writer = OutboxWriter(p.outbox, on_stored=self.publisher.wake, on_storage=self.publisher.report_storage)
         self.writer.start()

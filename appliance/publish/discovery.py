@@ -8,7 +8,7 @@ ACL (deploy/broker/) lets a unit write to and no other.
 
 from __future__ import annotations
 
-from appliance.publish.mqtt import Topics
+from appliance.publish.client import Topics
 
 # (component, object id, name, topic kind, value template, unit, extra)
 ENTITIES = [

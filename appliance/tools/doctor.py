@@ -153,7 +153,7 @@ def check_broker(cfg: AppConfig, timeout: float = 3.0) -> Check:
     import paho.mqtt.client as mqtt
 
     from appliance.publish.config import parse_broker_url
-    from appliance.publish.mqtt import MqttSetupError, check_setup, describe_connect_error, refusal_hint, tool_client
+    from appliance.publish.client import MqttSetupError, check_setup, describe_connect_error, refusal_hint, tool_client
 
     if cfg.mqtt.broker is None:
         return Check("broker", True, "none configured: `appliance run` starts an embedded broker on loopback",
@@ -213,7 +213,7 @@ def check_outbox(cfg: AppConfig) -> Check:
 def check_disk(cfg: AppConfig, engine_cache_mb: int = 400) -> Check:
     """Free space for what the state folder can come to hold: the outbox at its size bound plus its WAL, the seq and
     audit files; and room for TensorRT engines."""
-    from appliance.publish.outbox import WAL_LIMIT_BYTES
+    from appliance.publish.outbox_db import WAL_LIMIT_BYTES
 
     state = Path(cfg.state.dir).expanduser()
     need = {state: int(cfg.outbox.max_mb + 2 * WAL_LIMIT_BYTES / (1 << 20) + 16),

@@ -150,7 +150,7 @@ class FleetWatcher:
         import threading
 
         from appliance.publish.config import parse_broker_url
-        from appliance.publish.mqtt import check_setup, tool_client
+        from appliance.publish.client import check_setup, tool_client
 
         self.url = url
         self.addr = parse_broker_url(url)
@@ -165,7 +165,7 @@ class FleetWatcher:
         self._client.on_message = self._on_message
 
     def start(self) -> "FleetWatcher":
-        from appliance.publish.mqtt import describe_connect_error
+        from appliance.publish.client import describe_connect_error
 
         try:
             self._client.connect(self.addr.host, self.addr.port, keepalive=30)
