@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from appliance.tools.bench import markdown, matrix
+from appliance.tools.bench_matrix import matrix
+from appliance.tools.bench_report import markdown
 from appliance.config import load_config
 from conftest import appliance_cmd, appliance_env
 

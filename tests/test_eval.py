@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.tools.evaluation import classification_metrics
+from appliance.tools.metrics import classification_metrics
 from conftest import DEMO, appliance_cmd, appliance_env
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from appliance.config import AppConfig, default_models_dir
 from appliance.runtime import RuntimeConfig
-from appliance.tools.evaluation import evaluate_ferplus, expected_calibration_error, load_gray
+from appliance.tools.evaluation import evaluate_ferplus, load_gray
+from appliance.tools.metrics import expected_calibration_error
 from appliance.manifest import load_manifest, verify_variant
 from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceBox, crop_faces

@@ -37,6 +37,8 @@ def bench(
 ) -> None:
     """Per-stage latency, deadline misses, providers and precisions (and accuracy) of this unit, as a report."""
     from appliance.tools import bench as b
+    from appliance.tools.bench_matrix import matrix
+    from appliance.tools.bench_report import markdown, save
 
     if video and camera:
         raise UserError("give --video or --camera, not both")
@@ -48,12 +50,12 @@ def bench(
     print(f"bench: {seconds:g} s of the real loop at {cfg.loop.rate_hz:g} Hz on {desc}", file=sys.stderr)
     result = b.header(cfg, desc) | b.run_loop(cfg, seconds, faces)
     if do_matrix:
-        result["matrix"] = b.matrix(cfg)
+        result["matrix"] = matrix(cfg)
     if faces_data or voice_data:
         result["accuracy"] = b.accuracy(cfg, faces_data, voice_data, filters(voice_where), json_out.parent)
-    for path in b.save(result, json_out):
+    for path in save(result, json_out):
         print(f"wrote {path}", file=sys.stderr)
-    print(b.markdown(result), end="")
+    print(markdown(result), end="")
 
 
 @app.command()

@@ -52,7 +52,7 @@ def filters(items: Optional[list[str]]) -> dict[str, set[str]]:
 
 def write_outputs(data: dict, json_out: Optional[Path], report, png: Optional[Path]) -> None:
     """An eval command's JSON (where asked) and confusion matrix PNG (where asked)."""
-    from appliance.tools.evaluation import confusion_png
+    from appliance.tools.metrics import confusion_png
 
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

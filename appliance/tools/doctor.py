@@ -61,7 +61,8 @@ def check_microphone(cfg: AppConfig) -> Check:
     if source is None:
         return Check("microphone", True, "no audio source configured (vision only)", warn=True)
     if not isinstance(source, MicSource):
-        return Check("microphone", True, f"{source.describe()}: {len(source.audio) / SAMPLE_RATE:.1f} s at {SAMPLE_RATE // 1000} kHz")
+        return Check("microphone", True,
+                     f"{source.describe()}: {len(source.audio) / SAMPLE_RATE:.1f} s at {SAMPLE_RATE // 1000} kHz")
     import pyaudio
 
     pa = pyaudio.PyAudio()

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import AppConfig
-from appliance.tools.evaluation import DatasetError, EvalReport, classification_metrics, read_index
+from appliance.tools.evaluation import DatasetError, read_index
+from appliance.tools.metrics import EvalReport, classification_metrics
 
 # Clip labels use the speech corpora's names; the face model's differ for two of them.
 FACE_LABEL = {"fearful": "fear", "surprised": "surprise"}

@@ -20,7 +20,8 @@ PUBLIC_TEST = "FER2013 PublicTest"
 
 def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
     from appliance.runtime import RuntimeConfig
-    from appliance.tools.evaluation import confusion_png, evaluate_faces, evaluate_ferplus, stderr_progress
+    from appliance.tools.evaluation import evaluate_faces, evaluate_ferplus, stderr_progress
+    from appliance.tools.metrics import confusion_png
     from appliance.manifest import (Accuracy, Calibration, ModelManifest, Preprocessing, Provenance, Variant,
                                     load_manifest, sha256_of, write_manifest)
     from appliance.perception.expression import ExpressionModel

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel  # noqa: E402
-from appliance.tools.evaluation import roc_auc  # noqa: E402
+from appliance.tools.metrics import roc_auc  # noqa: E402
 from models.recipes.recipe_tools import quantize_qdq  # noqa: E402
 
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -424,7 +424,8 @@ def Ensemble(models):  # noqa: N802 - a factory that reads like the class it bui
 def finalize(args) -> None:
     """Manifest with sha256 and the validation figures of both files, measured by the daemon's own code."""
     from appliance.runtime import RuntimeConfig
-    from appliance.tools.evaluation import confusion_png, evaluate_voice, stderr_progress
+    from appliance.tools.evaluation import evaluate_voice, stderr_progress
+    from appliance.tools.metrics import confusion_png
     from appliance.manifest import Accuracy, ModelManifest, Provenance, Variant, load_manifest, sha256_of
     from appliance.manifest import write_manifest
     from appliance.perception.voice import VoiceToneModel
