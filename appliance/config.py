@@ -32,7 +32,6 @@ ENV_PREFIX = "APPLIANCE_"
 ENV_NOT_KEYS = {"APPLIANCE_CONFIG", "APPLIANCE_MQTT_PASSWORD"}
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEMO_VIDEO = PACKAGE_DIR / "demo" / "short_hamilton_clip.mp4"
 EXAMPLE_CONFIG = PACKAGE_DIR / "config.example.toml"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +78,18 @@ class Calibration(_Strict):
         return [1.0 / self.temperature] * labels, [0.0] * labels
 
 
+LOGIT_EPS = 1e-4     # probabilities are clipped this far from 0 and 1 before a logit
+
+
+def logit(p: float) -> float:
+    p = min(max(p, LOGIT_EPS), 1 - LOGIT_EPS)
+    return math.log(p / (1 - p))
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
 class AngerCalibration(_Strict):
     """The model's P(angry) as a calibrated probability: sigmoid(a * logit(p) + b), fitted on validation data with
     angry weighted as one of seven equally common emotions (see ``appliance.windows.fusion``)."""
@@ -88,8 +101,6 @@ class AngerCalibration(_Strict):
     weighting: str = "angry 1/7 (one of seven equally common emotions), the other labels the rest equally, per corpus"
 
     def apply(self, p: float) -> float:
-        from appliance.windows.fusion import logit, sigmoid
-
         return sigmoid(self.a * logit(p) + self.b)
 
 

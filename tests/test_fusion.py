@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from appliance.windows.fusion import FUSION_FILE, FusionFile, load_fusion, logit, sigmoid
+from appliance.manifest import logit, sigmoid
+from appliance.windows.fusion import FUSION_FILE, FusionFile, load_fusion
 from appliance.manifest import ModelFileError, load_manifest
 from conftest import ROOT
 

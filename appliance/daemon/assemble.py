@@ -10,7 +10,7 @@ from typing import Callable
 from appliance.windows.aggregate import FaceTracker, WindowAggregator
 from appliance.windows.alerts import Anger
 from appliance.host.audit import AuditLog
-from appliance.config import DEMO_VIDEO, AppConfig
+from appliance.config import AppConfig
 from appliance.publish.config import parse_broker_url
 from appliance.host.cpu_latency import CpuLatencyRequest
 from appliance.daemon.stages import Capture, DiscardAudio, Health, Stage, Vision, Voice, Windows
@@ -27,6 +27,7 @@ from appliance.publish.client import check_setup
 from appliance.publish.outbox import Outbox
 from appliance.sources.audio import SAMPLE_RATE, FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, resolve_spec
+from appliance.sources.config import DEMO_VIDEO
 from appliance.sources.replay import Replay
 from appliance.host.statedir import StateDirLock
 

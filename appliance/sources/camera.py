@@ -19,8 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from appliance.config import DEMO_VIDEO
-from appliance.sources.config import CameraConfig
+from appliance.sources.config import DEMO_VIDEO, CameraConfig
 from appliance.sources.base import SourceError, SourceState, ThreadedSource
 
 __all__ = ["CameraSource", "CameraSpec", "Frame", "FrameBuffer", "SourceError", "SourceState", "resolve_spec"]

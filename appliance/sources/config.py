@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from appliance.section import Section
+
+# The bundled demo recording (video, and its soundtrack beside it as .flac).
+DEMO_VIDEO = Path(__file__).resolve().parents[1] / "demo" / "short_hamilton_clip.mp4"
 
 
 class CameraConfig(Section):

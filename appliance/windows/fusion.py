@@ -20,24 +20,13 @@ The anger index in summaries and alerts is this value over the window's mean P(a
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.manifest import AngerCalibration, ModelFileError, ModelManifest, Variant
+from appliance.manifest import AngerCalibration, ModelFileError, ModelManifest, Variant, sigmoid
 
 FUSION_FILE = "fusion.json"
-_EPS = 1e-4
-
-
-def logit(p: float) -> float:
-    p = min(max(p, _EPS), 1 - _EPS)
-    return math.log(p / (1 - p))
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 class PairFusion(BaseModel):
