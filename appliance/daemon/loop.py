@@ -35,6 +35,7 @@ class Tick:
     started: float        # when the body actually started (>= scheduled)
     stages: dict[str, float] = field(default_factory=dict)   # seconds per stage
     items: dict[str, int] = field(default_factory=dict)      # work items of a stage (faces, VAD chunks)
+    parts: dict[str, object] = field(default_factory=dict)   # a model stage's own pre/model/post (StageTimes)
     finished: float = 0.0
     missed: bool = False
 

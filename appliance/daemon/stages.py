@@ -77,13 +77,15 @@ class Vision:
             return
         with tick.stage("detect"):
             image = self.zones.apply(data.frame.image)     # black before any model sees the frame
-            boxes = self.zones.drop(self.detector.detect(image).boxes)
+            boxes = self.zones.drop(self.detector(image).boxes)
+        tick.parts["detect"] = self.detector.times
         if self.replicate and boxes:
             boxes = tuple(boxes[:1]) * self.replicate
         with tick.stage("crop"):
-            crops = self.expression.crop(image, boxes)
+            crops = self.expression.crop(image, boxes)       # the expression model's own framing
         with tick.stage("expression"):
-            data.probs = self.expression.classify(crops).probabilities
+            data.probs = self.expression(crops).probabilities
+        tick.parts["expression"] = self.expression.times
         tick.items["expression"] = len(crops)
         data.boxes = boxes
 
@@ -101,7 +103,8 @@ class Voice:
         with tick.stage("audio"):
             new_audio = self.audio.ring.read_new()
         with tick.stage("vad"):
-            chunks = self.vad.feed(new_audio)
+            chunks = self.vad(new_audio)
+        tick.parts["vad"] = self.vad.times
         tick.items["vad"] = chunks.chunks
         data.speech_s = chunks.seconds_speech
         self._check_clipping(chunks.clipped, tick.started)
@@ -110,7 +113,8 @@ class Voice:
             with tick.stage("features"):
                 features = self.tone.features(segment[None])
             with tick.stage("tone"):
-                data.tone = self.tone.classify(features).probabilities
+                data.tone = self.tone(features).probabilities
+            tick.parts["features"], tick.parts["tone"] = self.tone.features.times, self.tone.times
             data.voice_anger = float(data.tone[0, self._angry])
         self.health.microphone_state = self.audio.state.value
         self.health.audio_lost_s = round(self.audio.ring.lost / self.sample_rate, 3)

@@ -9,6 +9,7 @@ import numpy as np
 from appliance.runtime import RuntimeConfig
 from appliance.manifest import ModelManifest
 from appliance.perception.faces import FaceBox, crop_faces
+from appliance.perception.stage import StageTimes, Stopwatch
 from appliance.runtime import RuntimeReport, open_session
 
 DEFAULT_MARGIN = 0.15    # for a model whose manifest does not say how it wants its faces cut
@@ -21,6 +22,10 @@ class ExpressionResult:
 
 
 class ExpressionModel:
+    """``model(crops)``: (N, H, W) gray crops (``crop`` cuts them as this model wants) -> calibrated probabilities."""
+
+    name = "expression"
+
     def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None,
                  margin: float | None = None):
         if manifest.preprocessing is None or not manifest.labels:
@@ -38,6 +43,7 @@ class ExpressionModel:
         self.shift = pre.crop_shift
         self._session, self.report = open_session(manifest, runtime, available)
         self._input = manifest.input_name or self._session.get_inputs()[0].name
+        self.times = StageTimes()
         self._padded: np.ndarray | None = None    # the fixed batch every call is padded to (CUDA, by warm_up)
         # The calibration of the file that runs (TensorRT FP16 runs the FP32 file, and takes its calibration).
         self.calibration = next(v.calibration for v in manifest.variants if v.file == self.report.file)
@@ -87,22 +93,34 @@ class ExpressionModel:
         for batch in batches:
             self.classify(np.zeros((batch, *self.size), np.uint8))
 
+    def __call__(self, crops: np.ndarray) -> ExpressionResult:
+        return self.classify(crops)
+
     def classify(self, crops: np.ndarray, calibrated: bool = True) -> ExpressionResult:
         """All faces of a tick in one batched call (in padded calls of the fixed batch, where there is one)."""
-        probs = self._run(crops)
-        return ExpressionResult(self.calibrate(probs) if calibrated else probs, self.labels)
+        watch = Stopwatch(len(crops))
+        probs = self._run(crops, watch)
+        if calibrated:
+            probs = self.calibrate(probs)
+        watch.lap("post")
+        self.times = watch.times
+        return ExpressionResult(probs, self.labels)
 
-    def _run(self, crops: np.ndarray) -> np.ndarray:
+    def _run(self, crops: np.ndarray, watch: Stopwatch) -> np.ndarray:
         n = len(crops)
         if n == 0:
             return np.zeros((0, len(self.labels)), np.float32)
         x = self.preprocess(crops)
+        watch.lap("pre")
         if self._padded is None:
-            return self._session.run(None, {self._input: x})[0]
+            out = self._session.run(None, {self._input: x})[0]
+            watch.lap("model")
+            return out
         parts, size = [], len(self._padded)
         for start in range(0, n, size):
             part = x[start:start + size]
             self._padded[:len(part)] = part
             self._padded[len(part):] = 0.0
             parts.append(self._session.run(None, {self._input: self._padded})[0][:len(part)])
+        watch.lap("model")
         return np.concatenate(parts)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.host.native_log import native_output_to
+from appliance.perception.stage import StageTimes, Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,10 @@ class Detections:
 
 
 class FaceDetector:
-    """BlazeFace through MediaPipe Tasks (XNNPACK on the CPU). One instance per thread; close() when done."""
+    """``detector(frame)``: a BGR frame -> the faces in it (``Detections``), BlazeFace through MediaPipe Tasks (XNNPACK
+    on the CPU). One instance per thread; close() when done."""
+
+    name = "detect"
 
     def __init__(self, model_path: Path, score_threshold: float = 0.5, max_faces: int = 8, min_face_px: int = 40,
                  tiles: int = 1, tile_overlap: float = 0.25):
@@ -51,17 +55,25 @@ class FaceDetector:
         self.min_face_px = min_face_px
         self.tiles = tiles
         self.tile_overlap = tile_overlap
+        self.times = StageTimes()
+
+    def __call__(self, frame_bgr: np.ndarray) -> Detections:
+        return self.detect(frame_bgr)
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         import cv2
         import mediapipe as mp
 
+        watch = Stopwatch()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         height, width = rgb.shape[:2]
         boxes: list[FaceBox] = []
         for x0, y0, x1, y1 in regions(width, height, self.tiles, self.tile_overlap):
             view = rgb if (x1 - x0, y1 - y0) == (width, height) else np.ascontiguousarray(rgb[y0:y1, x0:x1])
-            result = self._detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=view))
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=view)
+            watch.lap("pre")
+            result = self._detector.detect(image)
+            watch.lap("model")
             boxes += [FaceBox(d.bounding_box.origin_x + x0, d.bounding_box.origin_y + y0, d.bounding_box.width,
                               d.bounding_box.height, float(d.categories[0].score)) for d in result.detections]
         # Boxes may overhang the frame; one that lies wholly outside has nothing to crop.
@@ -71,6 +83,9 @@ class FaceDetector:
         big = [b for b in boxes if min(b.w, b.h) >= self.min_face_px]
         big.sort(key=lambda b: b.score, reverse=True)
         kept = big[:self.max_faces]
+        watch.lap("post")
+        watch.times.items = len(kept)
+        self.times = watch.times
         return Detections(tuple(kept), len(boxes), len(boxes) - len(big), len(big) - len(kept))
 
     def warm_up(self, width: int = 640, height: int = 480) -> None:

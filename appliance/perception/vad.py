@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from appliance.manifest import ModelManifest
+from appliance.perception.stage import StageTimes, Stopwatch
 from appliance.runtime import RuntimeConfig, open_session
 from appliance.sources.audio import SAMPLE_RATE
 
@@ -28,7 +30,10 @@ class SpeechChunks:
 
 
 class VoiceActivity:
-    """Stateful streaming VAD. Feed it any amount of audio; it keeps the remainder for the next call."""
+    """Stateful streaming VAD: ``vad(audio)`` takes any amount of audio -> the speech in it (``SpeechChunks``); it
+    keeps the remainder for the next call."""
+
+    name = "vad"
 
     def __init__(self, manifest: ModelManifest, threshold: float = 0.5, release: float = 0.35,
                  hangover_chunks: int = 3):
@@ -44,6 +49,7 @@ class VoiceActivity:
         self._out = np.zeros((1, 1), np.float32)
         self._sr = np.array(SAMPLE_RATE, np.int64)
         self._bindings = [self._bind(src, dst) for src, dst in ((0, 1), (1, 0))]
+        self.times = StageTimes()
         self.reset()
 
     def _bind(self, src: int, dst: int) -> ort.IOBinding:
@@ -78,7 +84,11 @@ class VoiceActivity:
         self._window[0, :CONTEXT] = chunk[-CONTEXT:]
         return float(self._out[0, 0])
 
+    def __call__(self, audio: np.ndarray) -> SpeechChunks:
+        return self.feed(audio)
+
     def feed(self, audio: np.ndarray) -> SpeechChunks:
+        watch = Stopwatch()
         audio = np.asarray(audio, np.float32)
         magnitude = np.abs(audio)
         peak = float(magnitude.max()) if len(audio) else 0.0
@@ -86,10 +96,13 @@ class VoiceActivity:
         data = np.concatenate([self._pending, audio])
         n = len(data) // CHUNK
         self._pending = data[n * CHUNK:]
-        kept = []
+        watch.lap("pre")
+        kept, network = [], 0.0
         for i in range(n):
             chunk = data[i * CHUNK:(i + 1) * CHUNK]
+            t0 = time.perf_counter()
             p = self.probability(chunk)
+            network += time.perf_counter() - t0
             self.last_probability = p
             if p >= self.threshold:
                 self._speaking, self._quiet = True, 0
@@ -100,4 +113,7 @@ class VoiceActivity:
             if self._speaking:
                 kept.append(chunk)
         speech = np.concatenate(kept) if kept else np.zeros(0, np.float32)
+        watch.lap("post")
+        watch.times.model, watch.times.post, watch.times.items = network, watch.times.post - network, n
+        self.times = watch.times
         return SpeechChunks(speech, len(audio) / SAMPLE_RATE, len(speech) / SAMPLE_RATE, peak, clipped, n)

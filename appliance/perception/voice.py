@@ -9,6 +9,7 @@ import numpy as np
 from appliance.runtime import RuntimeConfig
 from appliance.manifest import ModelManifest
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel
+from appliance.perception.stage import StageTimes, Stopwatch
 from appliance.runtime import open_session
 
 SEGMENT_S = 2.0
@@ -57,7 +58,28 @@ class SpeechBuffer:
         return None
 
 
+class LogMel:
+    """``features(segments)``: (N, samples) speech segments -> (N, 1, mels, frames) log-mel, the tone model's input
+    (the numpy function training used)."""
+
+    name = "features"
+
+    def __init__(self):
+        self.times = StageTimes()
+
+    def __call__(self, segments: np.ndarray) -> np.ndarray:
+        watch = Stopwatch(len(segments))
+        out = np.stack([log_mel(s) for s in segments])[:, None]
+        watch.lap("pre")
+        self.times = watch.times
+        return out
+
+
 class VoiceToneModel:
+    """``tone(features)``: log-mel input (``features``) -> per-label probabilities."""
+
+    name = "tone"
+
     def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None):
         if not manifest.labels:
             raise ValueError(f"{manifest.name}: manifest lists no labels")
@@ -66,21 +88,27 @@ class VoiceToneModel:
         self.segment_samples = int(SEGMENT_S * DEFAULT.sample_rate)
         self._session, self.report = open_session(manifest, runtime, available)
         self._input = manifest.input_name or self._session.get_inputs()[0].name
+        self.features = LogMel()
+        self.times = StageTimes()
 
     @property
     def runtime_report(self):
         return self.report
 
-    def features(self, segments: np.ndarray) -> np.ndarray:
-        """(N, samples) 2 s segments -> (N, 1, mels, frames) model input."""
-        return np.stack([log_mel(s) for s in segments])[:, None]
-
     def warm_up(self) -> None:
         """One call at the loop's shape (one 2 s segment) before the loop starts: see ExpressionModel.warm_up."""
         self.classify(self.features(np.zeros((1, self.segment_samples), np.float32)))
 
+    def __call__(self, features: np.ndarray) -> ToneResult:
+        return self.classify(features)
+
     def classify(self, features: np.ndarray) -> ToneResult:
-        (probs,) = self._session.run(None, {self._input: features.astype(np.float32)})
+        watch = Stopwatch(len(features))
+        x = features.astype(np.float32)
+        watch.lap("pre")
+        (probs,) = self._session.run(None, {self._input: x})
+        watch.lap("model")
+        self.times = watch.times
         return ToneResult(probs, self.labels)
 
     def classify_clip(self, audio: np.ndarray, hop_s: float = 0.5) -> np.ndarray:

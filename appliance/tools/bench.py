@@ -113,6 +113,10 @@ def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dic
         # the per-tick one is a mix of 3- and 4-chunk ticks.
         "per_item": {s: percentiles([t.stages[s] / t.items[s] for t in ticks if t.items.get(s)]) | {
             "items": sum(t.items.get(s, 0) for t in ticks)} for s in ("expression", "vad")},
+        # Each model stage's own split (perception/stage.py): pre-processing, network, post-processing.
+        "parts": {s: {part: percentiles([getattr(t.parts[s], part) for t in ticks if s in t.parts])
+                      for part in ("pre", "model", "post")}
+                  for s in STAGE_NAMES if any(s in t.parts for t in ticks)},
         "end_to_end": percentiles([t.latency for t in ticks]),
         "deadline_misses": report.deadline_misses,
         "skipped_slots": report.skipped_slots,

@@ -43,6 +43,11 @@ def markdown(result: dict) -> str:
     e = loop["end_to_end"]
     lines.append(f"| **tick** | {loop['ticks']} | {e['p50_ms']:.3f} | {e['p95_ms']:.3f} | {e['p99_ms']:.3f} | "
                  f"{e['max_ms']:.3f} |")
+    if loop.get("parts"):
+        lines += ["", "Each model stage's own split (p50 ms per call):", "",
+                  "| stage | pre-process | network | post-process |", "|---|---|---|---|"]
+        lines += [f"| {name} | {p['pre']['p50_ms']:.3f} | {p['model']['p50_ms']:.3f} | {p['post']['p50_ms']:.3f} |"
+                  for name, p in loop["parts"].items()]
     if "matrix" in result:
         m = result["matrix"]
         lines += ["", "## Provider x precision", "",
