@@ -169,3 +169,21 @@ def data_dir() -> Path:
 
 def load_schema(name: str) -> dict:
     return json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+
+
+def run_in_process(tmp_path: Path, video: Path | None = DEMO, audio: Path | None = None,
+                   seconds: float | None = None, **env: str):
+    """The daemon built in-process, as ``appliance run`` builds it (assemble, stages, control, telemetry), on
+    recorded sources and a simulated clock: it runs as fast as it computes, every tick seeing what it would live.
+    Events still go through the outbox to a real broker (``APPLIANCE_MQTT__BROKER``) or an embedded one. Returns
+    (pipeline, run report, summaries as published)."""
+    from appliance.config import load_config
+    from appliance.daemon.pipeline import Pipeline
+    from appliance.sources.replay import Replay
+
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path / "state"), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
+                                 **env})
+    summaries: list[dict] = []
+    pipeline = Pipeline(cfg, on_summary=summaries.append, replay=Replay.of(video, audio))
+    report = pipeline.run(seconds)
+    return pipeline, report, summaries

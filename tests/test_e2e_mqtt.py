@@ -11,7 +11,7 @@ import time
 import jsonschema
 import pytest
 
-from conftest import DEMO, Mosquitto, appliance_cmd, appliance_env, free_port, load_schema
+from conftest import DEMO, Mosquitto, appliance_cmd, appliance_env, free_port, load_schema, run_in_process
 
 SUMMARY = load_schema("summary")
 STATUS = load_schema("status")
@@ -159,10 +159,7 @@ def test_video_without_faces_gives_suppressed_windows(tmp_path, mosquitto, colle
     video = tmp_path / "empty-shop.mp4"
     write_video(video, [np.full((360, 640, 3), 90 + i % 20, np.uint8) for i in range(40)])
     watcher = collect(mosquitto.port, "emotion/+/summary")
-    proc = subprocess.run(appliance_cmd("run", "--video", str(video), "--broker", mosquitto.url),
-                          env=appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2"), capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_in_process(tmp_path, video, None, None, APPLIANCE_AGGREGATE__WINDOW_S="2", APPLIANCE_MQTT__BROKER=mosquitto.url)
     assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 2, 5)
     summaries = watcher.json("/summary")
     check_summaries(summaries)
@@ -176,9 +173,9 @@ def test_crowd_of_twenty_faces_is_capped_and_published(tmp_path, mosquitto, coll
     env = appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="2", APPLIANCE_DEVICE__PROFILE="store-camera",
                         APPLIANCE_FACES__TILES="3", APPLIANCE_FACES__MAX_FACES="8", APPLIANCE_FACES__MIN_FACE_PX="16",
                         APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5")
-    proc = subprocess.run(appliance_cmd("run", "--video", str(video), "--broker", mosquitto.url), env=env,
-                          capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_in_process(tmp_path, video, None, None, APPLIANCE_MQTT__BROKER=mosquitto.url,
+                   **{k: v for k, v in env.items() if k.startswith("APPLIANCE_") and k != "APPLIANCE_CONFIG"
+                      and k != "APPLIANCE_STATE__DIR"})
     assert watcher.wait_for(lambda c: c.json("/summary"), 5)
     summaries = watcher.json("/summary")
     check_summaries(summaries)

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from appliance.windows.fusion import load_fusion
 from appliance.manifest import load_manifest
-from conftest import DEMO, ROOT, appliance_cmd, appliance_env, load_schema
+from conftest import DEMO, ROOT, appliance_cmd, appliance_env, load_schema, run_in_process
 from test_e2e_mqtt import check_summaries
 
 ALERT = load_schema("alert")
@@ -22,10 +22,9 @@ VAL_SPEAKERS = ["ravdess-17", "ravdess-18", "ravdess-19", "ravdess-20"]
 
 def test_demo_summaries_carry_faces_and_voice(tmp_path, mosquitto, collect):
     watcher = collect(mosquitto.port, "emotion/#")
-    proc = subprocess.run(appliance_cmd("run", "--broker", mosquitto.url, "--duration", "9.5"),
-                          env=appliance_env(tmp_path, APPLIANCE_AGGREGATE__WINDOW_S="3"), capture_output=True,
-                          text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_in_process(tmp_path, DEMO, DEMO.with_suffix(".flac"), 9.5, APPLIANCE_AGGREGATE__WINDOW_S="3",
+                   APPLIANCE_MQTT__BROKER=mosquitto.url)
+    assert watcher.wait_for(lambda c: any(s["state"] == "offline" for s in c.json("/status")), 10)
     summaries = watcher.json("/summary")
     check_summaries(summaries)
     both = [s for s in summaries if s["faces"] and s["voice"]]

@@ -15,7 +15,7 @@ from appliance.host.audit import AuditLog, verify
 from appliance.config import ConfigError, load_config
 from appliance.privacy import EU_MEMBERS
 from appliance.perception.zones import ExclusionZones
-from conftest import DEMO, appliance_cmd, appliance_env, load_schema
+from conftest import DEMO, appliance_cmd, appliance_env, load_schema, run_in_process
 from test_perception import demo_frame
 
 SCHEMAS = {"summary": load_schema("summary"), "alert": load_schema("alert"), "status": load_schema("status"),
@@ -106,11 +106,11 @@ def test_a_zone_over_a_face_means_it_is_never_detected():
 
 def test_zones_apply_in_the_daemon(tmp_path, mosquitto, collect):
     watcher = collect(mosquitto.port, "emotion/+/summary")
-    env = appliance_env(tmp_path, APPLIANCE_PRIVACY__EXCLUSION_ZONES=json.dumps(FACE_ZONE),
-                        APPLIANCE_AUDIO__SOURCE="none", APPLIANCE_AGGREGATE__WINDOW_S="3")
-    proc = subprocess.run(appliance_cmd("run", "--video", str(DEMO), "--broker", mosquitto.url, "--duration", "6",
-                                        "--no-loop"), env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, report, published = run_in_process(tmp_path, DEMO, None, 6, APPLIANCE_AGGREGATE__WINDOW_S="3",
+                                          APPLIANCE_PRIVACY__EXCLUSION_ZONES=json.dumps(FACE_ZONE),
+                                          APPLIANCE_MQTT__BROKER=mosquitto.url)
+    assert report.frames_used >= 55
+    assert watcher.wait_for(lambda c: len(c.json("/summary")) == len(published), 10)
     summaries = watcher.json("/summary")
     assert summaries and all(s["faces"] is None for s in summaries)   # the only face stands in the zone
 
@@ -197,19 +197,14 @@ def test_nothing_is_written_but_state_and_audit(tmp_path):
 
 # ------------------------------------------------------------------------------------ opt-out
 def test_pause_file_stops_all_inference(tmp_path):
-    from appliance.daemon.pipeline import Pipeline
-
-    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0"})
-    cfg.pause_file.parent.mkdir(parents=True, exist_ok=True)
-    cfg.pause_file.touch()
-    published = []
-    pipeline = Pipeline(cfg, on_summary=published.append, on_alert=published.append)
-    report = pipeline.run(2.0)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "paused").touch()
+    pipeline, report, published = run_in_process(tmp_path, DEMO, DEMO.with_suffix(".flac"), 2.0)
     ticks = list(pipeline.scheduler.recent)
-    assert ticks and all(not set(t.stages) & {"detect", "crop", "expression", "vad", "features", "tone"}
-                         for t in ticks)
-    assert report.summaries == 0 and pipeline.paused_by == {"file"}
-    entries = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert len(ticks) >= 19 and all(not set(t.stages) & {"detect", "crop", "expression", "vad", "features", "tone"}
+                                    for t in ticks)
+    assert report.summaries == 0 and pipeline.paused_by == {"file"} and report.alerts == 0
+    entries = [json.loads(line) for line in (tmp_path / "state" / "audit.log").read_text().splitlines()]
     assert [e["event"] for e in entries] == ["start", "stop"] and published == []
 
 
