@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from appliance.publish.config import OutboxConfig
-from appliance.publish.outbox_db import (OutboxError, claim_device, delete_older_than, drop_oldest, open_database,
-                                         read_meta, write_meta)
+from appliance.publish.outbox_db import (OutboxError, cannot_open, claim_device, delete_older_than, drop_oldest,
+                                         open_database, read_meta, write_meta)
 from appliance.publish.seq_file import SeqFile, SeqFileError, reconcile
 
 log = logging.getLogger(__name__)
@@ -70,25 +70,18 @@ class Outbox:
         self._lock = threading.RLock()
         try:
             self._db = open_database(self.path, cfg)
-            stored = self._meta("last_seq", None)
+            stored = read_meta(self._db, "last_seq", None)
             self._last_seq = reconcile(stored, self._kept_seq(), self.path, self.seq_file)
             if self._last_seq != stored:
-                self._set_meta("last_seq", self._last_seq)
-            self._dropped = self._meta("dropped", 0)
-            self._expired = self._meta("expired", 0)
+                write_meta(self._db, "last_seq", self._last_seq)
+            self._dropped = read_meta(self._db, "dropped", 0)
+            self._expired = read_meta(self._db, "expired", 0)
             self._depth, self._bytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM events").fetchone()
             if device_id is not None:
                 claim_device(self._db, device_id, self._depth, self.path, self.seq_file, self._last_seq)
         except sqlite3.DatabaseError as e:
-            if "full" in str(e):
-                raise OutboxError(f"outbox {self.path} cannot be opened: the disk is full ({e}); free space on "
-                                  f"{self.path.parent} (df -h {self.path.parent}) and start again") from None
-            kept = self._kept_seq()
-            raise OutboxError(f"outbox {self.path} cannot be opened ({e}); if it is damaged, move it aside (the events "
-                              f"in it are then lost; seq continues from {self.seq_file}, "
-                              + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)")
-                              ) from None
+            raise cannot_open(e, self.path, self.seq_file, None if "full" in str(e) else self._kept_seq()) from None
         self._last_drop_log = -1e9
         self._closed = False
 
@@ -114,12 +107,6 @@ class Outbox:
             raise
 
     # ------------------------------------------------------------------------------------------- meta
-    def _meta(self, key: str, default):
-        return read_meta(self._db, key, default)
-
-    def _set_meta(self, key: str, value) -> None:
-        write_meta(self._db, key, value)
-
     # ------------------------------------------------------------------------------------------- writing
     def add(self, kind: str, make: Callable[[int], dict]) -> dict:
         """Allocate the next seq, build the payload with it, store it (durably, per ``sync``); returns the payload."""
@@ -129,7 +116,7 @@ class Outbox:
             text = json.dumps(payload, separators=(",", ":"))
             self._db.execute("INSERT INTO events (seq, event_id, kind, created, payload) VALUES (?, ?, ?, ?, ?)",
                              (seq, payload["event_id"], kind, self.clock(), text))
-            self._set_meta("last_seq", seq)
+            write_meta(self._db, "last_seq", seq)
             self._last_seq = seq
             self._depth += 1
             self._bytes += len(text)
@@ -150,7 +137,7 @@ class Outbox:
             dropped += 1
         if dropped:
             self._dropped += dropped
-            self._set_meta("dropped", self._dropped)
+            write_meta(self._db, "dropped", self._dropped)
             now = time.monotonic()
             if now - self._last_drop_log > 60:   # a long outage drops one per event: say so once a minute
                 self._last_drop_log = now
@@ -164,7 +151,7 @@ class Outbox:
             self._depth -= n
             self._bytes -= size
             self._expired += n
-            self._set_meta("expired", self._expired)
+            write_meta(self._db, "expired", self._expired)
             log.error("outbox: %d events older than %g h dropped unsent (%d so far)", n, self.cfg.max_age_h,
                       self._expired)
 
@@ -202,7 +189,7 @@ class Outbox:
             self._depth -= 1
             self._bytes -= row[0]
             self._dropped += 1
-            self._set_meta("dropped", self._dropped)
+            write_meta(self._db, "dropped", self._dropped)
         log.error("outbox: event seq %d dropped: %s", seq, reason)
 
     # ------------------------------------------------------------------------------------------- reading

@@ -45,6 +45,16 @@ def open_database(path: Path, cfg: OutboxConfig) -> sqlite3.Connection:
     return db
 
 
+def cannot_open(error: sqlite3.DatabaseError, path: Path, seq_path: Path, kept: int | None) -> OutboxError:
+    """What to tell the operator when the outbox file cannot be opened: a full disk, or a damaged file."""
+    if "full" in str(error):
+        return OutboxError(f"outbox {path} cannot be opened: the disk is full ({error}); free space on "
+                           f"{path.parent} (df -h {path.parent}) and start again")
+    return OutboxError(f"outbox {path} cannot be opened ({error}); if it is damaged, move it aside (the events in it "
+                       f"are then lost; seq continues from {seq_path}, "
+                       + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)"))
+
+
 def read_meta(db: sqlite3.Connection, key: str, default: Any, kind: Callable[[Any], Any] = int) -> Any:
     row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else kind(row[0])
