@@ -49,7 +49,11 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
             source=f"trained here from scratch by the recipe: {args.arch} width {args.width} "
                    f"({history.get('parameters', '?')} parameters), seed {args.seed}, {args.epochs} epochs on "
                    "FER2013 train minus a 10% selection split, soft targets = FER+ crowd votes over the 7 labels "
-                   "(contempt, unknown and not-a-face votes dropped; faces with fewer than 5 such votes left out); "
+                   "(contempt, unknown and not-a-face votes dropped; faces with fewer than 5 such votes left out)"
+                   + (f", blended with the single FER2013 label at weight {args.fer2013_weight:g}"
+                      if args.fer2013_weight else "")
+                   + ("; each face averaged with its mirror image inside the graph (chosen on the selection split)"
+                      if history.get("flip", {}).get("used") else "") + "; "
                    "final weights and calibration chosen on the selection split. Architectures compared on the "
                    "selection split: benchmarks/results/face_training/architectures.md",
             licence="images: FER2013, research use only; labels: FER+ (microsoft/FERPlus), MIT. The weights "
