@@ -20,6 +20,8 @@ MIN_SAMPLES = 30
 STEADY = 0.05           # CPU references (two runs, or the halves of one) closer than this: the same speed
 # Stages whose work per tick varies (faces, VAD chunks): judged per item, their per-tick median mixes amounts of work.
 PER_ITEM = ("expression", "vad")
+# A model stage's own split (perception/stage.py), shown beside its stage: the stage's total is what is judged.
+PART_NAMES = {"pre": "pre-process", "model": "network", "post": "post-process"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def _medians(report: dict) -> dict[str, tuple[float, int]]:
     ticks_with = {s: report["stages"].get(s, {}).get("calls", MIN_SAMPLES) for s in report.get("per_item", {})}
     out |= {f"{s} per item": (p["p50_ms"], ticks_with[s]) for s, p in report.get("per_item", {}).items()
             if p.get("items", 1)}
+    out |= {f"{s} {PART_NAMES[part]}": (p[part]["p50_ms"], -1) for s, p in report.get("parts", {}).items()
+            for part in PART_NAMES}
     return out | {"end_to_end": (report["end_to_end"]["p50_ms"], report.get("ticks", MIN_SAMPLES))}
 
 
@@ -127,7 +131,7 @@ def compare(a: dict, b: dict, tolerance: float = TOLERANCE) -> Comparison:
         diff = _difference(x, y)
         samples = min(nx, ny)
         why = ("per item" if name in PER_ITEM and f"{name} per item" in ma
-               else f"{samples} samples" if samples < MIN_SAMPLES else "")
+               else "split" if samples < 0 else f"{samples} samples" if samples < MIN_SAMPLES else "")
         within = None if why else diff <= tolerance or abs(x - y) <= NOISE_FLOOR_MS
         adjusted = round(_difference(x / ra["p50_ms"], y / rb["p50_ms"]), 4) if ra and rb else None
         rows.append(Row(name, x, y, round(diff, 4), within, adjusted, samples, why))
