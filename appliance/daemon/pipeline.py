@@ -6,6 +6,7 @@ compute; the control plane decides when they run.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Callable
@@ -137,6 +138,10 @@ class Pipeline:
             p.audio.start()
         if p.cpu_latency is not None:
             p.cpu_latency.acquire()
+        # Everything built so far (libraries, models, sessions) lives as long as the daemon: out of the garbage
+        # collector's sight, a full collection scans only what the loop makes, so its pause cannot cost a tick.
+        gc.collect()
+        gc.freeze()
 
     def run(self, duration: float | None = None) -> RunReport:
         self._start()

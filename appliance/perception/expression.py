@@ -103,7 +103,7 @@ class ExpressionModel:
         if calibrated:
             probs = self.calibrate(probs)
         watch.lap("post")
-        self.times = watch.times
+        self.times = watch.done()
         return ExpressionResult(probs, self.labels)
 
     def _run(self, crops: np.ndarray, watch: Stopwatch) -> np.ndarray:

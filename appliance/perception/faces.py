@@ -84,8 +84,7 @@ class FaceDetector:
         big.sort(key=lambda b: b.score, reverse=True)
         kept = big[:self.max_faces]
         watch.lap("post")
-        watch.times.items = len(kept)
-        self.times = watch.times
+        self.times = watch.done(len(kept))
         return Detections(tuple(kept), len(boxes), len(boxes) - len(big), len(big) - len(kept))
 
     def warm_up(self, width: int = 640, height: int = 480) -> None:

@@ -10,12 +10,12 @@ benchmark and ``compare`` read one structure.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
-@dataclass
-class StageTimes:
+class StageTimes(NamedTuple):
+    # A tuple of numbers: the loop keeps one per model stage for every tick in its history, and the garbage collector
+    # stops tracking tuples of numbers, so thousands of them add nothing to a full collection's pause.
     pre: float = 0.0       # seconds
     model: float = 0.0
     post: float = 0.0
@@ -34,15 +34,19 @@ class PerceptionStage(Protocol):
 
 
 class Stopwatch:
-    """Laps of one call: ``lap("pre")`` adds the time since the last lap to that part."""
+    """Laps of one call: ``lap("pre")`` adds the time since the last lap to that part; ``done()`` the times."""
 
-    __slots__ = ("times", "_last")
+    __slots__ = ("pre", "model", "post", "items", "_last")
 
     def __init__(self, items: int = 0):
-        self.times = StageTimes(items=items)
+        self.pre = self.model = self.post = 0.0
+        self.items = items
         self._last = time.perf_counter()
 
     def lap(self, part: str) -> None:
         now = time.perf_counter()
-        setattr(self.times, part, getattr(self.times, part) + now - self._last)
+        setattr(self, part, getattr(self, part) + now - self._last)
         self._last = now
+
+    def done(self, items: int | None = None) -> StageTimes:
+        return StageTimes(self.pre, self.model, self.post, self.items if items is None else items)

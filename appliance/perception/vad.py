@@ -114,6 +114,5 @@ class VoiceActivity:
                 kept.append(chunk)
         speech = np.concatenate(kept) if kept else np.zeros(0, np.float32)
         watch.lap("post")
-        watch.times.model, watch.times.post, watch.times.items = network, watch.times.post - network, n
-        self.times = watch.times
+        self.times = StageTimes(watch.pre, network, watch.post - network, n)
         return SpeechChunks(speech, len(audio) / SAMPLE_RATE, len(speech) / SAMPLE_RATE, peak, clipped, n)

@@ -71,7 +71,7 @@ class LogMel:
         watch = Stopwatch(len(segments))
         out = np.stack([log_mel(s) for s in segments])[:, None]
         watch.lap("pre")
-        self.times = watch.times
+        self.times = watch.done()
         return out
 
 
@@ -108,7 +108,7 @@ class VoiceToneModel:
         watch.lap("pre")
         (probs,) = self._session.run(None, {self._input: x})
         watch.lap("model")
-        self.times = watch.times
+        self.times = watch.done()
         return ToneResult(probs, self.labels)
 
     def classify_clip(self, audio: np.ndarray, hop_s: float = 0.5) -> np.ndarray:
