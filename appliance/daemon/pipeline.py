@@ -193,3 +193,4 @@ class Pipeline:
             p.broker.stop()
         self.notifier.close()
         p.state_lock.release()
+        gc.unfreeze()     # a process that builds another pipeline (eval, tests) can collect this one's cycles
