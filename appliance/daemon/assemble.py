@@ -25,7 +25,7 @@ from appliance.perception.zones import ExclusionZones
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.client import check_setup
 from appliance.publish.outbox import Outbox
-from appliance.sources.audio import SAMPLE_RATE, FileAudioSource, MicSource
+from appliance.sources.audio import FileAudioSource, MicSource
 from appliance.sources.camera import CameraSource, CameraSpec, resolve_spec
 from appliance.sources.config import DEMO_VIDEO
 from appliance.sources.replay import Replay
@@ -131,12 +131,12 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
 
     health = Health()
     capture = Capture(source, health)
-    voice = Voice(audio, vad, speech, tone, health, SAMPLE_RATE) if audio is not None else None
+    voice = Voice(audio, vad, speech, tone, health) if audio is not None else None
     stages: list[Stage] = [capture, Vision(ExclusionZones(config.privacy.exclusion_zones), detector, expression,
                                            replicate_faces)]
     stages += [voice] if voice else []
     stages.append(Windows(aggregator, anger, source, expression.labels.index("angry")))
-    paused = [capture] + ([DiscardAudio(audio, health, SAMPLE_RATE)] if audio is not None else [])
+    paused = [capture] + ([DiscardAudio(audio, health)] if audio is not None else [])
 
     reports = [expression.report] + ([vad.report, tone.report] if tone else [])
     models = [{"model": detector_manifest.name, "provider": "xnnpack", "precision": "fp32"}] + [

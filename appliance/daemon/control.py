@@ -22,10 +22,10 @@ FILE_CHECK_S = 0.5          # prompt for a person (or a GPIO button), and no sys
 
 
 class ControlPlane:
-    """Owns ``paused_by`` (a set of 'file', 'signal', 'remote'). ``on_change(paused_by, was, reason)`` runs on the
+    """Owns ``paused_by`` (a set of 'file', 'signal', 'remote'). ``on_change(paused_by, was, reason, now)`` runs on the
     loop thread whenever it changes; ``reply(command, ok, error)`` and ``status()`` reach the fleet."""
 
-    def __init__(self, pause_file: Path, on_change: Callable[[set[str], set[str], str | None], None],
+    def __init__(self, pause_file: Path, on_change: Callable[[set[str], set[str], str | None, float], None],
                  on_stats: Callable[[], None]):
         self.pause_file = pause_file
         self.on_change, self.on_stats = on_change, on_stats
@@ -80,7 +80,7 @@ class ControlPlane:
             (wanted.add if self._signal else wanted.discard)("signal")
             self._signal = None
         if not self._waiting:
-            self._change(wanted)
+            self._change(wanted, now)
             return
         with self._lock:
             waiting, self._waiting = self._waiting, []
@@ -92,12 +92,12 @@ class ControlPlane:
                 wanted.discard("remote")
                 if wanted:
                     error = f"still paused locally ({', '.join(sorted(wanted))}); only the store can lift that"
-            self._change(wanted, command.reason)
+            self._change(wanted, now, command.reason)
             self.reply(command, error is None, error)
             log.info("command %s%s: %s", command.name, f" ({command.reason})" if command.reason else "",
                      error or "done")
 
-    def _change(self, wanted: set[str], reason: str | None = None) -> None:
+    def _change(self, wanted: set[str], now: float, reason: str | None = None) -> None:
         if wanted != self.paused_by:
             was, self.paused_by = self.paused_by, set(wanted)
-            self.on_change(self.paused_by, was, reason)
+            self.on_change(self.paused_by, was, reason, now)

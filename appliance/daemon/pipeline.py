@@ -54,7 +54,6 @@ class Pipeline:
         self.events: Events | None = None
         self.warm_up_s = 0.0           # set by warm_up(), before the first tick
         self._no_faces = np.zeros((0, len(p.expression.labels)), np.float32)
-        self._tick_now = 0.0
 
     @property
     def paused_by(self) -> set[str]:
@@ -71,12 +70,12 @@ class Pipeline:
     def _request_stats(self) -> None:
         self.telemetry.request()
 
-    def _pause_changed(self, paused_by: set[str], was: set[str], reason: str | None) -> None:
+    def _pause_changed(self, paused_by: set[str], was: set[str], reason: str | None, now: float) -> None:
         """On the loop thread, at the start of a tick."""
         p = self.parts
         if paused_by and not was:
             # Close the window so far; nothing observed while paused may be mixed into any window.
-            final = p.aggregator.flush(self._tick_now)
+            final = p.aggregator.flush(now)
             if final is not None:
                 self.events.summary(final)
             p.aggregator.restart()
@@ -168,7 +167,6 @@ class Pipeline:
 
     def _tick(self, tick, now: float) -> bool:
         """One tick: the control plane's wishes applied, then each stage in turn. Returns whether a frame was new."""
-        self._tick_now = now
         self.control.apply(now)
         data = TickData(now, self._no_faces)
         for stage in self._paused_stages if self.control.paused_by else self._stages:

@@ -44,7 +44,10 @@ class Health:
     frames_used: int = 0
     frames_dropped: int = 0
     microphone_state: str | None = None
-    audio_lost_s: float = 0.0
+    audio_lost_samples: int = 0     # the telemetry turns it into seconds when it reports, not every tick
+
+    def note_microphone(self, audio) -> None:
+        self.microphone_state, self.audio_lost_samples = audio.state.value, audio.ring.lost
 
 
 class Stage(Protocol):
@@ -93,9 +96,8 @@ class Vision:
 class Voice:
     """New audio -> speech chunks -> a speech segment every step -> the tone model's probabilities."""
 
-    def __init__(self, audio, vad, speech, tone, health: Health, sample_rate: int):
+    def __init__(self, audio, vad, speech, tone, health: Health):
         self.audio, self.vad, self.speech, self.tone, self.health = audio, vad, speech, tone, health
-        self.sample_rate = sample_rate
         self._angry = tone.labels.index("angry")
         self._clip_warned_at = -1e9
 
@@ -116,8 +118,7 @@ class Voice:
                 data.tone = self.tone(features).probabilities
             tick.parts["features"], tick.parts["tone"] = self.tone.features.times, self.tone.times
             data.voice_anger = float(data.tone[0, self._angry])
-        self.health.microphone_state = self.audio.state.value
-        self.health.audio_lost_s = round(self.audio.ring.lost / self.sample_rate, 3)
+        self.health.note_microphone(self.audio)
 
     def reset(self) -> None:
         """After a pause: nothing heard before it may join what is heard after."""
@@ -135,13 +136,12 @@ class Voice:
 class DiscardAudio:
     """While paused: the audio is taken only to be thrown away, so nothing heard then is read after."""
 
-    def __init__(self, audio, health: Health, sample_rate: int):
-        self.audio, self.health, self.sample_rate = audio, health, sample_rate
+    def __init__(self, audio, health: Health):
+        self.audio, self.health = audio, health
 
     def compute(self, tick: Tick, data: TickData) -> None:
         self.audio.ring.read_new()
-        self.health.microphone_state = self.audio.state.value
-        self.health.audio_lost_s = round(self.audio.ring.lost / self.sample_rate, 3)
+        self.health.note_microphone(self.audio)
 
 
 class Windows:

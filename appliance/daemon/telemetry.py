@@ -14,8 +14,13 @@ from appliance.config import AppConfig
 from appliance.daemon.stages import STAGE_NAMES, Health
 from appliance.daemon.loop import FixedRateScheduler, percentiles, stage_percentiles
 from appliance.publish.payloads import alert_payload, stats_payload, summary_payload
+from appliance.sources.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
+
+
+def lost_seconds(health: Health) -> float:
+    return round(health.audio_lost_samples / SAMPLE_RATE, 3)
 
 
 @dataclass
@@ -95,7 +100,7 @@ class Telemetry:
                 "deadline_misses": s.misses - self._misses, "skipped_slots": s.skipped - self._skipped,
                 "ticks_total": s.ticks, "deadline_misses_total": s.misses}
         camera = {"state": h.camera_state, "frames_used": h.frames_used, "frames_dropped": h.frames_dropped}
-        microphone = {"state": h.microphone_state, "lost_seconds": h.audio_lost_s} if self.has_audio else None
+        microphone = {"state": h.microphone_state, "lost_seconds": lost_seconds(h)} if self.has_audio else None
         pub = self.publisher
         mqtt = {"protocol": pub.protocol} | {k: pub.counters[k] for k in ("connects", "acked", "rejected_commands")}
         state = self.state()
@@ -122,7 +127,7 @@ class Telemetry:
         return RunReport(
             ticks=s.ticks, deadline_misses=s.misses, skipped_slots=s.skipped,
             frames_dropped=h.frames_dropped, frames_used=h.frames_used,
-            summaries=events.summaries, alerts=events.alerts, audio_lost_seconds=h.audio_lost_s,
+            summaries=events.summaries, alerts=events.alerts, audio_lost_seconds=lost_seconds(h),
             outbox_dropped=self.outbox.stats().dropped, outbox_depth=self.outbox.depth,
             rate_hz=round(len(ticks) / elapsed, 3) if elapsed > 0 else 0.0,
             stages={s: percentiles([]) for s in STAGE_NAMES} | stage_percentiles(ticks, STAGE_NAMES),
