@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -104,6 +105,44 @@ class AngerCalibration(_Strict):
         return sigmoid(self.a * logit(p) + self.b)
 
 
+class AngerHead(_Strict):
+    """A voice model's P(angry) for the anger index, from its classifier and the segment's prosody: sigmoid(
+    classifier_weight * logit(P_classifier(angry)) + weights . z + bias), z the standardised prosodic functionals
+    (``appliance.perception.prosody``; a missing pitch functional takes ``fill``). Fitted by
+    ``models/recipes/voice_anger_head.py`` on training speakers of every corpus, one weight set for every variant."""
+
+    features: list[str] = Field(description="names from appliance.perception.prosody.NAMES, in weights order")
+    fill: list[float] = Field(description="value of a missing (NaN) functional: its training median")
+    mean: list[float]
+    std: list[float]
+    weights: list[float]
+    classifier_weight: float
+    bias: float
+    fit_on: str
+    chosen_by: str
+    figures: dict = Field(default_factory=dict, description="held-out figures written by the recipe")
+
+    def model_post_init(self, _context) -> None:
+        n = len(self.features)
+        if not all(len(v) == n for v in (self.fill, self.mean, self.std, self.weights)):
+            raise ValueError(f"anger head: features, fill, mean, std and weights need {n} values each")
+
+    def columns(self, names: tuple[str, ...]) -> list[int]:
+        """Where each of the head's features sits in a prosody vector of ``names`` (a clear error if absent)."""
+        missing = [f for f in self.features if f not in names]
+        if missing:
+            raise ValueError(f"anger head needs prosodic features {missing}, which this runtime does not compute")
+        return [names.index(f) for f in self.features]
+
+    def apply(self, prosody: np.ndarray, p_angry: np.ndarray) -> np.ndarray:
+        """(N, len(features)) functionals in the head's order and (N,) classifier P(angry) -> (N,) P(angry)."""
+        x = np.where(np.isnan(prosody), np.asarray(self.fill), prosody)
+        z = ((x - np.asarray(self.mean)) / np.asarray(self.std)) @ np.asarray(self.weights)
+        p = np.clip(np.asarray(p_angry, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+        z = z + self.classifier_weight * np.log(p / (1 - p)) + self.bias
+        return 1.0 / (1.0 + np.exp(-z))
+
+
 class Variant(_Strict):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -141,6 +180,8 @@ class ModelManifest(_Strict):
     provider_precision: dict[str, Precision] = Field(default_factory=dict)
     provider_precision_source: str = ""
     provenance: Provenance
+    anger_head: AngerHead | None = Field(default=None, description="voice models: the P(angry) the anger index "
+                                         "reads, where it is more than the classifier's angry output")
 
     # Set by load_manifest, not stored in the file.
     directory: Path | None = Field(default=None, exclude=True)

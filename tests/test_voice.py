@@ -165,10 +165,11 @@ def test_clipping_is_measured(vad_manifest, speech):
 # ------------------------------------------------------------------------------------------- tone model
 def test_tone_model_on_real_speech(speech):
     tone = VoiceToneModel(load_manifest(MODELS / "voice_tone_cnn"), RuntimeConfig(providers=["cpu"]))
-    probs = tone.classify_clip(speech)
-    assert probs.shape == (8,) and probs.sum() == pytest.approx(1, abs=1e-4)
-    batch = tone.classify(tone.features(np.stack([speech[:32000], speech[16000:48000]]))).probabilities
-    assert batch.shape == (2, 8)
+    clip = tone.classify_clip(speech)
+    assert clip.probabilities.shape == (1, 8) and clip.probabilities.sum() == pytest.approx(1, abs=1e-4)
+    assert clip.anger.shape == (1,) and 0 < clip.anger[0] < 1
+    batch = tone.classify(tone.features(np.stack([speech[:32000], speech[16000:48000]])))
+    assert batch.probabilities.shape == (2, 8) and batch.anger.shape == (2,)
 
 
 def test_speech_buffer_steps():

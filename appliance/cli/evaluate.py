@@ -71,6 +71,8 @@ def eval_voice(
     print(report.table())
     if angry:
         auc = f", ROC AUC angry vs rest {report.angry_auc:.3f}" if report.angry_auc is not None else ""
+        if report.classifier_angry_auc is not None:
+            auc += f" (anger head; the classifier's angry output alone {report.classifier_angry_auc:.3f})"
         print(f"\nanger: recall {angry['recall']:.3f}, precision {angry['precision']:.3f} (n={angry['n']}){auc}")
     write_outputs(report.as_dict() | ({"anger": angry} if angry else {}), json_out, report,
                    png or (json_out.with_suffix(".png") if json_out else None))

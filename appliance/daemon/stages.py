@@ -98,7 +98,6 @@ class Voice:
 
     def __init__(self, audio, vad, speech, tone, health: Health):
         self.audio, self.vad, self.speech, self.tone, self.health = audio, vad, speech, tone, health
-        self._angry = tone.labels.index("angry")
         self._clip_warned_at = -1e9
 
     def compute(self, tick: Tick, data: TickData) -> None:
@@ -115,9 +114,10 @@ class Voice:
             with tick.stage("features"):
                 features = self.tone.features(segment[None])
             with tick.stage("tone"):
-                data.tone = self.tone(features).probabilities
+                result = self.tone(features)
             tick.parts["features"], tick.parts["tone"] = self.tone.features.times, self.tone.times
-            data.voice_anger = float(data.tone[0, self._angry])
+            data.tone = result.probabilities
+            data.voice_anger = float(result.anger[0])
         self.health.note_microphone(self.audio)
 
     def reset(self) -> None:

@@ -1,14 +1,17 @@
-"""Vocal tone: 2 s of speech -> per-label probabilities, through the same log-mel function training used."""
+"""Vocal tone: 2 s of speech -> per-label probabilities, through the same log-mel function training used, and the
+segment's P(angry) for the anger index (the classifier's, or its manifest's anger head on it and the prosody)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from appliance.runtime import RuntimeConfig
 from appliance.manifest import ModelManifest
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel
+from appliance.perception.prosody import NAMES as PROSODY_NAMES, prosody
 from appliance.perception.stage import StageTimes, Stopwatch
 from appliance.runtime import open_session
 
@@ -19,6 +22,12 @@ SEGMENT_S = 2.0
 class ToneResult:
     probabilities: np.ndarray   # (N, len(labels))
     labels: tuple[str, ...]
+    anger: np.ndarray           # (N,) P(angry) for the anger index (uncalibrated: the manifest's ``anger`` maps it)
+
+
+class SegmentFeatures(NamedTuple):
+    log_mel: np.ndarray                 # (N, 1, mels, frames): the tone model's input
+    prosody: np.ndarray | None          # (N, len(PROSODY_NAMES)), where the model has an anger head
 
 
 class SpeechBuffer:
@@ -58,21 +67,23 @@ class SpeechBuffer:
         return None
 
 
-class LogMel:
-    """``features(segments)``: (N, samples) speech segments -> (N, 1, mels, frames) log-mel, the tone model's input
-    (the numpy function training used)."""
+class VoiceFeatures:
+    """``features(segments)``: (N, samples) speech segments -> their log-mel (the tone model's input) and, for a
+    model with an anger head, their prosodic functionals (the numpy functions training used)."""
 
     name = "features"
 
-    def __init__(self):
+    def __init__(self, prosody: bool = False):
+        self.prosody = prosody
         self.times = StageTimes()
 
-    def __call__(self, segments: np.ndarray) -> np.ndarray:
+    def __call__(self, segments: np.ndarray) -> SegmentFeatures:
         watch = Stopwatch(len(segments))
-        out = np.stack([log_mel(s) for s in segments])[:, None]
+        mel = np.stack([log_mel(s) for s in segments])[:, None]
+        functionals = np.stack([prosody(s) for s in segments]) if self.prosody else None
         watch.lap("pre")
         self.times = watch.done()
-        return out
+        return SegmentFeatures(mel, functionals)
 
 
 class VoiceToneModel:
@@ -88,7 +99,12 @@ class VoiceToneModel:
         self.segment_samples = int(SEGMENT_S * DEFAULT.sample_rate)
         self._session, self.report = open_session(manifest, runtime, available)
         self._input = manifest.input_name or self._session.get_inputs()[0].name
-        self.features = LogMel()
+        self._angry = self.labels.index("angry") if "angry" in self.labels else None
+        self.head = manifest.anger_head
+        if self.head is not None and self._angry is None:
+            raise ValueError(f"{manifest.name}: an anger head needs an 'angry' label")
+        self._head_columns = self.head.columns(PROSODY_NAMES) if self.head is not None else None
+        self.features = VoiceFeatures(prosody=self.head is not None)
         self.times = StageTimes()
 
     @property
@@ -99,19 +115,32 @@ class VoiceToneModel:
         """One call at the loop's shape (one 2 s segment) before the loop starts: see ExpressionModel.warm_up."""
         self.classify(self.features(np.zeros((1, self.segment_samples), np.float32)))
 
-    def __call__(self, features: np.ndarray) -> ToneResult:
+    def __call__(self, features: SegmentFeatures) -> ToneResult:
         return self.classify(features)
 
-    def classify(self, features: np.ndarray) -> ToneResult:
-        watch = Stopwatch(len(features))
-        x = features.astype(np.float32)
+    def classify(self, features: SegmentFeatures) -> ToneResult:
+        watch = Stopwatch(len(features.log_mel))
+        x = features.log_mel.astype(np.float32)
         watch.lap("pre")
         (probs,) = self._session.run(None, {self._input: x})
         watch.lap("model")
+        if self._angry is None:
+            anger = np.full(len(probs), np.nan)
+        elif self.head is None:
+            anger = probs[:, self._angry].astype(np.float64)
+        else:
+            if features.prosody is None:
+                raise ValueError(f"{self.manifest.name} has an anger head: its features need the prosody "
+                                 "(VoiceFeatures(prosody=True), as model.features is)")
+            anger = self.head.apply(features.prosody[:, self._head_columns], probs[:, self._angry])
+        watch.lap("post")
         self.times = watch.done()
-        return ToneResult(probs, self.labels)
+        return ToneResult(probs, self.labels, anger)
 
-    def classify_clip(self, audio: np.ndarray, hop_s: float = 0.5) -> np.ndarray:
-        """A whole clip: mean probabilities over 2 s windows every ``hop_s`` (how eval scores a clip)."""
+    def classify_clip(self, audio: np.ndarray, hop_s: float = 0.5) -> ToneResult:
+        """A whole clip as one row: the mean probabilities and P(angry) over 2 s windows every ``hop_s`` (how eval
+        scores a clip)."""
         segments = np.stack(clip_segments(audio, self.segment_samples, int(hop_s * DEFAULT.sample_rate)))
-        return self.classify(self.features(segments)).probabilities.mean(axis=0)
+        result = self.classify(self.features(segments))
+        return ToneResult(result.probabilities.mean(axis=0, keepdims=True), self.labels,
+                          result.anger.mean(keepdims=True))

@@ -182,8 +182,10 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
     started = time.perf_counter()
     y_true = np.array([label for _, label in items], dtype=np.int64)
     probs = np.empty((len(items), len(model.labels)), dtype=np.float64)
+    anger = np.empty(len(items), dtype=np.float64)
     for i, (path, _) in enumerate(items):
-        probs[i] = model.classify_clip(load_audio_file(path))
+        clip = model.classify_clip(load_audio_file(path))
+        probs[i], anger[i] = clip.probabilities[0], clip.anger[0]
         if progress:
             progress(i + 1, len(items))
     y_pred = probs.argmax(axis=1)
@@ -197,4 +199,6 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
                       accuracy=round(m["accuracy"], 4), macro_f1=round(m["macro_f1"], 4),
                       per_class=m["per_class"], confusion=m["confusion"],
                       seconds=round(time.perf_counter() - started, 2),
-                      angry_auc=None if angry is None else roc_auc(probs[:, angry], y_true == angry))
+                      angry_auc=None if angry is None else roc_auc(anger, y_true == angry),
+                      classifier_angry_auc=None if angry is None or model.head is None
+                      else roc_auc(probs[:, angry], y_true == angry))

@@ -28,7 +28,8 @@ class EvalReport:
     ece_uncalibrated: float | None = None
     also: dict[str, float | str] = field(default_factory=dict)   # the same predictions against other labels
     predictions: np.ndarray | None = field(default=None, repr=False)   # per item, not saved
-    angry_auc: float | None = None        # angry vs the rest, ranked by P(angry) (voice)
+    angry_auc: float | None = None        # angry vs the rest, ranked by the P(angry) the anger index reads (voice)
+    classifier_angry_auc: float | None = None   # the same by the classifier's angry output, where a head differs
 
     def as_dict(self) -> dict:
         out = {"model": self.model, "precision": self.precision, "provider": self.provider,
@@ -39,6 +40,8 @@ class EvalReport:
             out |= {"ece_15": self.ece, "ece_15_uncalibrated": self.ece_uncalibrated}
         if self.angry_auc is not None:
             out["angry_auc"] = self.angry_auc
+        if self.classifier_angry_auc is not None:
+            out["classifier_angry_auc"] = self.classifier_angry_auc
         return out | ({"also": self.also} if self.also else {})
 
     def table(self) -> str:

@@ -156,13 +156,12 @@ def voice_probabilities(data: Path, precision: str, cache: dict) -> tuple[np.nda
     rows = speech_rows(data / "speech", {"path", "corpus", "speaker", "label"}, where={"speaker": VOICE_SPEAKERS})
     model = VoiceToneModel(load_manifest(ROOT / "models" / "onnx" / VOICE_MODEL),
                            RuntimeConfig(providers=["cpu"], precision=precision))
-    angry = list(model.labels).index("angry")
     p = []
     for i, r in enumerate(rows):
         audio = cache.setdefault(r["path"], None)
         if audio is None:
             audio = cache[r["path"]] = load_audio_file(data / "speech" / r["path"])
-        p.append(float(model.classify_clip(audio)[angry]))
+        p.append(float(model.classify_clip(audio).anger[0]))
         if (i + 1) % 200 == 0:
             print(f"  voice {precision}: {i + 1}/{len(rows)} clips", file=sys.stderr, flush=True)
     return (np.array(p), np.array([r["label"] for r in rows]), np.array([r["corpus"] for r in rows]),
