@@ -24,6 +24,7 @@ WINDOW = 800                    # 50 ms: three periods of the lowest pitch searc
 NFFT = 1152                     # >= WINDOW + the longest lag, so the autocorrelation does not wrap (2^7 * 9: fast)
 LAG_MIN, LAG_MAX = SAMPLE_RATE // 450, SAMPLE_RATE // 60      # pitch searched over 60-450 Hz
 ACTIVE_DB = -35.0               # a frame within 35 dB of the loudest is speech, not the pause around it
+OCTAVE_SHARE = 0.9              # a shorter lag's peak this close to the best is the period
 VOICED_PEAK = 0.6               # normalised autocorrelation peak of a voiced frame
 MIN_VOICED = 5                  # fewer voiced frames: the pitch functionals are missing (NaN)
 
@@ -62,7 +63,13 @@ def prosody(audio: np.ndarray) -> np.ndarray:
     nacf = acf / np.maximum(acf[:, :1], 1e-20) / wac
     search = nacf[:, LAG_MIN:LAG_MAX + 1]
     rows = np.arange(len(search))
-    k = np.clip(search.argmax(axis=1), 1, search.shape[1] - 2)
+    # The shortest lag whose peak comes near the best one: a periodic signal correlates as well at two periods as at
+    # one, and the longest of such lags would read the pitch an octave low.
+    peaks = np.zeros_like(search, dtype=bool)
+    peaks[:, 1:-1] = (search[:, 1:-1] >= search[:, :-2]) & (search[:, 1:-1] > search[:, 2:])
+    near = peaks & (search >= OCTAVE_SHARE * search.max(axis=1, keepdims=True))
+    k = np.where(near.any(axis=1), near.argmax(axis=1), search.argmax(axis=1))
+    k = np.clip(k, 1, search.shape[1] - 2)
     a, b, c = search[rows, k - 1], search[rows, k], search[rows, k + 1]
     curve = a - 2 * b + c
     offset = np.clip(0.5 * (a - c) / np.where(np.abs(curve) < 1e-9, -1e-9, curve), -1, 1)
