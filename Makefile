@@ -80,6 +80,7 @@ models: setup
 	$(BIN)/pip install --quiet torch==2.13.0 av
 	$(BIN)/python scripts/demo_audio.py
 	$(BIN)/python models/recipes/voice_tone_cnn.py --data $(DATA)
+	$(BIN)/python models/recipes/voice_anger_head.py --data $(DATA)
 	$(BIN)/python benchmarks/crop_geometry.py --data $(DATA)
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --arch resnet --train-only
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA)

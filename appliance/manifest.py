@@ -50,7 +50,10 @@ class Accuracy(_Strict):
                                "has more than one set")
     ece: float | None = Field(default=None, description="expected calibration error, 15 bins, calibrated output")
     per_class: dict[str, dict[str, float]] | None = None
-    angry_auc: float | None = Field(default=None, description="angry vs the rest, ROC AUC")
+    angry_auc: float | None = Field(default=None, description="angry vs the rest, ROC AUC (voice: of the P(angry) "
+                                    "the anger index reads, the anger head's where the model has one)")
+    classifier_angry_auc: float | None = Field(default=None, description="the same by the classifier's angry "
+                                               "output, where an anger head differs from it")
 
 
 class Calibration(_Strict):

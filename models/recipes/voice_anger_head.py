@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from models.recipes.anger_fusion import fit_logistic  # noqa: E402
-from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
+from models.recipes.voice_tone_cnn import HELD_OUT, VAL_SPEAKERS  # noqa: E402
 
 MODEL = "voice_tone_cnn"
 HOP_S = 0.5
@@ -198,12 +198,33 @@ def main() -> None:
                   "training speakers in four speaker folds (models/recipes/voice_anger_head.py)",
         figures={"validation_angry_auc": {"classifier": classifier, "head": headed}})
     write_manifest(manifest, args.out)
+    refresh_figures(args.data, args.out)
     args.log.mkdir(parents=True, exist_ok=True)
     result = {"candidates": candidates, "chosen": best, "validation_angry_auc": {"classifier": classifier,
               "head": headed}, "head": manifest.anger_head.model_dump(exclude={"figures"})}
     (args.log / "head.json").write_text(json.dumps(result, indent=1) + "\n")
     write_report(args.log / "README.md", candidates, best, classifier, headed, manifest.anger_head)
     print(f"wrote the anger head into {args.out}/manifest.json; report in {args.log}/README.md")
+
+
+def refresh_figures(data: Path, out: Path) -> None:
+    """Each variant's held-out angry AUC, as ``appliance eval voice`` now reports it (the head's), beside the
+    classifier's; the accuracy figures do not change (the head adds no label)."""
+    from appliance.manifest import load_manifest, write_manifest
+    from appliance.perception.voice import VoiceToneModel
+    from appliance.runtime import RuntimeConfig
+    from appliance.tools.evaluation import evaluate_voice
+
+    manifest = load_manifest(out)
+    for variant in manifest.variants:
+        model = VoiceToneModel(manifest, RuntimeConfig(providers=["cpu"], precision=variant.precision))
+        for figure in [variant.accuracy, *variant.more_accuracy]:
+            speakers = next(s for name, s, _ in HELD_OUT if name == figure.dataset)
+            report = evaluate_voice(data / "speech", model, where={"speaker": speakers})
+            figure.angry_auc, figure.classifier_angry_auc = report.angry_auc, report.classifier_angry_auc
+            print(f"  {variant.precision} {figure.dataset}: angry AUC {report.angry_auc:.3f} (classifier "
+                  f"{report.classifier_angry_auc:.3f})", flush=True)
+    write_manifest(manifest, out)
 
 
 def write_report(path: Path, candidates, best, classifier, headed, head) -> None:

@@ -52,6 +52,10 @@ VAL_RAVDESS = {f"ravdess-{i:02d}" for i in range(17, 21)}
 VAL_EMOVO = {"emovo-f3", "emovo-m3"}
 VAL_TUREV = {"turev-1358"}     # one of the four TurEV speakers with all four labels
 VAL_SPEAKERS = VAL_RAVDESS | VAL_EMOVO | VAL_TUREV
+# The manifest's figures, one per held-out group: (dataset as the manifest names it, speakers, report file suffix).
+HELD_OUT = (("RAVDESS actors 17-20 (speaker-independent validation)", VAL_RAVDESS, ""),
+            ("EMOVO f3 + m3 (Italian, never trained on)", VAL_EMOVO, "_emovo"),
+            ("TurEV-DB 1358 (Turkish, never trained on)", VAL_TUREV, "_turev"))
 # How often each corpus is drawn in the multilang preset, decided before training: RAVDESS has the most speakers (16)
 # and all 8 labels; TESS has 2 speakers and many clips; the two new languages get as much as TESS.
 MULTILANG_SHARE = {"ravdess": 0.40, "tess": 0.20, "emovo": 0.20, "turev": 0.20}
@@ -470,13 +474,10 @@ def finalize(args) -> None:
     write_manifest(manifest, args.out)
     (args.out / "LICENSE").write_text(weights_licence(args.share))
     manifest = load_manifest(args.out)
-    held_out = (("RAVDESS actors 17-20 (speaker-independent validation)", VAL_RAVDESS, ""),
-                ("EMOVO f3 + m3 (Italian, never trained on)", VAL_EMOVO, "_emovo"),
-                ("TurEV-DB 1358 (Turkish, never trained on)", VAL_TUREV, "_turev"))
     for variant in manifest.variants:
         model = VoiceToneModel(manifest, RuntimeConfig(providers=["cpu"], precision=variant.precision))
         figures = []
-        for dataset, speakers, suffix in held_out:
+        for dataset, speakers, suffix in HELD_OUT:
             report = evaluate_voice(args.data / "speech", model, where={"speaker": speakers},
                                     progress=stderr_progress(f"  {variant.precision} {dataset.split(' (')[0]}"))
             angry = report.per_class["angry"]
