@@ -18,6 +18,22 @@ from models.recipes.ferplus_cnn import (CROP_MARGIN, CROP_SHIFT, LABELS, OFFSET,
 PUBLIC_TEST = "FER2013 PublicTest"
 
 
+def seeds_text(history: dict, seed: int) -> str:
+    seeds = history.get("graph", {}).get("used", {}).get("seeds", [seed])
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def graph_text(history: dict) -> str:
+    """What the exported graph averages, as the provenance says it (older runs recorded only the mirror choice)."""
+    graph = history.get("graph", {}).get("used") or {"members": 1, "flip": history.get("flip", {}).get("used", False)}
+    parts = []
+    if graph["members"] > 1:
+        parts.append(f"the {graph['members']} seeds' logits averaged inside one graph (a seed ensemble)")
+    if graph["flip"]:
+        parts.append("each face averaged with its mirror image inside the graph")
+    return ("; " + " and ".join(parts) + " (chosen on the selection split)") if parts else ""
+
+
 def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
     from appliance.runtime import RuntimeConfig
     from appliance.tools.evaluation import evaluate_faces, evaluate_ferplus, stderr_progress
@@ -47,13 +63,13 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
         provider_precision_source="set below from this recipe's timing",
         provenance=Provenance(
             source=f"trained here from scratch by the recipe: {args.arch} width {args.width} "
-                   f"({history.get('parameters', '?')} parameters), seed {args.seed}, {args.epochs} epochs on "
+                   f"({history.get('parameters', '?')} parameters), {seeds_text(history, args.seed)}, "
+                   f"{args.epochs} epochs on "
                    "FER2013 train minus a 10% selection split, soft targets = FER+ crowd votes over the 7 labels "
                    "(contempt, unknown and not-a-face votes dropped; faces with fewer than 5 such votes left out)"
                    + (f", blended with the single FER2013 label at weight {args.fer2013_weight:g}"
                       if args.fer2013_weight else "")
-                   + ("; each face averaged with its mirror image inside the graph (chosen on the selection split)"
-                      if history.get("flip", {}).get("used") else "") + "; "
+                   + graph_text(history) + "; "
                    "final weights and calibration chosen on the selection split. Architectures compared on the "
                    "selection split: benchmarks/results/face_training/architectures.md",
             licence="images: FER2013, research use only; labels: FER+ (microsoft/FERPlus), MIT. The weights "
