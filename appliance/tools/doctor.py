@@ -92,6 +92,8 @@ def check_models(cfg: AppConfig) -> list[Check]:
             acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}"
                    + (f" ({v.calibration.method} calibrated)" if v.calibration else "")
                    for v in manifest.variants if v.accuracy]
+            if manifest.anger_head is not None:
+                acc.append(f"anger head on {len(manifest.anger_head.features)} prosodic features")
             checks.append(Check("model", True, f"{manifest.name} {manifest.version}: "
                                 f"{', '.join(manifest.precisions())} sha256 match" + (f"; {', '.join(acc)}" if acc
                                                                                     else "")))
