@@ -229,8 +229,10 @@ def test_hysteresis_and_cooldown():
     assert 2 <= len(alerts) <= 4 and anger.held_back >= 1
     assert all(b.at - a.at >= 30 for a, b in zip(alerts, alerts[1:]))
     # staying between off and on thresholds never re-arms
-    alerts, _ = run_anger(voice_every_second(0.9, 8) + voice_every_second(0.45, 80) + voice_every_second(0.9, 8),
-                          AlertsConfig(cooldown_s=0))
+    cfg = AlertsConfig(cooldown_s=0)
+    between = (cfg.on_threshold + cfg.off_threshold) / 2
+    alerts, _ = run_anger(voice_every_second(0.9, 8) + voice_every_second(between, 80) + voice_every_second(0.9, 8),
+                          cfg)
     assert len(alerts) == 1
 
 
