@@ -243,7 +243,9 @@ def write_report(path: Path, candidates, best, classifier, headed, head) -> None
               f"| the CNN's angry output (before) | {classifier['ravdess']} | {classifier['emovo']} | "
               f"{classifier['turev']} |",
               f"| anger head (shipped) | {headed['ravdess']} | {headed['emovo']} | {headed['turev']} |", "",
-              "## The head (standardised features; positive = more angry)", "", "| input | weight |", "|---|---|",
+              "## The head (standardised features; positive = more angry)", "",
+              "The tilt and centroid measures are correlated, so they share weight between them: a single weight's "
+              "sign is not a finding.", "", "| input | weight |", "|---|---|",
               f"| logit of the CNN's P(angry) | {head.classifier_weight:+.3f} |"]
     lines += [f"| {n} | {w:+.3f} |" for n, w in sorted(zip(head.features, head.weights), key=lambda t: -abs(t[1]))]
     path.write_text("\n".join(lines) + "\n")
