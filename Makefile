@@ -83,7 +83,8 @@ models: setup
 	$(BIN)/python models/recipes/voice_anger_head.py --data $(DATA)
 	$(BIN)/python benchmarks/crop_geometry.py --data $(DATA)
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --arch resnet --train-only
-	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA)
+	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --seed 2 --train-only
+	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --ensemble 2
 	$(BIN)/python models/recipes/anger_fusion.py --data $(DATA)
 
 VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20
