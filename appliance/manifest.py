@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -125,10 +125,12 @@ class AngerHead(_Strict):
     chosen_by: str
     figures: dict = Field(default_factory=dict, description="held-out figures written by the recipe")
 
-    def model_post_init(self, _context) -> None:
+    @model_validator(mode="after")
+    def _same_lengths(self) -> "AngerHead":
         n = len(self.features)
         if not all(len(v) == n for v in (self.fill, self.mean, self.std, self.weights)):
             raise ValueError(f"anger head: features, fill, mean, std and weights need {n} values each")
+        return self
 
     def columns(self, names: tuple[str, ...]) -> list[int]:
         """Where each of the head's features sits in a prosody vector of ``names`` (a clear error if absent)."""
@@ -217,7 +219,10 @@ def load_manifest(directory: Path) -> ModelManifest:
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise ModelFileError(f"no model manifest at {path}")
-    manifest = ModelManifest.model_validate(json.loads(path.read_text()))
+    try:
+        manifest = ModelManifest.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as e:      # malformed JSON, or fields the manifest format does not allow
+        raise ModelFileError(f"{path}: not a valid model manifest: {e}") from e
     manifest.directory = Path(directory)
     return manifest
 

@@ -3,11 +3,13 @@ held-out figures on the languages the tone CNN never heard (dataset checks skip 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from appliance.config import default_models_dir
-from appliance.manifest import AngerHead, load_manifest
+from appliance.manifest import AngerHead, ModelFileError, load_manifest
 from appliance.perception.prosody import NAMES, prosody
 from appliance.perception.voice import VoiceToneModel
 from appliance.runtime import RuntimeConfig
@@ -84,11 +86,20 @@ def test_a_head_needing_an_unknown_functional_is_a_clear_error(tone):
     head = manifest.anger_head.model_dump()
     head["features"] = ["shimmer"] + head["features"][1:]
     manifest.anger_head = AngerHead(**head)
-    with pytest.raises(ValueError, match=r"prosodic features \['shimmer'\]"):
+    with pytest.raises(ModelFileError, match=r"prosodic features \['shimmer'\].*voice_anger_head.py"):
         VoiceToneModel(manifest, RuntimeConfig(providers=["cpu"], precision="fp32"))
     head["weights"] = head["weights"][:-1]
     with pytest.raises(ValueError, match="need"):
         AngerHead(**head)
+
+
+def test_a_manifest_the_format_does_not_allow_is_a_model_file_error(tmp_path):
+    """What ``appliance run`` prints as one line (error: ...) instead of a traceback."""
+    bad = json.loads((MODEL / "manifest.json").read_text())
+    bad["anger_head"]["weights"] = bad["anger_head"]["weights"][:-1]
+    (tmp_path / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelFileError, match="(?s)not a valid model manifest.*need"):
+        load_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("speakers,corpus", [("emovo-f3,emovo-m3", "Italian"), ("turev-1358", "Turkish")])

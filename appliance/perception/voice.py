@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from appliance.runtime import RuntimeConfig
-from appliance.manifest import ModelManifest
+from appliance.manifest import ModelFileError, ModelManifest
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel
 from appliance.perception.prosody import NAMES as PROSODY_NAMES, prosody
 from appliance.perception.stage import StageTimes, Stopwatch
@@ -101,9 +101,14 @@ class VoiceToneModel:
         self._input = manifest.input_name or self._session.get_inputs()[0].name
         self._angry = self.labels.index("angry") if "angry" in self.labels else None
         self.head = manifest.anger_head
-        if self.head is not None and self._angry is None:
-            raise ValueError(f"{manifest.name}: an anger head needs an 'angry' label")
-        self._head_columns = self.head.columns(PROSODY_NAMES) if self.head is not None else None
+        self._head_columns = None
+        if self.head is not None:
+            try:
+                if self._angry is None:
+                    raise ValueError("an anger head needs an 'angry' label")
+                self._head_columns = self.head.columns(PROSODY_NAMES)
+            except ValueError as e:
+                raise ModelFileError(f"{manifest.name}: {e}; rebuild it with models/recipes/voice_anger_head.py") from e
         self.features = VoiceFeatures(prosody=self.head is not None)
         self.times = StageTimes()
 
