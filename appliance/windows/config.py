@@ -13,8 +13,8 @@ class AlertsConfig(Section):
     window_s: float = Field(default=5.0, ge=1.0, le=60.0, description="the short window the anger index is taken over")
     # Chosen by `appliance eval sessions --choose-thresholds 1` on the voice model's validation speakers (README
     # 'Anger index and alerts'): at most 1 false alert per hour of calm speech, the most angry sessions alerted.
-    on_threshold: float = Field(default=0.70, gt=0, le=1)
-    off_threshold: float = Field(default=0.55, ge=0, lt=1, description="re-arms below this (hysteresis)")
+    on_threshold: float = Field(default=0.67, gt=0, le=1)
+    off_threshold: float = Field(default=0.52, ge=0, lt=1, description="re-arms below this (hysteresis)")
     cooldown_s: float = Field(default=60.0, ge=0, description="no second alert within this time of the first")
     min_evidence_s: float = Field(default=2.0, ge=0, description="seconds of face or speech the short window needs")
 
