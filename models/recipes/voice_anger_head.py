@@ -1,6 +1,6 @@
 """Recipe: the voice model's anger head, the P(angry) the anger index reads (``appliance.manifest.AngerHead``).
 
-    python models/recipes/voice_anger_head.py [--data ../shared/data]     # ~5 min on 2 cores, no PyTorch
+    python models/recipes/voice_anger_head.py [--data ../shared/data]     # ~3 min on 2 cores, no PyTorch
 
 Why: the tone CNN was trained on English actors (RAVDESS 01-16, TESS); its angry output ranks anger well on new
 English speakers and weakens on Italian and Turkish ones. Retraining the CNN on all four corpora made it worse on
@@ -11,16 +11,19 @@ spectral tilt, energy dynamics, all level-invariant), for angry vs the rest, per
 
 Data: the training speakers of every corpus (RAVDESS 01-16, TESS, EMOVO f1 f2 m1 m2, TurEV 1157 1234 1984 6783
 7895), weighted so each corpus counts equally and angry is half of each corpus's weight (each clip counts once,
-its segments share its weight). The validation speakers of ``voice_tone_cnn.py`` (RAVDESS 17-20, EMOVO f3 + m3,
-TurEV 1358) are never read to fit or choose anything here; they are the report.
+its segments share its weight). Each clip is seen two ways (KINDS): its raw 2 s segments every 0.5 s (how
+``appliance eval voice`` scores it) and the same segments of its speech as the daemon hears it (the VAD's speech
+only, pauses cut out, wrapped when shorter than a segment, as the speech buffer does). The validation speakers of
+``voice_tone_cnn.py`` (RAVDESS 17-20, EMOVO f3 + m3, TurEV 1358) are never read to fit or choose anything here;
+they are the report, in both views.
 
-Choice, written down before it was run: the feature set (all functionals, or all but the absolute pitch
-``f0_median``, which mostly encodes sex) and the ridge strength (1e-3, 1e-2, 1e-1) with the best mean angry-vs-rest
-ROC AUC over the Italian and Turkish training speakers in four speaker folds (each fold holds out 4 RAVDESS
-actors, one EMOVO speaker and one or two TurEV speakers; TESS always trains). Those are the speakers the CNN
-never heard, so the CNN's output on them is what it will be on a new voice; on RAVDESS training actors it is
-over-confident (it trained on them), which the folds report but do not choose by. Ties go to fewer features, then
-the stronger ridge.
+Choice, by a rule fixed before it was run: what to train on (the raw segments, or both views), the feature set
+(all functionals, or all but the absolute pitch ``f0_median``, which mostly encodes sex) and the ridge strength
+(1e-3, 1e-2, 1e-1), by the best mean angry-vs-rest ROC AUC over the Italian and Turkish training speakers as the
+daemon hears them, in four speaker folds (each fold holds out 4 RAVDESS actors, one EMOVO speaker and one or two
+TurEV speakers; TESS always trains). Those are the speakers the CNN never heard, so the CNN's output on them is
+what it will be on a new voice; on RAVDESS training actors it is over-confident (it trained on them), which the
+folds report but do not choose by. Ties go to the raw segments, fewer features, then the stronger ridge.
 
 One head for every variant (fit on the FP32 file's output; INT8's angry output differs by a few thousandths). Then
 ``anger_fusion.py`` refits the voice calibration and the fusion on the head's output (``make models`` runs both).
