@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -139,12 +140,22 @@ class AngerHead(_Strict):
             raise ValueError(f"anger head needs prosodic features {missing}, which this runtime does not compute")
         return [names.index(f) for f in self.features]
 
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # Built once: the daemon applies the head once per second of speech.
+        return tuple(np.asarray(v, dtype=np.float64) for v in (self.fill, self.mean, self.std, self.weights))
+
+    def design(self, prosody: np.ndarray, p_angry: np.ndarray) -> np.ndarray:
+        """The head's inputs: the standardised functionals (missing ones filled), then logit of the classifier's
+        P(angry). The recipe fits on exactly these columns."""
+        fill, mean, std, _ = self.arrays
+        x = np.where(np.isnan(prosody), fill, prosody)
+        p = np.clip(np.asarray(p_angry, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+        return np.column_stack([(x - mean) / std, np.log(p / (1 - p))])
+
     def apply(self, prosody: np.ndarray, p_angry: np.ndarray) -> np.ndarray:
         """(N, len(features)) functionals in the head's order and (N,) classifier P(angry) -> (N,) P(angry)."""
-        x = np.where(np.isnan(prosody), np.asarray(self.fill), prosody)
-        z = ((x - np.asarray(self.mean)) / np.asarray(self.std)) @ np.asarray(self.weights)
-        p = np.clip(np.asarray(p_angry, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
-        z = z + self.classifier_weight * np.log(p / (1 - p)) + self.bias
+        z = self.design(prosody, p_angry) @ np.r_[self.arrays[3], self.classifier_weight] + self.bias
         return 1.0 / (1.0 + np.exp(-z))
 
 

@@ -114,23 +114,26 @@ def segments_of(data: Path, work: Path) -> dict:
 
 
 class Head:
-    """Standardise, fill, fit; the same arithmetic as ``AngerHead.apply``."""
+    """Fit a head: fill values, mean and std from the training rows, then the weights on ``AngerHead.design`` of
+    them; ``head(x, p)`` is ``AngerHead.apply``, the daemon's own arithmetic."""
 
-    def __init__(self, x: np.ndarray, p: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float):
-        self.fill = np.nanmedian(x, axis=0)
-        xf = np.where(np.isnan(x), self.fill, x)
-        self.mean, self.std = xf.mean(axis=0), xf.std(axis=0) + 1e-9
-        beta = fit_logistic(self.design(x, p), y, w, l2=ridge, steps=200)
-        self.weights, self.classifier_weight, self.bias = beta[:-2], float(beta[-2]), float(beta[-1])
+    def __init__(self, x: np.ndarray, p: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float, names: list[str]):
+        from appliance.manifest import AngerHead
 
-    def design(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
-        xf = np.where(np.isnan(x), self.fill, x)
-        q = np.clip(p, 1e-4, 1 - 1e-4)
-        return np.column_stack([(xf - self.mean) / self.std, np.log(q / (1 - q))])
+        fill = np.nanmedian(x, axis=0)
+        filled = np.where(np.isnan(x), fill, x)
+        n = len(names)
+        # Standardised with zero weights first, so the design is the manifest's; then the fitted weights go in.
+        self.model = AngerHead(features=names, fill=fill.tolist(), mean=filled.mean(axis=0).tolist(),
+                               std=(filled.std(axis=0) + 1e-9).tolist(), weights=[0.0] * n, classifier_weight=0.0,
+                               bias=0.0, fit_on="", chosen_by="")
+        beta = fit_logistic(self.model.design(x, p), y, w, l2=ridge, steps=200)
+        self.model = AngerHead(**self.model.model_dump() | {"weights": [round(float(v), 6) for v in beta[:-2]],
+                                                           "classifier_weight": round(float(beta[-2]), 6),
+                                                           "bias": round(float(beta[-1]), 6)})
 
     def __call__(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
-        z = self.design(x, p) @ np.r_[self.weights, self.classifier_weight] + self.bias
-        return 1 / (1 + np.exp(-z))
+        return self.model.apply(x, p)
 
 
 def weights_for(seg: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +197,7 @@ def main() -> None:
                 for fold in FOLDS:
                     fit_rows = train_segs & ~np.isin(speaker_of_seg, sorted(fold))
                     y, w = weights_for(seg, fit_rows)
-                    head = Head(seg["x"][fit_rows][:, cols], seg["p"][fit_rows], y, w, ridge)
+                    head = Head(seg["x"][fit_rows][:, cols], seg["p"][fit_rows], y, w, ridge, [names[i] for i in cols])
                     held_clips = np.isin(seg["speaker"], sorted(fold))
                     for k in KINDS:
                         cv[k][held_clips] = clip_scores(seg, head(seg["x"][:, cols], seg["p"]), k)[held_clips]
@@ -210,17 +213,15 @@ def main() -> None:
     cols = feature_sets[best["features"]]
     train_segs = train_clips[seg["clip"]] & np.isin(seg["kind"], TRAIN_ON[best["train_on"]])
     y, w = weights_for(seg, train_segs)
-    head = Head(seg["x"][train_segs][:, cols], seg["p"][train_segs], y, w, best["ridge"])
+    head = Head(seg["x"][train_segs][:, cols], seg["p"][train_segs], y, w, best["ridge"],
+                [names[i] for i in cols])
     classifier = {KINDS[k]: aucs(seg, clip_scores(seg, seg["p"], k), val_clips) for k in KINDS}
     headed = {KINDS[k]: aucs(seg, clip_scores(seg, head(seg["x"][:, cols], seg["p"]), k), val_clips) for k in KINDS}
     print(f"chosen: trained on {best['train_on']}, {best['features']}, ridge {best['ridge']:g}\nvalidation "
           f"speakers, angry AUC: classifier {classifier}, head {headed}", flush=True)
 
     manifest = load_manifest(args.out)
-    manifest.anger_head = AngerHead(
-        features=[names[i] for i in cols], fill=[float(v) for v in head.fill], mean=[float(v) for v in head.mean],
-        std=[float(v) for v in head.std], weights=[round(float(v), 6) for v in head.weights],
-        classifier_weight=round(head.classifier_weight, 6), bias=round(head.bias, 6),
+    manifest.anger_head = AngerHead(**head.model.model_dump(exclude={"fit_on", "chosen_by", "figures"}),
         fit_on="training speakers of RAVDESS (01-16), TESS, EMOVO (f1 f2 m1 m2) and TurEV (1157 1234 1984 6783 "
                f"7895); 2 s segments every 0.5 s of {best['train_on']}; corpora equal, angry half of each corpus",
         chosen_by=f"trained on {best['train_on']}, {best['features']}, ridge {best['ridge']:g}: best mean angry AUC "
