@@ -31,6 +31,7 @@ MIN_VOICED = 5                  # fewer voiced frames: the pitch functionals are
 NAMES = ("voiced_share", "active_share", "f0_median", "f0_std", "f0_range", "f0_step", "periodicity",
          "alpha_voiced", "hammarberg_voiced", "energy_std", "energy_range", "energy_step", "alpha_active",
          "centroid_khz", "centroid_std_khz", "spectral_flux", "voiced_onsets_per_s", "pitch_missing")
+_AT = {name: i for i, name in enumerate(NAMES)}
 
 
 @lru_cache(maxsize=2)
@@ -91,7 +92,7 @@ def prosody(audio: np.ndarray) -> np.ndarray:
     flux = np.sqrt((np.diff(log_spectrum, axis=0) ** 2).mean(axis=1))
 
     out = np.full(len(NAMES), np.nan)
-    put = dict(zip(NAMES, range(len(NAMES))))
+    put = _AT
     out[put["voiced_share"]] = voiced.sum() / max(int(active.sum()), 1)
     out[put["active_share"]] = active.mean()
     if voiced.sum() >= MIN_VOICED:

@@ -144,9 +144,12 @@ def markdown(c: Comparison, a_label: str = "A", b_label: str = "B") -> str:
              f"| stage | p50 ms {a_label} | p50 ms {b_label} | difference | within | without the CPU's change |",
              "|---|---|---|---|---|---|"]
     for r in c.rows:
-        adjusted = "" if r.adjusted is None else f"{100 * r.adjusted:.1f}%"
-        lines.append(f"| {r.name} | {r.a_ms:.3f} | {r.b_ms:.3f} | {100 * r.difference:.1f}% | {r.judged} | "
-                     f"{adjusted} |")
+        # A share of a median under the noise floor (a part that did nothing in one run) means nothing: the
+        # difference is then given in ms.
+        small = min(r.a_ms, r.b_ms) < NOISE_FLOOR_MS
+        difference = f"{r.b_ms - r.a_ms:+.3f} ms" if small else f"{100 * r.difference:.1f}%"
+        adjusted = "" if r.adjusted is None or small else f"{100 * r.adjusted:.1f}%"
+        lines.append(f"| {r.name} | {r.a_ms:.3f} | {r.b_ms:.3f} | {difference} | {r.judged} | {adjusted} |")
     if c.reference_ms:
         lines.append(f"| *CPU reference* | {c.reference_ms[0]:.3f} | {c.reference_ms[1]:.3f} | "
                      f"{100 * c.machine_difference:.1f}% | {'steady' if c.steady else '**changed**'} | |")
