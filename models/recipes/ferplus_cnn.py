@@ -584,7 +584,6 @@ def main() -> None:
     args.graph = {**graph, "seeds": args.ensemble[:graph["members"]]}
     results[args.tag]["graph"] = {"used": args.graph, "flip_setting": args.flip, "candidates_seeds": args.ensemble,
                                   "candidates": candidates}
-    results[args.tag].pop("flip", None)     # what earlier runs recorded, before seed ensembles were candidates
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     write_architectures_md(results, results_path.with_suffix(".md"))
     export(members[:graph["members"]], args.out / "fp32.onnx", graph["flip"])
@@ -620,7 +619,7 @@ def write_architectures_md(results: dict, path: Path) -> None:
             continue
         used = graph["used"]
         lines += ["", f"## What the exported graph averages ({tag}, --flip {graph['flip_setting']}, seeds "
-                  f"{', '.join(map(str, graph['candidates_seeds'])) if 'candidates_seeds' in graph else used['seeds']})",
+                  f"{', '.join(map(str, graph['candidates_seeds']))})",
                   "", f"At most {MAX_PASSES} network passes per face (the 1 ms per face budget); the best selection "
                   "accuracy wins.", "",
                   "| graph | passes | selection accuracy | angry recall | angry precision | FER2013 labels | |",

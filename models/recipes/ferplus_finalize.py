@@ -24,8 +24,8 @@ def seeds_text(history: dict, seed: int) -> str:
 
 
 def graph_text(history: dict) -> str:
-    """What the exported graph averages, as the provenance says it (older runs recorded only the mirror choice)."""
-    graph = history.get("graph", {}).get("used") or {"members": 1, "flip": history.get("flip", {}).get("used", False)}
+    """What the exported graph averages, as the provenance says it."""
+    graph = history.get("graph", {}).get("used") or {"members": 1, "flip": False}
     parts = []
     if graph["members"] > 1:
         parts.append(f"the {graph['members']} seeds' logits averaged inside one graph (a seed ensemble)")
