@@ -32,6 +32,7 @@ def test_every_shipped_variant_has_an_anger_calibration_and_every_pair_a_fusion(
             shas = (face.variant(precision).sha256, voice.variant(precision).sha256)
             pair = [p for p in fusion.pairs if (p.face_sha256, p.voice_sha256) == shas]
             assert len(pair) == 1 and pair[0].w_face > 0 and pair[0].w_voice > 0, (name, precision)
+            assert pair[0].at_least_each, (name, precision)      # neither modality can veto the other
 
 
 def test_one_modality_gives_its_calibrated_value_and_both_the_fitted_mix():
@@ -42,14 +43,30 @@ def test_one_modality_gives_its_calibrated_value_and_both_the_fitted_mix():
     assert index(None, 0.3) == pytest.approx(sigmoid(cal_v.a * logit(0.3) + cal_v.b), abs=1e-4)
     assert index(None, None) is None
     p = index.pair
-    assert index(0.2, 0.7) == pytest.approx(sigmoid(p.w_face * 0.2 + p.w_voice * 0.7 + p.bias), abs=1e-4)
+    for f, v in ((0.2, 0.7), (0.9, 0.05), (0.05, 0.95), (0.5, 0.5), (0.01, 0.01)):
+        fused = sigmoid(p.w_face * f + p.w_voice * v + p.bias)
+        assert index(f, v) == pytest.approx(max(fused, index(f, None), index(None, v)), abs=1e-4), (f, v)
+    # Where the two agree the fitted mix is above either alone: the floor is not all there is.
+    assert index(0.6, 0.6) > max(index(0.6, None), index(None, 0.6))
     # Monotone in each modality, and in [0, 1] at the ends.
     grid = [0.0, 0.05, 0.2, 0.5, 0.8, 1.0]
     for f in grid:
         row = [index(f, v) for v in grid]
         assert row == sorted(row) and 0 <= row[0] and row[-1] <= 1
-    # A clearly angry voice is not cancelled by a face that misses the anger (the case the plain mean got wrong).
-    assert index(0.05, 0.9) > index(0.05, 0.1) + 0.3
+    # A clearly angry voice is not cancelled by a face that misses the anger (the case the plain mean got wrong,
+    # and the logistic alone too: the face model reads some shouting faces in video as happy).
+    assert index(0.05, 0.95) == index(None, 0.95) > index(0.05, 0.1) + 0.3
+
+
+def test_a_fusion_file_without_the_floor_keeps_the_logistic_alone(tmp_path):
+    fusion = json.loads((MODELS / FUSION_FILE).read_text())
+    for pair in fusion["pairs"]:
+        del pair["at_least_each"]
+    (tmp_path / FUSION_FILE).write_text(json.dumps(fusion))
+    index = load_fusion(tmp_path, manifest("ferplus_cnn"), "int8.onnx", manifest("voice_tone_cnn"), "fp32.onnx")
+    p = index.pair
+    assert index(0.05, 0.95) == pytest.approx(sigmoid(p.w_face * 0.05 + p.w_voice * 0.95 + p.bias), abs=1e-4)
+    assert index(0.05, 0.95) < index(None, 0.95)
 
 
 def test_no_voice_model_needs_no_fusion_file(tmp_path):

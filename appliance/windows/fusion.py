@@ -9,6 +9,11 @@ P(angry) when both are present: sigmoid(w_face * face + w_voice * voice + bias),
 probability, fitted with the same weighting on validation faces and voices paired by label by
 ``models/recipes/anger_fusion.py``. One modality alone gives its calibrated value; neither gives no index.
 
+With ``at_least_each`` (what the recipe ships) the index with both present is never below either modality's own
+calibrated value. The fit above is made on still faces that the face model reads well; on video it reads some
+angry faces as happy (``appliance eval video``), and such a face must not silence an angry voice, nor a quiet
+voice an angry face. The agreement of the two can still raise the index above either one alone.
+
 Probabilities, not log-odds, are combined on purpose: on log-odds a modality that is confidently wrong outvotes
 the other without bound, and the face model is known to miss anger on real faces that the voice hears; on
 probabilities each modality moves the index by at most its weight. On held-out pairs the weighted mean also ranks
@@ -41,6 +46,8 @@ class PairFusion(BaseModel):
     w_face: float
     w_voice: float
     bias: float
+    at_least_each: bool = Field(False, description="the index is never below either modality's calibrated value "
+                                                   "(neither can veto the other); false in files written before it")
     fit_on: str
     figures: dict = Field(default_factory=dict, description="validation figures written by the recipe")
 
@@ -71,7 +78,8 @@ class AngerIndex:
     def __call__(self, face: float | None, voice: float | None) -> float | None:
         if face is not None and voice is not None and self.voice is not None and self.pair is not None:
             z = self.pair.w_face * face + self.pair.w_voice * voice + self.pair.bias
-            return round(sigmoid(z), 4)
+            fused = round(sigmoid(z), 4)
+            return max(fused, self.face_value(face), self.voice_value(voice)) if self.pair.at_least_each else fused
         return self.face_value(face) if face is not None else self.voice_value(voice)
 
 
