@@ -32,6 +32,9 @@ class RuntimeConfig(Section):
     trt_max_batch: int = Field(default=16, ge=1, description="largest batch TensorRT engines are built for; "
                                "faces.max_faces must not exceed it")
     intra_op_threads: int = Field(default=1, ge=0, description="0 = ONNX Runtime's default")
+    cpu_mem_arena: bool = Field(default=False, description="ONNX Runtime's CPU memory arena: it keeps the peak of "
+                                "every buffer it ever allocated; off, buffers go back to the allocator "
+                                "(benchmarks/results/runtime_arena.md)")
 
 ORT_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -203,6 +206,7 @@ def _default_session_factory(path: str, providers: Sequence, cfg: RuntimeConfig)
         options.intra_op_num_threads = cfg.intra_op_threads
     # The loop runs one inference at a time; inter-op parallelism only adds wake-ups.
     options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = cfg.cpu_mem_arena
     options.log_severity_level = 3
     return ort.InferenceSession(path, sess_options=options, providers=list(providers))
 

@@ -136,6 +136,17 @@ def test_real_cpu_sessions_run_the_shipped_files(precision):
     assert probs.shape == (5, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
 
 
+@pytest.mark.parametrize("arena", [False, True])
+def test_the_cpu_memory_arena_follows_the_config(arena):
+    """Off by default (benchmarks/results/runtime_arena.md); the session gets what the config says, and runs the same."""
+    assert RuntimeConfig().cpu_mem_arena is False
+    session, _ = open_session(MANIFEST, RuntimeConfig(providers=["cpu"], precision="fp32", cpu_mem_arena=arena))
+    assert session.get_session_options().enable_cpu_mem_arena is arena
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 64, 64)).astype(np.float32)
+    reference, _ = open_session(MANIFEST, RuntimeConfig(providers=["cpu"], precision="fp32", cpu_mem_arena=not arena))
+    assert np.allclose(session.run(None, {"input": x})[0], reference.run(None, {"input": x})[0], atol=1e-6)
+
+
 def test_tampered_model_file_is_refused(tmp_path):
     import shutil
 
