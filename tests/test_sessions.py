@@ -56,15 +56,19 @@ def test_summary_figures_by_hand():
 
 
 def test_an_angry_session_alerts_and_a_neutral_one_does_not(data_dir, tmp_path):
-    """One held-out speaker (RAVDESS 17, never trained on), a minute of angry and a minute of neutral speech."""
+    """One held-out speaker (RAVDESS 17, never trained on), a minute of angry and a minute of neutral speech, each
+    beside a face clip of its emotion. The angry face is MEAD's shouting actor, whom the face model reads as happy:
+    the alert must come all the same (the anger index is never below the voice's own value)."""
     out = tmp_path / "s.json"
     proc = subprocess.run(appliance_cmd("eval", "sessions", str(data_dir / "speech"), "--where", "speaker=ravdess-17",
-                                        "--where", "label=angry,neutral", "--json", str(out)),
+                                        "--where", "label=angry,neutral", "--video", str(data_dir / "video" / "emotion"),
+                                        "--json", str(out)),
                           env=appliance_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     by_label = {s["label"]: s for s in report["sessions"]}
     assert set(by_label) == {"angry", "neutral"} and all(s["seconds"] >= 60 for s in by_label.values())
+    assert all(s["video"] for s in by_label.values())
     assert by_label["angry"]["alerts_at_s"] and by_label["angry"]["first_alert_s"] <= 15
     assert by_label["neutral"]["alerts_at_s"] == []
     assert all(s["summaries"] >= 6 for s in by_label.values())      # 10 s windows over a minute, published
