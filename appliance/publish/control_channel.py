@@ -73,14 +73,17 @@ class ControlChannel:
         self._wake()
 
     def reply(self, command: Command | None, ok: bool, error: str | None = None) -> None:
+        self._outgoing.append(self._reply_message(command, ok, error))
+        self._wake()
+
+    def _reply_message(self, command: Command | None, ok: bool, error: str | None) -> Outgoing:
         payload = reply_payload(self.device_id, (command.name or None) if command else None, ok, self.state,
                                 command.request_id if command else None, error)
         properties = None
         if command is not None and command.correlation_data is not None:
             properties = Properties(PacketTypes.PUBLISH)
             properties.CorrelationData = command.correlation_data
-        self._outgoing.append(Outgoing(self.topics.reply, json.dumps(payload), False, properties))
-        self._wake()
+        return Outgoing(self.topics.reply, json.dumps(payload), False, properties)
 
     def resend_status(self) -> None:
         """After a (re)connect: the broker may have published the last will meanwhile."""
@@ -99,8 +102,16 @@ class ControlChannel:
         if dirty:
             self.publish_status(client, status, properties)
         while self._outgoing:
-            out = self._outgoing.popleft()
-            client.publish(out.topic, out.payload, qos=1, retain=out.retain, properties=out.properties)
+            self._publish(client, self._outgoing.popleft())
+
+    @staticmethod
+    def _publish(client: mqtt.Client, out: Outgoing) -> None:
+        client.publish(out.topic, out.payload, qos=1, retain=out.retain, properties=out.properties)
+
+    def _refuse(self, client: mqtt.Client, command: Command | None, error: str) -> None:
+        # Straight to paho's own queue, not through the bounded hand-off queue: one read of a flood can take
+        # hundreds of commands before ``send`` runs again, and every one of them is answered.
+        self._publish(client, self._reply_message(command, False, error))
 
     def publish_status(self, client: mqtt.Client, status: dict, properties) -> mqtt.MQTTMessageInfo:
         return client.publish(self.topics.status, json.dumps(status), qos=1, retain=True, properties=properties)
@@ -120,8 +131,8 @@ class ControlChannel:
             if command.name in ("pause", "resume") and not self._state_changes.allow():
                 self.counters["rejected_commands"] += 1
                 log.warning("MQTT: %s rejected: over the rate limit", command.name)
-                self.reply(command, False, error=f"busy: at most {self._state_changes.burst} pause/resume commands "
-                                                 "at once, then 10 a minute")
+                self._refuse(client, command, f"busy: at most {self._state_changes.burst} pause/resume commands at "
+                                              "once, then 10 a minute")
                 return
             if self.on_command is None:
                 raise CommandError("this process takes no commands")
@@ -129,7 +140,7 @@ class ControlChannel:
         except CommandError as e:
             self.counters["rejected_commands"] += 1
             log.warning("MQTT: rejected command on %s: %s", message.topic[:120], e)
-            self.reply(about, False, error=str(e)[:300])
+            self._refuse(client, about, str(e)[:300])
         except Exception as e:  # paho must never see an exception from us: it would drop the connection
             self.counters["rejected_commands"] += 1
             log.exception("MQTT: command handling failed: %s", e)
