@@ -114,10 +114,11 @@ def check_anger_index(cfg: AppConfig) -> Check:
         for f in face.variants:
             for v in voice.variants:
                 index = load_fusion(cfg.models.dir, face, f.file, voice, v.file)
-        return Check("anger index", True, f"{face.name} + {voice.name}: calibrated, both present = sigmoid("
-                                          f"{index.pair.w_face:.2f} face + {index.pair.w_voice:.2f} voice "
-                                          f"{index.pair.bias:+.2f}); alerts on {cfg.alerts.on_threshold} / off "
-                                          f"{cfg.alerts.off_threshold}")
+        mix = (f"sigmoid({index.pair.w_face:.2f} face + {index.pair.w_voice:.2f} voice {index.pair.bias:+.2f})")
+        if index.pair.at_least_each:
+            mix = f"max({mix}, each alone)"
+        return Check("anger index", True, f"{face.name} + {voice.name}: calibrated, both present = {mix}; alerts "
+                                          f"on {cfg.alerts.on_threshold} / off {cfg.alerts.off_threshold}")
     except (ModelFileError, ValueError) as e:
         return Check("anger index", False, str(e), "rebuild it: python models/recipes/anger_fusion.py")
 
