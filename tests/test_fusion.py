@@ -58,6 +58,28 @@ def test_one_modality_gives_its_calibrated_value_and_both_the_fitted_mix():
     assert index(0.05, 0.95) == index(None, 0.95) > index(0.05, 0.1) + 0.3
 
 
+def test_a_modality_sets_the_floor_only_on_the_evidence_it_would_need_alone():
+    """In the alert's short window: with a calm face in view, one angry second of speech must not raise the alert
+    that the voice alone could not (it needs alerts.min_evidence_s of speech); two seconds may."""
+    from appliance.windows.alerts import Anger
+    from appliance.windows.config import AlertsConfig
+
+    face, voice = manifest("ferplus_cnn"), manifest("voice_tone_cnn")
+    index = load_fusion(MODELS, face, "int8.onnx", voice, "fp32.onnx")
+    assert index(0.01, 0.99, voice_alone=False) == index(0.01, 0.99, face_alone=True, voice_alone=False) < 0.5
+    assert index(0.01, 0.99) == index(None, 0.99) > 0.9
+
+    def alerts(voice_seconds):
+        anger = Anger(AlertsConfig(), tick_period_s=0.1, voice_step_s=1.0, anger_index=index)
+        ticks = [(i * 0.1, 0.01, 0.99 if i >= 60 and i % 10 == 0 and (i - 60) // 10 < voice_seconds else None)
+                 for i in range(100)]
+        return [a for a in (anger.update(*t) for t in ticks) if a]
+
+    assert alerts(1) == []
+    fired = alerts(2)
+    assert len(fired) == 1 and fired[0].voice_anger > 0.9 and fired[0].face_anger < 0.05
+
+
 def test_a_fusion_file_without_the_floor_keeps_the_logistic_alone(tmp_path):
     fusion = json.loads((MODELS / FUSION_FILE).read_text())
     for pair in fusion["pairs"]:

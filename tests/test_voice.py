@@ -186,7 +186,7 @@ class MeanIndex:
     """Stands in for fusion.AngerIndex (same interface): these tests check the window, hysteresis and cool-down,
     not a calibration (tests/test_fusion.py checks the shipped one)."""
 
-    def __call__(self, face, voice):
+    def __call__(self, face, voice, **alone):
         present = [p for p in (face, voice) if p is not None]
         return sum(present) / len(present) if present else None
 
@@ -240,7 +240,7 @@ def test_the_index_gets_each_modality_window_mean():
     seen = []
 
     class Recording(MeanIndex):
-        def __call__(self, face, voice):
+        def __call__(self, face, voice, **alone):
             seen.append((face, voice))
             return 0.0
 

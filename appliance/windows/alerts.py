@@ -62,10 +62,14 @@ class Anger:
             self._face_sum = 0.0     # an empty window resets the sums, so rounding cannot creep over days
         if not self._voice:
             self._voice_sum = 0.0
-        evidence = len(self._face) * self.tick_period_s + len(self._voice) * self.voice_step_s
+        face_s, voice_s = len(self._face) * self.tick_period_s, len(self._voice) * self.voice_step_s
         face = self._face_sum / len(self._face) if self._face else None
         voice = self._voice_sum / len(self._voice) if self._voice else None
-        self.index = self.anger_index(face, voice) if evidence >= self.cfg.min_evidence_s else None
+        # A modality sets the index's floor only on the evidence it would need alone: a face in view must not let
+        # one second of speech raise an alert that the voice alone could not.
+        need = self.cfg.min_evidence_s
+        self.index = self.anger_index(face, voice, face_alone=face_s >= need, voice_alone=voice_s >= need) \
+            if face_s + voice_s >= need else None
         if self.index is None:
             return None
         if not self._armed:

@@ -16,7 +16,9 @@ class AlertsConfig(Section):
     on_threshold: float = Field(default=0.67, gt=0, le=1)
     off_threshold: float = Field(default=0.52, ge=0, lt=1, description="re-arms below this (hysteresis)")
     cooldown_s: float = Field(default=60.0, ge=0, description="no second alert within this time of the first")
-    min_evidence_s: float = Field(default=2.0, ge=0, description="seconds of face or speech the short window needs")
+    min_evidence_s: float = Field(default=2.0, ge=0, description="seconds of face or speech the short window "
+                                  "needs; with both present, a modality sets the index's floor only on this much of "
+                                  "its own")
 
 
 class AggregateConfig(Section):

@@ -75,11 +75,18 @@ class AngerIndex:
     def voice_value(self, voice: float | None) -> float | None:
         return None if voice is None or self.voice is None else round(self.voice.apply(voice), 4)
 
-    def __call__(self, face: float | None, voice: float | None) -> float | None:
+    def __call__(self, face: float | None, voice: float | None, *, face_alone: bool = True,
+                 voice_alone: bool = True) -> float | None:
+        """``face_alone`` / ``voice_alone``: whether that modality has enough evidence to stand alone, i.e. to set
+        the floor (the alert's short window: as much as it would need with the other absent)."""
         if face is not None and voice is not None and self.voice is not None and self.pair is not None:
             z = self.pair.w_face * face + self.pair.w_voice * voice + self.pair.bias
             fused = round(sigmoid(z), 4)
-            return max(fused, self.face_value(face), self.voice_value(voice)) if self.pair.at_least_each else fused
+            if not self.pair.at_least_each:
+                return fused
+            alone = [v for v, ok in ((self.face_value(face), face_alone), (self.voice_value(voice), voice_alone))
+                     if ok]
+            return max([fused, *alone])
         return self.face_value(face) if face is not None else self.voice_value(voice)
 
 
