@@ -33,6 +33,11 @@ def run(side: str, round_: int, seconds: float, config_dir: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+def cell(values: list[float], fmt: str = "{:.2f}") -> str:
+    """The median, then every run's value."""
+    return f"{fmt.format(statistics.median(values))} ({', '.join(fmt.format(v) for v in values)})"
+
+
 def summarize() -> dict:
     runs = {side: [json.loads(p.read_text()) for p in sorted(OUT.glob(f"arena_{side}_*.json"))] for side in SIDES}
     if not all(runs.values()):
@@ -53,8 +58,6 @@ def summarize() -> dict:
              "| arena | runs | RSS MB | p50 tick ms | p99 tick ms | deadline misses | expression ms per face (p50) |",
              "|---|---|---|---|---|---|---|"]
     for side, s in summary["sides"].items():
-        def cell(values, fmt="{:.2f}"):
-            return f"{fmt.format(statistics.median(values))} ({', '.join(fmt.format(v) for v in values)})"
         lines.append(f"| {side} | {s['runs']} | {cell(s['rss_mb'], '{:.0f}')} | {cell(s['p50_tick_ms'])} | "
                      f"{cell(s['p99_tick_ms'])} | {sum(s['deadline_misses'])} | "
                      f"{cell(s['expression_ms_per_face_p50'], '{:.3f}')} |")
