@@ -92,28 +92,27 @@ def prosody(audio: np.ndarray) -> np.ndarray:
     flux = np.sqrt((np.diff(log_spectrum, axis=0) ** 2).mean(axis=1))
 
     out = np.full(len(NAMES), np.nan)
-    put = _AT
-    out[put["voiced_share"]] = voiced.sum() / max(int(active.sum()), 1)
-    out[put["active_share"]] = active.mean()
+    out[_AT["voiced_share"]] = voiced.sum() / max(int(active.sum()), 1)
+    out[_AT["active_share"]] = active.mean()
     if voiced.sum() >= MIN_VOICED:
         semitones = 12 * np.log2(f0[voiced] / 100.0)
         steps = np.abs(np.diff(semitones))
         steps = steps[steps < 3]             # larger jumps are octave errors or a new voiced run
-        out[put["f0_median"]] = np.median(semitones)
-        out[put["f0_std"]] = semitones.std()
-        out[put["f0_range"]] = np.percentile(semitones, 90) - np.percentile(semitones, 10)
-        out[put["f0_step"]] = steps.mean() if len(steps) else 0.0
-        out[put["periodicity"]] = b[voiced].mean()
-        out[put["alpha_voiced"]] = alpha[voiced].mean()
-        out[put["hammarberg_voiced"]] = hammarberg[voiced].mean()
+        out[_AT["f0_median"]] = np.median(semitones)
+        out[_AT["f0_std"]] = semitones.std()
+        out[_AT["f0_range"]] = np.percentile(semitones, 90) - np.percentile(semitones, 10)
+        out[_AT["f0_step"]] = steps.mean() if len(steps) else 0.0
+        out[_AT["periodicity"]] = b[voiced].mean()
+        out[_AT["alpha_voiced"]] = alpha[voiced].mean()
+        out[_AT["hammarberg_voiced"]] = hammarberg[voiced].mean()
     spoken = relative[active]
-    out[put["energy_std"]] = spoken.std() if len(spoken) > 1 else 0.0
-    out[put["energy_range"]] = np.percentile(spoken, 90) - np.percentile(spoken, 10) if len(spoken) > 1 else 0.0
-    out[put["energy_step"]] = np.abs(np.diff(energy[active])).mean() if active.sum() > 2 else 0.0
-    out[put["alpha_active"]] = alpha[active].mean()
-    out[put["centroid_khz"]] = centroid[active].mean()
-    out[put["centroid_std_khz"]] = centroid[active].std()
-    out[put["spectral_flux"]] = flux[active[1:]].mean() if active[1:].any() else 0.0
-    out[put["voiced_onsets_per_s"]] = (np.diff(voiced.astype(np.int8)) == 1).sum() / (len(voiced) * HOP / SAMPLE_RATE)
-    out[put["pitch_missing"]] = float(voiced.sum() < MIN_VOICED)
+    out[_AT["energy_std"]] = spoken.std() if len(spoken) > 1 else 0.0
+    out[_AT["energy_range"]] = np.percentile(spoken, 90) - np.percentile(spoken, 10) if len(spoken) > 1 else 0.0
+    out[_AT["energy_step"]] = np.abs(np.diff(energy[active])).mean() if active.sum() > 2 else 0.0
+    out[_AT["alpha_active"]] = alpha[active].mean()
+    out[_AT["centroid_khz"]] = centroid[active].mean()
+    out[_AT["centroid_std_khz"]] = centroid[active].std()
+    out[_AT["spectral_flux"]] = flux[active[1:]].mean() if active[1:].any() else 0.0
+    out[_AT["voiced_onsets_per_s"]] = (np.diff(voiced.astype(np.int8)) == 1).sum() / (len(voiced) * HOP / SAMPLE_RATE)
+    out[_AT["pitch_missing"]] = float(voiced.sum() < MIN_VOICED)
     return out

@@ -84,9 +84,11 @@ class AngerIndex:
             fused = round(sigmoid(z), 4)
             if not self.pair.at_least_each:
                 return fused
-            alone = [v for v, ok in ((self.face_value(face), face_alone), (self.voice_value(voice), voice_alone))
-                     if ok]
-            return max([fused, *alone])
+            if face_alone:
+                fused = max(fused, self.face_value(face))
+            if voice_alone:
+                fused = max(fused, self.voice_value(voice))
+            return fused
         return self.face_value(face) if face is not None else self.voice_value(voice)
 
 
