@@ -5,7 +5,8 @@ daemon at 30 Hz with 4 faces, in alternating runs so that a drifting CPU hits bo
     python benchmarks/runtime_arena.py --summarize-only                 # the table from the runs already there
 
 Each run is ``appliance bench --rate 30 --faces 4`` with a config that sets only ``runtime.cpu_mem_arena``; the
-reports go to benchmarks/results/runtime_arena/, the summary to benchmarks/results/runtime_arena.{json,md}.
+reports (without their per-tick samples) go to benchmarks/results/runtime_arena/, the summary to
+benchmarks/results/runtime_arena.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ def run(side: str, round_: int, seconds: float, config_dir: Path) -> None:
     subprocess.run([sys.executable, "-m", "appliance", "bench", "-c", str(config), "--seconds", str(seconds),
                     "--rate", "30", "--faces", "4", "--json", str(out)], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
+    keep_summary_only(out)
+
+
+def keep_summary_only(report: Path) -> None:
+    """Each run's report without its per-tick samples, plot and markdown: the summary reads its percentiles."""
+    data = json.loads(report.read_text())
+    for key in ("timeline_ms", "stage_samples_ms"):
+        data.pop(key, None)
+    report.write_text(json.dumps(data, indent=1) + "\n")
+    for other in (report.with_suffix(".png"), report.with_suffix(".md")):
+        other.unlink(missing_ok=True)
 
 
 def cell(values: list[float], fmt: str = "{:.2f}") -> str:
