@@ -23,7 +23,7 @@ from appliance.perception.config import ExpressionConfig, FacesConfig, VoiceConf
 from appliance.privacy import DEMO_PURPOSE, PrivacyConfig, alerts_allowed, enforce, required_k
 from appliance.publish.config import MqttConfig, OutboxConfig
 from appliance.runtime import RuntimeConfig
-from appliance.section import Section
+from appliance.section import FilePath, Section
 from appliance.sources.config import AudioConfig, CameraConfig
 from appliance.windows.config import AggregateConfig, AlertsConfig
 
@@ -47,7 +47,7 @@ class DeviceConfig(Section):
 
 
 class ModelsConfig(Section):
-    dir: Path = Field(default_factory=default_models_dir)
+    dir: FilePath = Field(default_factory=default_models_dir)
 
 
 class LogConfig(Section):
@@ -165,13 +165,18 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError([ConfigIssue("(file)", f"config file {path} does not exist", str(path))])
         try:
             data = tomllib.loads(path.read_text())
+            keys_values = _walk(data)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError([ConfigIssue("(file)", f"not valid TOML: {e}", str(path))]) from None
+        except RecursionError:
+            raise ConfigError([ConfigIssue("(file)", "values nested too deeply to read (hundreds of levels of "
+                                           "arrays or tables): no setting is nested more than three levels; "
+                                           "start from `appliance config init`", str(path))]) from None
         except OSError as e:
             raise ConfigError([ConfigIssue("(file)", f"config file {path} cannot be read ({e.strerror}): check its "
                                            "owner and permissions (the service runs as its own user)",
                                            str(path))]) from None
-        for keys, value in _walk(data):
+        for keys, value in keys_values:
             _set_path(tree, list(keys), value, origins, str(path))
     for name, raw in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and name not in ENV_NOT_KEYS:
@@ -184,6 +189,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
         return AppConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_issues(e, origins)) from None
+    except RecursionError:    # a deeply nested value from the environment (JSON)
+        raise ConfigError([ConfigIssue("(root)", "a value is nested too deeply to check", "environment")]) from None
 
 
 def _origin_of(loc: list[str], origins: dict[str, str]) -> str:
@@ -216,7 +223,10 @@ def _issues(error: ValidationError, origins: dict[str, str]) -> list[ConfigIssue
             if dotted == "mqtt.password":
                 message += "; a password goes in the file named by mqtt.password_file, or in APPLIANCE_MQTT_PASSWORD"
         elif "input" in err and not isinstance(err["input"], (dict, list)):
-            message += f" (got {err['input']!r})"
+            got = repr(err["input"])
+            if len(got) > 80:     # a 70,000-character value must not become a 70,000-character error line
+                got = f"{got[:60]}... ({len(str(err['input']))} characters)"
+            message += f" (got {got})"
         issues.append(ConfigIssue(dotted, message, origin))
     return issues
 

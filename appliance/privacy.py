@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from appliance.section import Section
+from appliance.section import FilePath, Section
 
 # Deployment profiles fix the privacy floor: the minimum number of distinct faces a window needs before its
 # distribution may leave the device.
@@ -36,7 +36,7 @@ class PrivacyConfig(Section):
     exclusion_zones: list[list[tuple[float, float]]] = Field(
         default_factory=list, description="polygons in camera pixels (e.g. behind the counter), masked before "
         "face detection: no face there is ever analysed")
-    pause_file: Path | None = Field(default=None, description="while this file exists the unit is paused; "
+    pause_file: FilePath | None = Field(default=None, description="while this file exists the unit is paused; "
                                     "default: <state.dir>/paused (a GPIO button can create and remove it)")
 
     @field_validator("jurisdiction")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field
 
 from appliance.manifest import ModelManifest, verify_variant
-from appliance.section import Section
+from appliance.section import FilePath, Section
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ class RuntimeConfig(Section):
         default_factory=lambda: ["tensorrt", "cuda", "cpu"], min_length=1,
         description="preference order; only those that are available are tried")
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
-    engine_cache_dir: Path = Field(default=Path("~/.cache/appliance/trt-engines"))
-    trt_max_batch: int = Field(default=16, ge=1, description="largest batch TensorRT engines are built for; "
+    engine_cache_dir: FilePath = Field(default=Path("~/.cache/appliance/trt-engines"))
+    trt_max_batch: int = Field(default=16, ge=1, le=1024, description="largest batch TensorRT engines are built for; "
                                "faces.max_faces must not exceed it")
-    intra_op_threads: int = Field(default=1, ge=0, description="0 = ONNX Runtime's default")
+    intra_op_threads: int = Field(default=1, ge=0, le=256, description="0 = ONNX Runtime's default")
     cpu_mem_arena: bool = Field(default=False, description="ONNX Runtime's CPU memory arena: it keeps the peak of "
                                 "every buffer it ever allocated; off, buffers go back to the allocator "
                                 "(benchmarks/results/runtime_arena.md)")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from appliance.section import Section
+from appliance.section import FilePath, Section
 
 
 class StateConfig(Section):
-    dir: Path = Field(default=Path("~/.local/state/appliance"), description="persistent device state (outbox with "
+    dir: FilePath = Field(default=Path("~/.local/state/appliance"), description="persistent device state (outbox with "
                       "seq, audit log, pause file)")
 
     @property

@@ -12,7 +12,7 @@ class FacesConfig(Section):
                        "models.dir/tflite")
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_faces: int = Field(default=8, ge=1, le=64)
-    min_face_px: int = Field(default=40, ge=8, description="smaller faces are ignored (too few pixels to read)")
+    min_face_px: int = Field(default=40, ge=8, le=4096, description="smaller faces are ignored (too few pixels to read)")
     tiles: int = Field(default=1, ge=1, le=4, description="1: whole frame; N: also an NxN grid of overlapping "
                        "tiles, for small faces far from the camera (store-camera); costs N*N+1 detector runs")
     margin: float | None = Field(default=None, ge=0.0, le=1.0, description="crop margin around the box, per side; "
@@ -29,4 +29,4 @@ class VoiceConfig(Section):
     vad_model: str = Field(default="silero_vad")
     vad_threshold: float = Field(default=0.5, gt=0, lt=1)
     step_s: float = Field(default=1.0, ge=0.25, le=5.0, description="run the tone model on each this much new speech")
-    min_speech_s: float = Field(default=1.0, ge=0.0, description="a window needs this much speech for a voice section")
+    min_speech_s: float = Field(default=1.0, ge=0.0, le=3600, description="a window needs this much speech for a voice section")

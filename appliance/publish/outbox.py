@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from appliance.publish.config import OutboxConfig
-from appliance.publish.outbox_db import (OutboxError, cannot_open, claim_device, delete_older_than, drop_oldest,
-                                         open_database, read_meta, write_meta)
-from appliance.publish.seq_file import SeqFile, SeqFileError, reconcile
+from appliance.publish.outbox_db import (OutboxError, cannot_open, claim_device, damaged_meta, delete_older_than,
+                                         drop_oldest, open_database, read_meta, write_meta)
+from appliance.publish.seq_file import SeqFile, SeqFileError, check_seq, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,30 @@ class Outbox:
         self._lock = threading.RLock()
         try:
             self._db = open_database(self.path, cfg)
-            stored = read_meta(self._db, "last_seq", None)
+            stored = self._meta_number("last_seq", None)
+            if stored is not None:
+                check_seq(stored, f"the meta table of {self.path}")
             self._last_seq = reconcile(stored, self._kept_seq(), self.path, self.seq_file)
             if self._last_seq != stored:
                 write_meta(self._db, "last_seq", self._last_seq)
-            self._dropped = read_meta(self._db, "dropped", 0)
-            self._expired = read_meta(self._db, "expired", 0)
+            self._dropped = self._meta_number("dropped", 0)
+            self._expired = self._meta_number("expired", 0)
             self._depth, self._bytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM events").fetchone()
             if device_id is not None:
                 claim_device(self._db, device_id, self._depth, self.path, self.seq_file, self._last_seq)
         except sqlite3.DatabaseError as e:
             raise cannot_open(e, self.path, self.seq_file, None if "full" in str(e) else self._kept_seq()) from None
+        except SeqFileError as e:
+            raise OutboxError(str(e)) from None
         self._last_drop_log = -1e9
         self._closed = False
+
+    def _meta_number(self, key: str, default: int | None) -> int | None:
+        try:
+            return read_meta(self._db, key, default)
+        except (TypeError, ValueError):
+            raise OutboxError(damaged_meta(self.path, key, self.seq_file, self._kept_seq())) from None
 
     def _kept_seq(self) -> int | None:
         try:

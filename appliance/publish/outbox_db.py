@@ -55,6 +55,12 @@ def cannot_open(error: sqlite3.DatabaseError, path: Path, seq_path: Path, kept: 
                        + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)"))
 
 
+def damaged_meta(path: Path, key: str, seq_path: Path, kept: int | None) -> str:
+    return (f"outbox {path}: its meta value {key!r} is damaged (not a number); move the file aside to start a new "
+            f"outbox (the events in it are then lost; seq continues from {seq_path}, "
+            + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)"))
+
+
 def read_meta(db: sqlite3.Connection, key: str, default: Any, kind: Callable[[Any], Any] = int) -> Any:
     row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else kind(row[0])

@@ -11,8 +11,20 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# The largest seq a dashboard reads exactly: JSON numbers are doubles in JavaScript (2^53 - 1). At 10 events a
+# second a unit reaches it in millions of years, so a larger number is damage, not history.
+SEQ_MAX = 2**53 - 1
+
+
 class SeqFileError(RuntimeError):
     pass
+
+
+def check_seq(value: int, where: str) -> int:
+    if not 0 <= value <= SEQ_MAX:
+        raise SeqFileError(f"{where} holds seq {value}, outside 0..{SEQ_MAX} (the largest a dashboard reads "
+                           "exactly): it is damaged; write the last seq the fleet saw into it and start again")
+    return value
 
 
 class SeqFile:
@@ -24,11 +36,20 @@ class SeqFile:
     def read(self) -> int | None:
         if not self.path.exists():
             return None
+        if not self.path.is_file():
+            raise SeqFileError(f"{self.path} is not a file: move it aside, then write the last seq the fleet saw "
+                               "into a file of that name (one number) and start again")
         try:
-            return int(self.path.read_text().strip() or 0)
-        except ValueError:
-            raise SeqFileError(f"{self.path} is corrupt; refusing to restart seq at 1: write the last seq the "
-                               "fleet saw into it (one number) and start again") from None
+            text = self.path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SeqFileError(f"{self.path} cannot be read ({getattr(e, 'strerror', None) or e}): fix its "
+                               "permissions, or write the last seq the fleet saw into it and start again") from None
+        if not text:
+            return 0
+        if not text.isdigit() or len(text) > 20:
+            raise SeqFileError(f"{self.path} is corrupt ({text[:24]!r}); refusing to restart seq at 1: write the "
+                               "last seq the fleet saw into it (one number) and start again")
+        return check_seq(int(text), str(self.path))
 
     def write(self, seq: int) -> None:
         """Atomically, after the outbox's commit: a failure here must not fail the event (it is stored; a retry would
