@@ -20,9 +20,12 @@ from paho.mqtt.properties import Properties
 
 from appliance.publish.client import Topics
 from appliance.publish.commands import Command, CommandError, RateLimit, parse_command, reply_payload, salvage
+from appliance.host.logs import LogLimit
 from appliance.publish.payloads import status_payload
 
 log = logging.getLogger(__name__)
+
+LIMITED = ("pause", "resume", "stats")     # commands that cost a disk write or an event: under one token bucket
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ class ControlChannel:
         self._dirty = True
         self._storage_error: str | None = None
         self._outgoing: deque[Outgoing] = deque(maxlen=200)
-        self._state_changes = RateLimit()
+        # Pause and resume write an fsync'd audit line, stats an event with its own seq: one bucket for the three.
+        self._limited = RateLimit()
+        self._rejections = LogLimit(log, "rejected commands")
 
     # --------------------------------------------------------------------------------------- any thread
     def set_status(self, state: str, **extra) -> None:
@@ -94,6 +99,10 @@ class ControlChannel:
     def idle(self) -> bool:
         return not self._outgoing and not self._dirty
 
+    def flush_log(self, force: bool = False) -> None:
+        """The count of rejections not logged one by one, once a minute (MQTT thread) and at shutdown."""
+        self._rejections.flush(force)
+
     # --------------------------------------------------------------------------------------- MQTT thread
     def send(self, client: mqtt.Client, properties: Properties | None) -> None:
         with self._lock:
@@ -128,10 +137,10 @@ class ControlChannel:
         try:
             command = replace(parse_command(message.topic, message.payload, self.topics.base),
                               correlation_data=about.correlation_data if about else None)
-            if command.name in ("pause", "resume") and not self._state_changes.allow():
+            if command.name in LIMITED and not self._limited.allow():
                 self.counters["rejected_commands"] += 1
-                log.warning("MQTT: %s rejected: over the rate limit", command.name)
-                self._refuse(client, command, f"busy: at most {self._state_changes.burst} pause/resume commands at "
+                self._rejections(logging.WARNING, "MQTT: %s rejected: over the rate limit", command.name)
+                self._refuse(client, command, f"busy: at most {self._limited.burst} pause/resume/stats commands at "
                                               "once, then 10 a minute")
                 return
             if self.on_command is None:
@@ -139,7 +148,7 @@ class ControlChannel:
             self.on_command(command)
         except CommandError as e:
             self.counters["rejected_commands"] += 1
-            log.warning("MQTT: rejected command on %s: %s", message.topic[:120], e)
+            self._rejections(logging.WARNING, "MQTT: rejected command on %s: %s", message.topic[:120], e)
             self._refuse(client, about, str(e)[:300])
         except Exception as e:  # paho must never see an exception from us: it would drop the connection
             self.counters["rejected_commands"] += 1

@@ -122,6 +122,7 @@ class MqttPublisher:
                 log.exception("MQTT thread error; reconnecting, events stay in the outbox")
                 self.link.lost("internal error")
                 self._wake.wait(1.0)
+        self.control.flush_log(force=True)
         try:
             self._shutdown()
         except Exception:
@@ -151,6 +152,7 @@ class MqttPublisher:
             self.control.send(link.client, self._properties())
             self.delivery.drain(link.client)
         self.delivery.flush_acks()
+        self.control.flush_log()
         if now - self._last_expire > 60:
             self._last_expire = now
             self.outbox.expire()
