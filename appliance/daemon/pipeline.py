@@ -26,6 +26,7 @@ from appliance.publish.client import Topics
 from appliance.publish.mqtt import MqttPublisher
 from appliance.publish.outbox_writer import OutboxWriter
 from appliance.sources.replay import Replay
+from appliance.host.clock import WallClock, clock_state
 from appliance.host.system import SystemMonitor
 from appliance.host.systemd_notify import Notifier
 
@@ -53,6 +54,8 @@ class Pipeline:
         self.publisher: MqttPublisher | None = None
         self.events: Events | None = None
         self.warm_up_s = 0.0           # set by warm_up(), before the first tick
+        # A replay runs on a simulated clock that must not be mistaken for steps of the system clock.
+        self.wall = WallClock(follow_steps=replay is None)
         self._no_faces = np.zeros((0, len(p.expression.labels)), np.float32)
 
     @property
@@ -124,11 +127,14 @@ class Pipeline:
         self.control.reply, self.control.status = self.publisher.reply, self.status.publish
         self.telemetry.publisher = self.status.publisher = self.publisher
         self.control.check_file()
+        if self.status.clock != "synchronized":
+            log.warning("system clock %s (no NTP or RTC yet?): window times are stamped from it and follow it when "
+                        "it steps; event ages and delivery do not depend on it", self.status.clock)
         self.status.publish()
         self.publisher.start()
         self.writer = OutboxWriter(p.outbox, on_stored=self.publisher.wake, on_storage=self.publisher.report_storage)
         self.writer.start()
-        self.events = Events(cfg, self.writer, self._on_summary, self._on_alert)
+        self.events = Events(cfg, self.writer, self._on_summary, self._on_alert, shift=lambda: self.wall.offset)
         publish = Publish(self.events, self.telemetry)
         self._stages, self._paused_stages = p.stages + [publish], p.paused_stages + [publish]
         p.audit.start(cfg, __version__, [m | {"sha256": p.model_sha[m["model"]]} for m in self.models])
@@ -146,24 +152,36 @@ class Pipeline:
         self._start()
         p = self.parts
         clock = self.scheduler.clock
-        self._wall0, self._mono0 = time.time(), clock()
-        self.telemetry.start(self._mono0)
-        stop_at = self._mono0 + duration if duration else None
+        mono0 = clock()
+        self.wall.start(mono0)
+        self.telemetry.start(mono0)
+        stop_at = mono0 + duration if duration else None
         self.notifier.ready(f"running: {self.spec.describe()} at {self.config.loop.rate_hz:g} Hz")
         try:
             for tick in self.scheduler.run():
-                # Wall time that cannot jump with NTP mid-run: the run's start plus the loop's own clock.
-                got_frame = self._tick(tick, self._wall0 + (tick.scheduled - self._mono0))
+                step = self.wall.check(tick.started)
+                if step is not None:
+                    self._clock_stepped(step)
+                # Windows and alerts measure spans in run time, which never jumps; their stamps get the wall
+                # clock's steps added when they are published (Events).
+                got_frame = self._tick(tick, self.wall.run_time(tick.scheduled))
                 self.writer.hand_over()        # the tick's events are stored while the loop sleeps
                 self.notifier.watchdog()
                 if (stop_at and clock() >= stop_at) or (p.source.ended and not got_frame):
                     break
-            final = p.aggregator.flush(self._wall0 + (clock() - self._mono0))
+            final = p.aggregator.flush(self.wall.run_time(clock()))
             if final is not None:
                 self.events.summary(final)
         finally:
             self._stop()
         return self.telemetry.report(self.events)
+
+    def _clock_stepped(self, step: float) -> None:
+        self.telemetry.clock_steps = self.wall.steps
+        self.status.clock = clock_state()
+        log.warning("system clock stepped %+.1f s (%s): window and alert times follow it from now on; event ages "
+                    "and delivery do not depend on it (%d steps this run)", step, self.status.clock, self.wall.steps)
+        self.status.publish()
 
     def _tick(self, tick, now: float) -> bool:
         """One tick: the control plane's wishes applied, then each stage in turn. Returns whether a frame was new."""

@@ -179,4 +179,4 @@ class Publish:
                 self.events.summary(data.window)
                 self.telemetry.log_health()
             if due:
-                self.events.stats(self.telemetry.stats(data.now, tick.started))
+                self.events.stats(self.telemetry.stats(data.now + self.events.shift(), tick.started))

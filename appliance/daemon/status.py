@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from appliance.config import AppConfig
+from appliance.host.clock import clock_state
 
 
 class UnitStatus:
@@ -13,6 +14,7 @@ class UnitStatus:
         self.config, self.source, self.audio, self.models = config, source, audio, models
         self._paused_by = paused_by       # the control plane's, read when needed
         self.publisher = None             # set once the MQTT side exists
+        self.clock = clock_state()        # read again when the loop sees the clock step
 
     @property
     def paused_by(self) -> set[str]:
@@ -24,7 +26,7 @@ class UnitStatus:
 
     def extra(self) -> dict:
         extra = {"profile": self.config.device.profile, "purpose": self.config.purpose,
-                 "camera": self.source.state.value, "models": self.models}
+                 "camera": self.source.state.value, "models": self.models, "clock": self.clock}
         if self.paused_by:
             extra["paused_by"] = sorted(self.paused_by)
         if self.audio is not None:

@@ -46,18 +46,21 @@ class Events:
     end of the tick: the loop never waits on the disk. ``on_summary``/``on_alert`` get each payload once stored."""
 
     def __init__(self, config: AppConfig, writer, on_summary: Callable[[dict], None] | None = None,
-                 on_alert: Callable[[dict], None] | None = None):
+                 on_alert: Callable[[dict], None] | None = None, shift: Callable[[], float] = lambda: 0.0):
         self.device_id, self.profile = config.device.id, config.device.profile
         self.writer, self.on_summary, self.on_alert = writer, on_summary, on_alert
+        self.shift = shift          # the wall clock's steps since the run's start, added to every stamp
         self.summaries = self.alerts = 0
 
     def summary(self, window: WindowSummary) -> None:
-        self.writer.submit("summary", lambda seq: summary_payload(window, self.device_id, seq, self.profile),
+        shift = self.shift()
+        self.writer.submit("summary", lambda seq: summary_payload(window, self.device_id, seq, self.profile, shift),
                            then=self.on_summary)
         self.summaries += 1
 
     def alert(self, alert: Alert) -> None:
-        self.writer.submit("alert", lambda seq: alert_payload(alert, self.device_id, seq, self.profile),
+        shift = self.shift()
+        self.writer.submit("alert", lambda seq: alert_payload(alert, self.device_id, seq, self.profile, shift),
                            then=self.on_alert)
         self.alerts += 1
         log.warning("alert: anger index %.2f over the last %g s (face %s, voice %s)", alert.anger_index,
@@ -74,6 +77,7 @@ class Telemetry:
         self.outbox, self.system, self.models, self.state = outbox, system, models, state
         self.publisher = None             # set once the MQTT side exists
         self.has_audio = False
+        self.clock_steps = 0              # steps of the system clock the loop followed
         self._due = 0.0                   # monotonic; set by start()
         self._from = 0.0
         self._misses = self._skipped = 0  # scheduler totals at the previous stats event
@@ -98,11 +102,12 @@ class Telemetry:
         interval = max(1e-6, mono - since)
         loop = {"rate_hz": cfg.loop.rate_hz, "fps": round(len(ticks) / interval, 2), "ticks": len(ticks),
                 "deadline_misses": s.misses - self._misses, "skipped_slots": s.skipped - self._skipped,
-                "ticks_total": s.ticks, "deadline_misses_total": s.misses}
+                "ticks_total": s.ticks, "deadline_misses_total": s.misses, "clock_steps": self.clock_steps}
         camera = {"state": h.camera_state, "frames_used": h.frames_used, "frames_dropped": h.frames_dropped}
         microphone = {"state": h.microphone_state, "lost_seconds": lost_seconds(h)} if self.has_audio else None
         pub = self.publisher
-        mqtt = {"protocol": pub.protocol} | {k: pub.counters[k] for k in ("connects", "acked", "rejected_commands")}
+        mqtt = {"protocol": pub.protocol} | {k: pub.counters[k] for k in ("connects", "acked", "rejected_commands",
+                                                                          "stalls", "takeovers")}
         state = self.state()
         self._from, self._misses, self._skipped = mono, s.misses, s.skipped
         self._due = mono + cfg.mqtt.stats_interval_s

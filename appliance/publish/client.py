@@ -8,7 +8,6 @@ import logging
 import random
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -137,8 +136,7 @@ def message_properties(protocol: str, device_id: str, packet: int = PacketTypes.
     props.PayloadFormatIndicator = 1
     user = [("device_id", device_id)]
     if event is not None:
-        age = max(0.0, time.time() - event.created)
-        props.MessageExpiryInterval = max(1, int(max_age_s - age))
+        props.MessageExpiryInterval = max(1, int(max_age_s - event.age_s))
         user += [("event_id", event.event_id), ("seq", str(event.seq))]
     props.UserProperty = user
     return props

@@ -1,15 +1,16 @@
 """The outbox drained to the broker: events in seq order, at most ``mqtt.inflight`` unacknowledged, each deleted
 from the outbox only after the broker's PUBACK. Runs on the MQTT thread only.
 
-An event counts as ``historical`` when it was created before the current connection came up: it waited out an
-outage or a restart, so a dashboard must not read it as live.
+An event counts as ``historical`` when it was made before the current connection came up (it waited out an outage
+or a restart), or when it goes out more than ``LIVE_S`` after it was made (it waited in memory while the disk was
+full, or behind a full in-flight window): a dashboard must not read it as live. Both from the boot clock
+(``host/clock.py``): a step of the wall clock changes neither.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Callable
 
 import paho.mqtt.client as mqtt
@@ -19,6 +20,8 @@ from appliance.publish.config import MqttConfig
 from appliance.publish.outbox import Outbox, PendingEvent
 
 log = logging.getLogger(__name__)
+
+LIVE_S = 30.0
 
 
 class Delivery:
@@ -32,7 +35,7 @@ class Delivery:
         # Whether the outbox may hold events past the cursor: the outbox is read only then, not on every poll, so
         # an idle link costs the loop's process no database work (and no GIL) 20 times a second.
         self.more = True
-        self._connected_at = 0.0
+        self._connected_at = 0.0               # boot clock
 
     def new_client(self) -> None:
         """A new client has nothing in flight: everything left in the outbox is sent again."""
@@ -41,7 +44,7 @@ class Delivery:
         self.more = True
 
     def connected(self) -> None:
-        self._connected_at = time.time()
+        self._connected_at = self.outbox.clock()
         self.more = True
 
     def drain(self, client: mqtt.Client) -> None:
@@ -54,7 +57,7 @@ class Delivery:
             self.more = True     # the window is full: there may be more behind it
         for event in events:
             payload = event.payload
-            if event.created < self._connected_at:
+            if event.made < self._connected_at or event.age_s > LIVE_S:
                 data = json.loads(payload)
                 data["historical"] = True
                 payload = json.dumps(data, separators=(",", ":"))

@@ -44,7 +44,7 @@ class MqttPublisher:
         self.topics = Topics(cfg.topic_prefix, device_id)
         self.client_id = cfg.client_id or f"appliance-{device_id}"
         self.retained_on_connect = retained_on_connect or []
-        self.counters = {"acked": 0, "connects": 0, "refused": 0, "rejected_commands": 0}
+        self.counters = {"acked": 0, "connects": 0, "refused": 0, "rejected_commands": 0, "stalls": 0, "takeovers": 0}
         self.link = Link(cfg, broker, self.client_id, self.topics, device_id, version, self.counters, rng,
                          waiting=lambda: outbox.depth)
         self.connected = self.link.connected

@@ -5,7 +5,8 @@ in the same database and is allocated in the same transaction as the row, so a c
 twice or lose an event that got one.
 
 Bound (both configurable, both counted and logged, never silent):
-- age: events older than ``max_age_h`` are dropped (``expired``);
+- age: events older than ``max_age_h`` are dropped (``expired``). Age is read from the boot clock since the event
+  was made (``host/clock.py``), so a step of the wall clock neither expires young events nor keeps old ones;
 - size: above ``max_events`` or ``max_mb`` of payload, the oldest ``stats`` event goes first (a newer one
   supersedes it), then the oldest event of any kind (``dropped``): after a long outage the fleet gets the most
   recent days, not the first ones.
@@ -23,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from appliance.host.clock import boot_clock, boot_id
 from appliance.publish.config import OutboxConfig
 from appliance.publish.outbox_db import (OutboxError, cannot_open, claim_device, damaged_meta, delete_older_than,
-                                         drop_oldest, open_database, read_meta, write_meta)
+                                         drop_oldest, open_database, read_meta, rebase, write_meta)
 from appliance.publish.seq_file import SeqFile, SeqFileError, check_seq, reconcile
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,9 @@ class PendingEvent:
     seq: int
     event_id: str
     kind: str
-    created: float
+    made: float         # the boot clock when the event was made
     payload: str
+    age_s: float        # when it was read from the outbox
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,12 @@ class OutboxStats:
 
 class Outbox:
     def __init__(self, path: Path, cfg: OutboxConfig, seq_file: Path | None = None,
-                 clock: Callable[[], float] = time.time, device_id: str | None = None):
+                 clock: Callable[[], float] = boot_clock, device_id: str | None = None,
+                 wall: Callable[[], float] = time.time, boot: str | None = None):
         self.path = Path(path).expanduser()
         self.cfg = cfg
-        self.clock = clock
+        self.clock, self.wall = clock, wall        # ages; the stamp kept for a reboot
+        self.boot = boot or boot_id()
         self.seq = SeqFile(seq_file or self.path.with_name("seq"), sync=cfg.sync != "off")
         self.seq_file = self.seq.path
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +85,9 @@ class Outbox:
             self._expired = self._meta_number("expired", 0)
             self._depth, self._bytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM events").fetchone()
+            rebased = rebase(self._db, self.boot, self.clock(), self.wall())
+            if rebased:
+                log.info("outbox: %d events from an earlier boot aged by the wall clock", rebased)
             if device_id is not None:
                 claim_device(self._db, device_id, self._depth, self.path, self.seq_file, self._last_seq)
         except sqlite3.DatabaseError as e:
@@ -118,14 +126,18 @@ class Outbox:
 
     # ------------------------------------------------------------------------------------------- meta
     # ------------------------------------------------------------------------------------------- writing
-    def add(self, kind: str, make: Callable[[int], dict]) -> dict:
-        """Allocate the next seq, build the payload with it, store it (durably, per ``sync``); returns the payload."""
+    def add(self, kind: str, make: Callable[[int], dict], made: float | None = None) -> dict:
+        """Allocate the next seq, build the payload with it, store it (durably, per ``sync``); returns the payload.
+        ``made``: the boot clock when the event was made, if that was before now (it waited in memory)."""
         with self._lock, self._transaction():
             seq = self._last_seq + 1
             payload = make(seq)
             text = json.dumps(payload, separators=(",", ":"))
-            self._db.execute("INSERT INTO events (seq, event_id, kind, created, payload) VALUES (?, ?, ?, ?, ?)",
-                             (seq, payload["event_id"], kind, self.clock(), text))
+            now = self.clock()
+            made = now if made is None else min(made, now)
+            self._db.execute("INSERT INTO events (seq, event_id, kind, created, payload, made, boot) VALUES "
+                             "(?, ?, ?, ?, ?, ?, ?)", (seq, payload["event_id"], kind, self.wall() - (now - made),
+                                                       text, made, self.boot))
             write_meta(self._db, "last_seq", seq)
             self._last_seq = seq
             self._depth += 1
@@ -172,9 +184,10 @@ class Outbox:
     # ------------------------------------------------------------------------------------------- draining
     def pending(self, after_seq: int = 0, limit: int = 100) -> list[PendingEvent]:
         with self._lock:
-            rows = self._db.execute("SELECT seq, event_id, kind, created, payload FROM events WHERE seq > ? ORDER BY "
+            rows = self._db.execute("SELECT seq, event_id, kind, made, payload FROM events WHERE seq > ? ORDER BY "
                                     "seq LIMIT ?", (after_seq, limit)).fetchall()
-        return [PendingEvent(*row) for row in rows]
+        now = self.clock()
+        return [PendingEvent(*row, age_s=max(0.0, now - row[3])) for row in rows]
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Delete acknowledged events (one transaction for all of them)."""
@@ -215,7 +228,7 @@ class Outbox:
         with self._lock:
             # After close (a run's final report) the counters still stand; only the age is no longer known.
             row = None if self._closed else self._db.execute(
-                "SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()    # by key: no scan
+                "SELECT made FROM events ORDER BY seq LIMIT 1").fetchone()    # by key: no scan
             oldest = row[0] if row else None
             return OutboxStats(self._depth, self._bytes,
                                None if oldest is None else round(max(0.0, self.clock() - oldest), 1),

@@ -12,7 +12,7 @@ from appliance.publish.config import OutboxConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: each event's boot-clock time of making (made) and the boot it was made in
 WAL_CHECKPOINT_PAGES = 64          # 256 KB of 4 KB pages
 WAL_LIMIT_BYTES = 1 << 20
 
@@ -34,13 +34,17 @@ def open_database(path: Path, cfg: OutboxConfig) -> sqlite3.Connection:
     if version > SCHEMA_VERSION:
         raise OutboxError(f"{path} was written by a newer version (schema {version}); upgrade, or move the file "
                           "aside to start a new outbox")
+    # created: the wall clock when the event was made (the only stamp that survives a reboot); made: the boot clock
+    # then, which ages and expiry are read from (host/clock.py); boot: the boot that ``made`` belongs to.
     db.executescript("""
         CREATE TABLE IF NOT EXISTS events (
             seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
-            created REAL NOT NULL, payload TEXT NOT NULL);
+            created REAL NOT NULL, payload TEXT NOT NULL, made REAL, boot TEXT);
         CREATE INDEX IF NOT EXISTS events_kind ON events (kind, seq);
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """)
+    if 0 < version < 2:     # made and boot stay NULL: the outbox re-bases such rows from ``created`` at open
+        db.executescript("ALTER TABLE events ADD COLUMN made REAL; ALTER TABLE events ADD COLUMN boot TEXT;")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return db
 
@@ -98,13 +102,20 @@ def drop_oldest(db: sqlite3.Connection, first_kind: str) -> tuple[int, int] | No
     return row
 
 
+def rebase(db: sqlite3.Connection, boot: str, now_boot: float, now_wall: float) -> int:
+    """Events made in another boot (or before schema 2) get this boot's clock: their age so far from the wall clock,
+    the only one that survives a reboot (never negative); the number re-based."""
+    return db.execute("UPDATE events SET made = ? - max(0.0, ? - created), boot = ? WHERE boot IS NOT ?",
+                      (now_boot, now_wall, boot, boot)).rowcount
+
+
 def delete_older_than(db: sqlite3.Connection, cutoff: float) -> tuple[int, int]:
-    """Delete events created before ``cutoff``; (count, payload bytes). Runs on every add: the oldest row is looked
-    at by primary key first, and the scan only happens when something has actually expired."""
-    oldest = db.execute("SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()
+    """Delete events made (boot clock) before ``cutoff``; (count, payload bytes). Runs on every add: the oldest row
+    is looked at by primary key first, and the scan only happens when something has actually expired."""
+    oldest = db.execute("SELECT made FROM events ORDER BY seq LIMIT 1").fetchone()
     if oldest is None or oldest[0] >= cutoff:
         return 0, 0
-    n, size = db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM events WHERE created < ?",
+    n, size = db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM events WHERE made < ?",
                          (cutoff,)).fetchone()
-    db.execute("DELETE FROM events WHERE created < ?", (cutoff,))
+    db.execute("DELETE FROM events WHERE made < ?", (cutoff,))
     return n, size

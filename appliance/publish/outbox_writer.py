@@ -32,6 +32,7 @@ class OutboxWriter:
         self._on_stored = on_stored
         self._on_storage = on_storage      # an error while events cannot be stored, None once they can again
         self._failing = False
+        self._reported: str | None = None
         self._retry_max_s = retry_max_s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()     # lists of events, or None to stop
         self._held: list[tuple] = []       # submitted this tick, not handed over yet (the submitting thread's own)
@@ -44,8 +45,9 @@ class OutboxWriter:
 
     def submit(self, kind: str, make: Callable[[int], dict], then: Callable[[dict], None] | None = None) -> None:
         """Store ``make(seq)`` as a ``kind`` event once handed over; ``then(payload)`` runs on the writer thread once
-        it is stored."""
-        self._held.append((kind, make, then))
+        it is stored. The event is made now: its age (and whether it is live when sent) counts from here, however
+        long the disk keeps it waiting."""
+        self._held.append((kind, make, then, self.outbox.clock()))
 
     def hand_over(self) -> None:
         """Give the writer what was submitted since the last call (the pipeline calls this at the end of a tick)."""
@@ -62,6 +64,13 @@ class OutboxWriter:
             log.error("outbox: the writer did not finish storing within %g s of shutdown; what it had not stored "
                       "is lost", timeout)
 
+    def _report(self, error: str | None) -> None:
+        """The storage error the status carries: events that cannot be stored, or a seq file that falls behind
+        (the outbox holds the seq, but losing the outbox now would send seq back)."""
+        if error != self._reported:
+            self._reported = error
+            self._on_storage(error)
+
     def _run(self) -> None:
         running = True
         while running:
@@ -74,8 +83,8 @@ class OutboxWriter:
             if None in batches:         # close(): store what came before it, then stop
                 running = False
             stored = False
-            for kind, make, then in (event for batch in batches if batch is not None for event in batch):
-                payload = self._store(kind, make)
+            for kind, make, then, made in (event for batch in batches if batch is not None for event in batch):
+                payload = self._store(kind, make, made)
                 if payload is None:
                     continue
                 stored = True
@@ -87,20 +96,20 @@ class OutboxWriter:
             if stored:
                 self._on_stored()
 
-    def _store(self, kind: str, make: Callable[[int], dict]) -> dict | None:
+    def _store(self, kind: str, make: Callable[[int], dict], made: float) -> dict | None:
         delay = 0.5
         while True:
             try:
-                payload = self.outbox.add(kind, make)
+                payload = self.outbox.add(kind, make, made)
                 if self._failing:
                     self._failing = False
                     log.warning("outbox: events are stored again")
-                    self._on_storage(None)
+                self._report(self.outbox.seq.error)
                 return payload
             except (sqlite3.Error, OSError) as e:   # the disk: full, read-only, failing; may clear
                 if not self._failing:
                     self._failing = True
-                    self._on_storage(f"events cannot be stored: {e}; they wait in memory")
+                    self._report(f"events cannot be stored: {e}; they wait in memory")
                 if self._closing.is_set():
                     self.lost += 1
                     log.error("outbox: a %s event was not stored (%s) and is lost at shutdown", kind, e)

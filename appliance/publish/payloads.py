@@ -27,7 +27,8 @@ def _event(schema: str, device_id: str, seq: int, profile: str) -> dict:
     return {"schema": schema, "event_id": uuid.uuid4().hex, "seq": seq, "device_id": device_id, "profile": profile}
 
 
-def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: str) -> dict:
+def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: str, shift: float = 0.0) -> dict:
+    """``shift``: what the system clock has stepped since the window's times were taken (host/clock.py)."""
     faces = voice = None
     if window.distribution is not None:
         faces = {"observations": window.observations, "distinct_faces": window.distinct_faces,
@@ -35,8 +36,8 @@ def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: st
     if window.voice_distribution is not None:
         voice = {"speech_seconds": window.speech_s, "distribution": window.voice_distribution}
     return _event(SUMMARY_SCHEMA, device_id, seq, profile) | {
-        "window_start": iso_utc(window.start),
-        "window_end": iso_utc(window.end),
+        "window_start": iso_utc(window.start + shift),
+        "window_end": iso_utc(window.end + shift),
         "faces": faces,
         "voice": voice,
         "anger_index": window.anger_index,
@@ -46,10 +47,10 @@ def summary_payload(window: WindowSummary, device_id: str, seq: int, profile: st
     }
 
 
-def alert_payload(alert: Alert, device_id: str, seq: int, profile: str) -> dict:
+def alert_payload(alert: Alert, device_id: str, seq: int, profile: str, shift: float = 0.0) -> dict:
     return _event(ALERT_SCHEMA, device_id, seq, profile) | {
         "kind": "anger",
-        "at": iso_utc(alert.at),
+        "at": iso_utc(alert.at + shift),
         "window_seconds": alert.window_s,
         "anger_index": alert.anger_index,
         "threshold": alert.threshold,

@@ -70,7 +70,12 @@ class SeqFile:
             if self._error is None:
                 log.error("outbox: cannot write %s (%s); seq is still in the outbox, and the file catches up when it "
                           "can", self.path, e.strerror or e)
-            self._error = str(e)
+            self._error = f"{self.path} cannot be written ({e.strerror or e}): seq is kept only in the outbox"
+
+    @property
+    def error(self) -> str | None:
+        """Why the file is behind the outbox, while it is."""
+        return self._error
 
 
 def reconcile(stored: int | None, kept: int | None, outbox_path: Path, seq_path: Path) -> int:
