@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime
 
 import pytest
 
@@ -160,16 +161,18 @@ def test_a_full_disk_is_reported_survived_and_recovered_from_without_a_restart(t
                                 stderr=subprocess.PIPE, text=True)
         try:
             assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 3, 60), "no live summaries"
+            filled_at = time.time()
             fill(state)
             assert watcher.wait_for(lambda c: any("storage_error" in s for s in c.json("/status")), 30), \
                 "the retained status never said the outbox cannot be written"
             os.kill(proc.pid, signal.SIGUSR1)      # pause and resume on the full disk (the audit log: see below)
             time.sleep(1.5)
             os.kill(proc.pid, signal.SIGUSR2)
-            time.sleep(3)
+            time.sleep(10)     # longer than LIVE_S: what waits in memory from the start is no longer live
             assert proc.poll() is None, "the daemon died on the full disk"
             assert watcher.json("/status")[-1].get("storage_error"), "recovered although the disk is still full"
             made_before = max(s["seq"] for s in watcher.json("/summary"))
+            freed_at = time.time()
             (state / "filler").unlink()
             assert watcher.wait_for(lambda c: "storage_error" not in c.json("/status")[-1], 60), \
                 "the status never cleared once space was back"
@@ -190,6 +193,40 @@ def test_a_full_disk_is_reported_survived_and_recovered_from_without_a_restart(t
     seqs = sorted(e["seq"] for e in events.values())
     # Held in memory while the disk was full, stored and sent after: every seq exactly once, none skipped.
     assert seqs == list(range(1, last_seq + 1))
+    # ... and marked by when they were made, not when they were stored: late ones historical, live ones not.
+    from appliance.publish.delivery import LIVE_S
+
+    def end(e):
+        return datetime.fromisoformat(e["window_end"].replace("Z", "+00:00")).timestamp()
+
+    summaries = [e for e in events.values() if e["schema"] == "emotion.summary/1"]
+    waited = [e for e in summaries if filled_at + 1 < end(e) < freed_at - LIVE_S - 1]
+    live = [e for e in summaries if end(e) < filled_at - 1]
+    assert waited and all(e["historical"] for e in waited), [(e["seq"], e["historical"]) for e in waited]
+    assert live and not any(e["historical"] for e in live)
+
+
+def test_a_seq_file_that_cannot_be_written_is_a_storage_error_until_it_can(tmp_path, caplog):
+    """The seq file lags the outbox while it cannot be written: the status says so (storage_error), as it does
+    for the outbox itself, and clears once the file is written again."""
+    from appliance.publish.outbox_writer import OutboxWriter
+
+    box = Outbox(tmp_path / "outbox.sqlite3", OutboxConfig(), seq_file=tmp_path / "seq")
+    reports = []
+    writer = OutboxWriter(box, on_storage=reports.append)
+    writer.start()
+    (tmp_path / "seq.tmp").mkdir()        # the atomic rewrite's temporary file cannot be made
+    for _ in range(3):
+        writer.submit("summary", event)
+    writer.hand_over()
+    wait = time.monotonic() + 10
+    while box.last_seq < 3 and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert box.last_seq == 3 and len(reports) == 1 and "seq" in reports[0] and "cannot be written" in reports[0]
+    (tmp_path / "seq.tmp").rmdir()
+    writer.submit("summary", event)
+    writer.close()
+    assert reports[-1] is None and int((tmp_path / "seq").read_text()) == 4
 
 
 def test_the_audit_log_on_a_full_disk_counts_what_it_cannot_write_and_goes_on(tmp_path, caplog):

@@ -21,7 +21,7 @@ from appliance.publish.outbox import Outbox, PendingEvent
 
 log = logging.getLogger(__name__)
 
-LIVE_S = 30.0
+LIVE_S = 10.0      # a window is published within a second of its end while all is well
 
 
 class Delivery:
