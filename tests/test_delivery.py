@@ -552,3 +552,89 @@ def test_stats_and_fuzzed_commands_on_a_running_daemon(tmp_path, mosquitto, coll
     assert last["loop"]["rate_hz"] == 10 and all(s["loop"]["ticks"] > 0 for s in stats if s["interval_seconds"] >= 1)
     assert any(s["stages"].get("detect", {}).get("p50_ms", 0) > 0 for s in stats)   # not while paused
     assert last["system"]["rss_mb"] > 50 and last["mqtt"]["protocol"] == "5" and last["outbox"]["depth"] >= 0
+
+
+class NeverAcks:
+    """A broker that accepts the connection, answers SUBSCRIBE and PINGREQ (so the link stays up), takes every
+    PUBLISH and never acknowledges one. MQTT 3.1.1 only; keeps what it was sent."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.published: list[tuple[str, bytes]] = []
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read(conn: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        return data
+
+    def _talk(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                kind = self._read(conn, 1)[0] >> 4
+                length, shift = 0, 0
+                while True:
+                    byte = self._read(conn, 1)[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = self._read(conn, length)
+                if kind == 1:                                   # CONNECT -> CONNACK accepted
+                    conn.sendall(b"\x20\x02\x00\x00")
+                elif kind == 3:                                 # PUBLISH: kept, never acknowledged
+                    size = int.from_bytes(body[:2], "big")
+                    topic = body[2:2 + size].decode()
+                    self.published.append((topic, body[2 + size + 2:]))     # QoS 1: a packet id after the topic
+                elif kind == 8:                                 # SUBSCRIBE -> SUBACK, QoS 1 granted
+                    conn.sendall(b"\x90\x03" + body[:2] + b"\x01")
+                elif kind == 12:                                # PINGREQ -> PINGRESP
+                    conn.sendall(b"\xd0\x00")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        Mqtt311Only.close(self)
+
+
+def test_a_broker_that_never_acknowledges_is_reported_once_in_status_and_stats(tmp_path, caplog):
+    """Issue 25 case 3: events in flight longer than 2 keepalives are logged once, counted and shown in the
+    retained status (delivery_stalled); they stay in the outbox."""
+    port = free_port()
+    broker = NeverAcks(port)
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
+    add_events(box, 3)
+    cfg = MqttConfig(protocol="3.1.1", keepalive_s=5)
+    pub = MqttPublisher(cfg, parse_broker_url(f"mqtt://127.0.0.1:{port}"), "unit-1", "test", box, max_age_s=3600)
+    try:
+        with caplog.at_level(logging.WARNING):
+            pub.start()
+            assert wait(lambda: pub.connected.is_set(), 10)
+            assert wait(lambda: pub.counters["stalls"] == 1, 2 * cfg.keepalive_s + 5)
+            time.sleep(2)
+        assert wait(lambda: any("delivery_stalled" in json.loads(p) for t, p in broker.published
+                                if t == "emotion/unit-1/status"), 5), broker.published
+    finally:
+        pub.stop(timeout=1)
+        broker.close()
+    stalled = next(s for s in (json.loads(p) for t, p in broker.published if t == "emotion/unit-1/status")
+                   if "delivery_stalled" in s)
+    assert stalled["delivery_stalled"].startswith("3 events sent to the broker unacknowledged for 1")
+    validate(stalled)
+    assert caplog.text.count("delivery stalled") == 1 and pub.counters["stalls"] == 1
+    assert box.depth == 3, "nothing leaves the outbox without an acknowledgement"

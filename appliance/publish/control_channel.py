@@ -48,7 +48,8 @@ class ControlChannel:
         self._lock = threading.Lock()
         self._status: dict = status_payload("online", device_id, version)
         self._dirty = True
-        self._storage_error: str | None = None
+        # What the retained status carries while it lasts: storage_error, delivery_stalled, duplicate_device_id.
+        self._problems: dict[str, str] = {}
         self._outgoing: deque[Outgoing] = deque(maxlen=200)
         # Pause and resume write an fsync'd audit line, stats an event with its own seq: one bucket for the three.
         self._limited = RateLimit()
@@ -59,21 +60,21 @@ class ControlChannel:
         with self._lock:
             self.state = state
             self._status = status_payload(state, self.device_id, self.version, at=time.time(), **extra)
-            if self._storage_error:
-                self._status["storage_error"] = self._storage_error
+            self._status.update(self._problems)
             self._dirty = True
         self._wake()
 
-    def report_storage(self, error: str | None) -> None:
-        """The outbox could not be written (``error``) or can again (None): the retained status says so, since no
-        stats event can be stored meanwhile."""
+    def report(self, key: str, problem: str | None) -> None:
+        """A problem the retained status carries under ``key`` while it lasts (None: it is over): the outbox cannot
+        be written (no stats event can be stored meanwhile), the broker does not acknowledge, another client
+        took the session."""
         with self._lock:
-            if error == self._storage_error:
+            if problem == self._problems.get(key):
                 return
-            self._storage_error = error
-            self._status.pop("storage_error", None)
-            if error:
-                self._status["storage_error"] = error
+            self._problems.pop(key, None)
+            self._status.pop(key, None)
+            if problem:
+                self._problems[key] = self._status[key] = problem
             self._dirty = True
         self._wake()
 

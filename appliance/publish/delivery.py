@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Callable
 
 import paho.mqtt.client as mqtt
@@ -30,6 +31,7 @@ class Delivery:
         self.outbox, self.cfg, self.topics, self.counters = outbox, cfg, topics, counters
         self.properties = properties
         self.inflight: dict[int, int] = {}     # paho mid -> outbox seq
+        self._sent: dict[int, float] = {}      # paho mid -> when it was handed to paho (monotonic)
         self._acked: list[int] = []
         self._cursor = 0                       # highest seq handed to paho on this client
         # Whether the outbox may hold events past the cursor: the outbox is read only then, not on every poll, so
@@ -40,6 +42,7 @@ class Delivery:
     def new_client(self) -> None:
         """A new client has nothing in flight: everything left in the outbox is sent again."""
         self.inflight.clear()
+        self._sent.clear()
         self._cursor = 0
         self.more = True
 
@@ -68,10 +71,12 @@ class Delivery:
                 self.more = True
                 break
             self.inflight[info.mid] = event.seq
+            self._sent[info.mid] = time.monotonic()
             self._cursor = event.seq
 
     def on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         seq = self.inflight.pop(mid, None)
+        self._sent.pop(mid, None)
         if seq is None:
             return   # status, reply, discovery: not outbox events
         if reason_code.is_failure:
@@ -79,6 +84,10 @@ class Delivery:
             self.outbox.drop(seq, f"broker refused it: {reason_code}")
             return
         self._acked.append(seq)
+
+    def waiting_s(self, now: float) -> float:
+        """How long the oldest event in flight has waited for the broker's acknowledgement (0 with none)."""
+        return now - min(self._sent.values()) if self._sent else 0.0
 
     def flush_acks(self) -> None:
         if self._acked:

@@ -58,6 +58,10 @@ class MqttPublisher:
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._last_expire = time.monotonic()
         self._acks_failing = False
+        self._stalled = False
+        # A broker that takes events and never acknowledges them keeps the connection alive (PINGRESP) while the
+        # outbox waits: after this long the unit says so rather than stay 'online' in silence.
+        self.stall_after_s = 2 * cfg.keepalive_s
 
     @property
     def protocol(self) -> str:
@@ -85,7 +89,7 @@ class MqttPublisher:
         self.control.set_status(state, **extra)
 
     def report_storage(self, error: str | None) -> None:
-        self.control.report_storage(error)
+        self.control.report("storage_error", error)
 
     def reply(self, command: Command | None, ok: bool, error: str | None = None) -> None:
         self.control.reply(command, ok, error)
@@ -152,11 +156,26 @@ class MqttPublisher:
             self.control.send(link.client, self._properties())
             self.delivery.drain(link.client)
         self.delivery.flush_acks()
+        self._check_stall(now)
         self.control.flush_log()
         if now - self._last_expire > 60:
             self._last_expire = now
             self.outbox.expire()
         return False
+
+    def _check_stall(self, now: float) -> None:
+        waited = self.delivery.waiting_s(now) if self.connected.is_set() else 0.0
+        if waited > self.stall_after_s and not self._stalled:
+            self._stalled = True
+            self.counters["stalls"] += 1
+            problem = (f"{len(self.delivery.inflight)} events sent to the broker unacknowledged for {waited:.0f} s "
+                       f"(2 keepalives); they stay in the outbox")
+            log.error("MQTT: delivery stalled: %s; check the broker (its queue or storage may be full)", problem)
+            self.control.report("delivery_stalled", problem)
+        elif self._stalled and waited <= self.stall_after_s:
+            self._stalled = False
+            log.warning("MQTT: the broker acknowledges events again")
+            self.control.report("delivery_stalled", None)
 
     def _drained(self) -> bool:
         return self.outbox.depth == 0 and not self.delivery.inflight and self.control.idle
