@@ -638,3 +638,39 @@ def test_a_broker_that_never_acknowledges_is_reported_once_in_status_and_stats(t
     validate(stalled)
     assert caplog.text.count("delivery stalled") == 1 and pub.counters["stalls"] == 1
     assert box.depth == 3, "nothing leaves the outbox without an acknowledgement"
+
+
+def test_two_units_with_one_device_id_back_off_and_say_so(tmp_path, mosquitto, collect):
+    """Issue 25 case 5: two daemons with one device.id (two state folders: a cloned SD card). The broker hands the
+    session from one to the other (mosquitto 2.0 closes the old connection without the MQTT 5 reason 0x8E, so the
+    unit reads it from connections lost within seconds of connecting); the unit that lost it says why, waits
+    instead of taking it straight back, and shows the suspicion in its status and stats once it is back."""
+    watcher = collect(mosquitto.port, "emotion/kiosk-twin/#")
+    procs, logs = [], []
+    for name in ("a", "b"):
+        env = appliance_env(tmp_path, APPLIANCE_DEVICE__ID="kiosk-twin", APPLIANCE_STATE__DIR=str(tmp_path / name),
+                            APPLIANCE_MQTT__STATS_INTERVAL_S="2", APPLIANCE_MQTT__RECONNECT_MAX_S="1")
+        logs.append(tmp_path / f"{name}.log")
+        procs.append(subprocess.Popen(appliance_cmd("run", "--broker", mosquitto.url), env=env,
+                                      stdout=subprocess.DEVNULL, stderr=open(logs[-1], "w")))
+        assert watcher.wait_for(lambda c: sum(s["state"] == "online" for s in c.json("/status")) >= len(procs), 60)
+    try:
+        assert watcher.wait_for(lambda c: any("duplicate_device_id" in s for s in c.json("/status")), 40), \
+            "the unit that was thrown off never showed the suspicion once back"
+        assert watcher.wait_for(lambda c: any(s["mqtt"].get("takeovers") for s in c.json("kiosk-twin/stats")), 10)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+    errs = [p.read_text() for p in logs]
+    assert all(proc.returncode == 0 for proc in procs), errs[0][-1500:] + errs[1][-1500:]
+    assert any("probable duplicate device id" in err and "instead of taking the session back" in err for err in errs)
+    statuses = watcher.json("/status")
+    # Fighting, each takes the session back within a second or two, and every takeover publishes the other's last
+    # will: dozens in this run. Backing off after 3 short connections (mosquitto 2.0 closes the socket without
+    # saying why), a handful.
+    wills = [s for s in statuses if s.get("reason") == "connection lost"]
+    assert len(wills) <= 8, [(s["state"], s.get("reason")) for s in statuses]
+    for s in statuses:
+        validate(s)

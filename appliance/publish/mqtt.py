@@ -52,6 +52,7 @@ class MqttPublisher:
         self.delivery = Delivery(outbox, cfg, self.topics, self.counters,
                                  lambda event: self._properties(event=event))
         self.link.on_new_client, self.link.on_connected = self._wire, self._on_connected
+        self.link.on_duplicate = lambda problem: self.control.report("duplicate_device_id", problem)
         self.link.properties = self._properties
         self._stop_at: float | None = None
         self._wake = threading.Event()
@@ -157,6 +158,7 @@ class MqttPublisher:
             self.delivery.drain(link.client)
         self.delivery.flush_acks()
         self._check_stall(now)
+        self.link.check_stable(now)
         self.control.flush_log()
         if now - self._last_expire > 60:
             self._last_expire = now
