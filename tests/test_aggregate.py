@@ -126,19 +126,32 @@ def test_a_dead_camera_is_not_an_empty_shop():
     assert payload["suppressed_reason"] == "camera_unavailable"
 
 
-def test_a_dead_camera_in_the_daemon_publishes_camera_unavailable(tmp_path):
-    """The daemon in-process with a camera that cannot be reached (a stream on a closed port: it retries)."""
+@pytest.mark.parametrize("server", ["closed port", "never answers"])
+def test_a_dead_camera_in_the_daemon_publishes_camera_unavailable_from_the_first_window(tmp_path, server):
+    """The daemon in-process with a camera that cannot be reached: a stream on a closed port (its open fails at once:
+    it retries), or one that accepts the connection and never says a word (its first open blocks until the open
+    timeout: the camera is still 'starting'). Issue 25 case 6: the first windows read no_faces."""
+    import socket
+
     from appliance.config import load_config
     from appliance.daemon.pipeline import Pipeline
     from conftest import free_port
 
+    port = free_port()
+    silent = None
+    if server == "never answers":
+        silent = socket.create_server(("127.0.0.1", port))     # the kernel accepts; nobody ever answers
     cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path), "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
-                                 "APPLIANCE_CAMERA__SOURCE": f"rtsp://127.0.0.1:{free_port()}/none",
+                                 "APPLIANCE_CAMERA__SOURCE": f"rtsp://127.0.0.1:{port}/none",
                                  "APPLIANCE_PRIVACY__PURPOSE": "customer-experience",
                                  "APPLIANCE_PRIVACY__JURISDICTION": "US",
                                  "APPLIANCE_AUDIO__SOURCE": "none", "APPLIANCE_AGGREGATE__WINDOW_S": "2",
                                  "APPLIANCE_AGGREGATE__MIN_OBSERVED_S": "1", "APPLIANCE_LOG__LEVEL": "WARNING"})
     published = []
-    Pipeline(cfg, on_summary=published.append).run(5)
-    assert len(published) >= 2 and all(s["suppressed_reason"] == "camera_unavailable" for s in published[1:]), \
+    try:
+        Pipeline(cfg, on_summary=published.append).run(5)
+    finally:
+        if silent is not None:
+            silent.close()
+    assert len(published) >= 2 and all(s["suppressed_reason"] == "camera_unavailable" for s in published), \
         [s["suppressed_reason"] for s in published]

@@ -21,7 +21,9 @@ from appliance.sources.camera import Frame, SourceState
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("capture", "detect", "crop", "expression", "audio", "vad", "features", "tone", "aggregate", "publish")
-CAMERA_DOWN = (SourceState.RETRYING, SourceState.STALLED)   # no face then says nothing about the shop
+# No face then says nothing about the shop. STARTING too: a camera that has not delivered its first frame (a stream
+# that accepts the connection and never answers blocks its first open for as long as the open timeout allows).
+CAMERA_DOWN = (SourceState.STARTING, SourceState.RETRYING, SourceState.STALLED)
 
 
 @dataclass
