@@ -104,3 +104,16 @@ def test_clock_steps_forward_and_back_lose_nothing_and_stamps_follow_the_clock(t
     assert stats[-1]["outbox"]["expired"] == 0 and stats[-1]["loop"]["clock_steps"] == 2
     status = [s for s in watcher.json("kiosk-clock/status") if s["state"] == "online"]
     assert status and status[-1]["clock"] == clock_state()
+
+
+def test_the_unit_pulls_in_time_sync_and_the_installer_bounds_the_wait():
+    """time-sync.target is passive: After= alone orders nothing unless something pulls the target in."""
+    from configparser import ConfigParser
+
+    from conftest import ROOT
+
+    unit = ConfigParser(strict=False, interpolation=None)
+    unit.read_string((ROOT / "systemd" / "appliance.service").read_text())
+    assert "time-sync.target" in unit["Unit"]["Wants"].split() and "time-sync.target" in unit["Unit"]["After"].split()
+    install = (ROOT / "deploy" / "jetson" / "install.sh").read_text()
+    assert "systemctl enable systemd-time-wait-sync.service" in install and "TimeoutStartSec=90s" in install

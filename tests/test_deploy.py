@@ -48,6 +48,8 @@ def test_install_dry_run_prints_the_whole_plan_and_changes_nothing():
                  "pip install --quiet /opt/appliance/src", "would write /etc/appliance/config.toml",
                  "appliance config validate", "would write /etc/systemd/system/appliance.service",
                  "would write /etc/udev/rules.d/70-appliance-cpu-latency.rules",
+                 "would write /etc/systemd/system/systemd-time-wait-sync.service.d/appliance.conf",
+                 "systemctl enable systemd-time-wait-sync.service",
                  "systemctl enable --now appliance.service"):
         assert step in plan or step.split()[0] in plan, step
     assert (Path("/opt/appliance").exists(), Path("/etc/appliance").exists()) == before

@@ -227,6 +227,20 @@ if [ -n "$ORT_INDEX" ]; then
         --config "$CONFIG"
 fi
 
+# ---------------------------------------------------------------------------------------------- clock
+# A Jetson has no battery-backed clock on most carrier boards: until NTP answers, the time is the last one saved.
+# The unit wants time-sync.target; systemd-time-wait-sync holds that target until NTP has set the clock, at most
+# 90 s here, so a unit without a network still starts (it follows a later step by itself: README 'Delivery').
+WAIT_SYNC_DROPIN=$UNIT_DIR/systemd-time-wait-sync.service.d/appliance.conf
+if systemctl cat systemd-time-wait-sync.service >/dev/null 2>&1 || [ "$DRY_RUN" = 1 ]; then
+    say "clock: wait up to 90 s at boot for NTP (systemd-time-wait-sync)"
+    [ -d "$(dirname "$WAIT_SYNC_DROPIN")" ] || run install -d -m 0755 "$(dirname "$WAIT_SYNC_DROPIN")"
+    printf '[Service]\nTimeoutStartSec=90s\n' | write_file "$WAIT_SYNC_DROPIN" 0644
+    run systemctl enable systemd-time-wait-sync.service
+else
+    say "clock: no systemd-time-wait-sync on this system; the unit starts without waiting for NTP"
+fi
+
 # ---------------------------------------------------------------------------------------------- service
 say "systemd unit"
 sed -e "s#/opt/appliance#${PREFIX}#g" -e "s#/etc/appliance/config.toml#${CONFIG}#g" \
