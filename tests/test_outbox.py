@@ -112,6 +112,54 @@ def test_age_bound_expires_old_events(tmp_path):
     assert box.stats().expired == 2 and box.stats().oldest_age_s == 1801.0
 
 
+def test_ages_come_from_the_boot_clock_and_a_wall_clock_step_expires_nothing(tmp_path):
+    """Issue 25: a unit 10 days behind stores events, then NTP steps the wall clock: they are seconds old, not 10
+    days, and stay so across a reboot (another boot id), where the age so far comes from their wall stamps, which
+    followed the step."""
+    boot, step = Clock(50.0), [1_000_000.0]
+
+    def wall():
+        return boot.t + step[0]
+
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(max_age_h=168), clock=boot, wall=wall, boot="boot-1")
+    box.add("summary", event())
+    boot.t += 20
+    box.add("summary", event(), made=boot.t - 15)       # waited 15 s in memory before it could be stored
+    step[0] += 10 * 86400                               # NTP: 10 days forward
+    boot.t += 5
+    box.expire()
+    assert [(e.seq, e.age_s) for e in box.pending()] == [(1, 25.0), (2, 20.0)]
+    assert box.stats().expired == 0 and box.stats().oldest_age_s == 25.0
+    box.close()
+    # The same boot (a restarted daemon): the boot clock goes on, nothing re-based.
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(max_age_h=168), clock=boot, wall=wall, boot="boot-1")
+    assert [e.age_s for e in box.pending()] == [25.0, 20.0]
+    box.close()
+    # Another boot, 2 h later by the (now right) wall clock; the boot clock started again near 0.
+    step[0] += boot.t + 7200 - 7.0
+    boot.t = 7.0
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(max_age_h=168), clock=boot, wall=wall, boot="boot-2")
+    assert [e.age_s for e in box.pending()] == [pytest.approx(7200 + 25.0), pytest.approx(7200 + 20.0)]
+    assert box.stats().expired == 0
+
+
+def test_an_outbox_of_schema_1_is_migrated_and_its_events_aged_from_their_stamps(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+                             created REAL NOT NULL, payload TEXT NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO events VALUES (1, 'a', 'summary', 1000.0, '{"seq":1}');
+        INSERT INTO meta VALUES ('last_seq', 1);
+        PRAGMA user_version=1;
+    """)
+    db.close()
+    box = Outbox(path, OutboxConfig(), clock=Clock(30.0), wall=Clock(1060.0), boot="b")
+    assert [(e.seq, e.age_s) for e in box.pending()] == [(1, 60.0)]
+    assert box.add("summary", event())["seq"] == 2
+
+
 def test_acks_and_refusals_keep_the_counters_true(tmp_path):
     box = Outbox(tmp_path / "o.sqlite3", OutboxConfig())
     for _ in range(4):

@@ -32,6 +32,8 @@ from appliance.publish.seq_file import SeqFile, SeqFileError, check_seq, reconci
 
 log = logging.getLogger(__name__)
 
+WALL_STEP_S = 1.0
+
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Outbox:
             rebased = rebase(self._db, self.boot, self.clock(), self.wall())
             if rebased:
                 log.info("outbox: %d events from an earlier boot aged by the wall clock", rebased)
+            self._wall_offset = self.wall() - self.clock()
             if device_id is not None:
                 claim_device(self._db, device_id, self._depth, self.path, self.seq_file, self._last_seq)
         except sqlite3.DatabaseError as e:
@@ -133,7 +136,7 @@ class Outbox:
             seq = self._last_seq + 1
             payload = make(seq)
             text = json.dumps(payload, separators=(",", ":"))
-            now = self.clock()
+            now = self._follow_wall_locked()
             made = now if made is None else min(made, now)
             self._db.execute("INSERT INTO events (seq, event_id, kind, created, payload, made, boot) VALUES "
                              "(?, ?, ?, ?, ?, ?, ?)", (seq, payload["event_id"], kind, self.wall() - (now - made),
@@ -167,6 +170,20 @@ class Outbox:
                           "(stats first); %d dropped so far", self._depth, self._bytes / 1e6, self.cfg.max_events,
                           self.cfg.max_mb, self._dropped)
 
+    def _follow_wall_locked(self) -> float:
+        """The boot clock now; where the wall clock stepped since the last look, this boot's wall stamps (kept for
+        a reboot) move with it, so a step by NTP cannot age them wrongly after a reboot."""
+        now = self.clock()
+        offset = self.wall() - now
+        step = offset - self._wall_offset
+        if abs(step) > WALL_STEP_S:
+            shifted = self._db.execute("UPDATE events SET created = created + ? WHERE boot = ?",
+                                       (step, self.boot)).rowcount
+            log.info("outbox: the wall clock stepped %+.1f s; the stamps of %d waiting events follow it", step,
+                     shifted)
+            self._wall_offset = offset
+        return now
+
     def _expire_locked(self) -> None:
         n, size = delete_older_than(self._db, self.clock() - self.cfg.max_age_h * 3600)
         if n:
@@ -179,6 +196,7 @@ class Outbox:
 
     def expire(self) -> None:
         with self._lock, self._transaction():
+            self._follow_wall_locked()
             self._expire_locked()
 
     # ------------------------------------------------------------------------------------------- draining
