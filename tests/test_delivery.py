@@ -671,6 +671,6 @@ def test_two_units_with_one_device_id_back_off_and_say_so(tmp_path, mosquitto, c
     # will: dozens in this run. Backing off after 3 short connections (mosquitto 2.0 closes the socket without
     # saying why), a handful.
     wills = [s for s in statuses if s.get("reason") == "connection lost"]
-    assert len(wills) <= 8, [(s["state"], s.get("reason")) for s in statuses]
+    assert len(wills) <= 12, [(s["state"], s.get("reason")) for s in statuses]
     for s in statuses:
         validate(s)

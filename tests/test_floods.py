@@ -61,9 +61,10 @@ def test_a_command_flood_is_a_few_log_lines_stats_are_rate_limited_and_no_line_i
     stats_replies = [r for r in watcher.json("/reply") if (r["request_id"] or "").startswith("s")]
     busy = [r for r in stats_replies if not r["ok"] and r["error"].startswith("busy")]
     stats = watcher.json("kiosk-flood/stats")[before:]
-    # 10 tokens at once (pause and resume took 2), about one more over the 6 s; each accepted one is one event.
+    # 10 tokens at once (pause and resume took 2), about one more over the 6 s; each accepted one asks for a stats
+    # event at the next tick (two in one tick make one).
     assert len(stats_replies) == 30 and 19 <= len(busy) <= 22, [r["error"] for r in stats_replies]
-    assert len(stats) == 30 - len(busy), (len(stats), len(busy))
+    assert 5 <= len(stats) <= 30 - len(busy), (len(stats), len(busy))
     rejected = [line for line in err.splitlines() if "rejected" in line]
     assert len(rejected) <= 6, rejected
     count = re.search(r"(\d+) more rejected commands in the last \d+ s", err)

@@ -42,6 +42,9 @@ def test_fleet_view_keeps_the_latest_per_unit_and_skips_junk():
         ("paused", 0.61, 2, 1, 17, 2, 1)
     table = view.render()
     assert "paused (remote)" in table and "0.61" in table and "52C" in table and "4 messages skipped" in table
+    view.update("emotion/k1/status", json.dumps(status_payload(
+        "online", "k1", "0.2.0", delivery_stalled="20 events unacknowledged", clock="unsynchronized")).encode())
+    assert "online !delivery_stalled" in view.render()
 
 
 def test_watch_command_shows_every_unit_on_the_broker(tmp_path, mosquitto):

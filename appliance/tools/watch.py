@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 KINDS = ("status", "summary", "alert", "stats")
+PROBLEMS = ("storage_error", "delivery_stalled", "duplicate_device_id")
 
 
 @dataclass
@@ -21,6 +22,7 @@ class UnitView:
     state: str = "?"
     version: str = ""
     paused_by: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)      # what the retained status carries while it lasts
     last_seen: float = 0.0
     last_window_end: str | None = None
     anger_index: float | None = None
@@ -75,6 +77,7 @@ class FleetView:
         unit.state = str(d["state"])
         unit.version = str(d.get("version", ""))
         unit.paused_by = list(d.get("paused_by", []))
+        unit.problems = [key for key in PROBLEMS if key in d]
 
     @staticmethod
     def _summary(unit: UnitView, d: dict) -> None:
@@ -106,6 +109,7 @@ class FleetView:
         rows = []
         for unit in sorted(self.units.values(), key=lambda u: u.device_id):
             state = unit.state + (f" ({','.join(unit.paused_by)})" if unit.paused_by else "")
+            state += "".join(f" !{key}" for key in unit.problems)
             window = _clock(unit.last_window_end) + (f" {unit.suppressed}" if unit.suppressed else "")
             rows.append((unit.device_id, state, unit.version, window, _num(unit.anger_index, "{:.2f}"),
                          _num(unit.distinct_faces), _num(unit.speech_s, "{:.1f}s"),
