@@ -197,3 +197,46 @@ def test_shared_gray_region_crops_match_per_face_crops():
     for crop, box in zip(crop_faces(frame, small, (64, 64)), small):
         assert np.array_equal(crop, _reference_crop(frame, box, (64, 64)))
     assert crop_faces(frame, [FaceBox(5000, 5000, 50, 50, 0.5)], (64, 64)).shape == (1, 64, 64)
+
+
+# ------------------------------------------------------------------------------------ following between detections
+def iou_of(a: FaceBox, b: FaceBox) -> float:
+    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    return ix * iy / (a.w * a.h + b.w * b.h - ix * iy)
+
+
+def test_followed_boxes_stay_on_the_face_the_detector_finds(model_path):
+    from appliance.perception.follow import FaceFollower
+
+    cap = cv2.VideoCapture(str(DEMO))
+    frames = [cap.read()[1] for _ in range(153)][90::3]   # 10 Hz from the 30 fps demo, as the loop takes them
+    cap.release()
+    followed, held = [], []          # IoU with the detector's box: the followed box, and the last detected one
+    with FaceDetector(model_path) as det, FaceDetector(model_path) as reference:
+        follower = FaceFollower(det, every=3)
+        for i, frame in enumerate(frames):
+            got, want = follower(frame).boxes, reference.detect(frame).boxes
+            assert len(got) == len(want) == 1, (got, want)
+            if i % 3:
+                followed.append(iou_of(got[0], want[0]))
+                held.append(iou_of(last, want[0]))
+            else:
+                last = got[0]
+    assert (follower.detections, follower.followed) == (7, 14)     # every 3rd frame detected
+    # The detector's own box moves a few pixels from frame to frame; the followed one stays with it, and closer
+    # than the last detected box would.
+    assert min(followed) > 0.65 and np.mean(followed) > np.mean(held) + 0.1, (followed, held)
+
+
+def test_a_cut_to_another_scene_is_detected_at_once(model_path):
+    """Frames 30 and 250 of the demo: the speaker, then the audience. Followed points do not survive the cut."""
+    from appliance.perception.follow import FaceFollower
+
+    with FaceDetector(model_path) as det:
+        follower = FaceFollower(det, every=10)
+        first = follower(demo_frame(30))
+        after = follower(demo_frame(250))
+        plain = det.detect(demo_frame(250))
+    assert len(first.boxes) == 1 and follower.detections == 2 and follower.followed == 0
+    assert after.boxes == plain.boxes

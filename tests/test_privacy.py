@@ -201,8 +201,8 @@ def test_pause_file_stops_all_inference(tmp_path):
     (tmp_path / "state" / "paused").touch()
     pipeline, report, published = run_in_process(tmp_path, DEMO, DEMO.with_suffix(".flac"), 2.0)
     ticks = list(pipeline.scheduler.recent)
-    assert len(ticks) >= 19 and all(not set(t.stages) & {"detect", "crop", "expression", "vad", "features", "tone"}
-                                    for t in ticks)
+    assert len(ticks) >= 19 and all(not (set(t.stages) | set(t.beside)) & {"detect", "crop", "expression", "vad",
+                                                                           "features", "tone"} for t in ticks)
     assert report.summaries == 0 and pipeline.paused_by == {"file"} and report.alerts == 0
     entries = [json.loads(line) for line in (tmp_path / "state" / "audit.log").read_text().splitlines()]
     assert [e["event"] for e in entries] == ["start", "stop"] and published == []

@@ -181,6 +181,93 @@ def test_speech_buffer_steps():
     assert buf.push(np.zeros(0, np.float32)) is None
 
 
+# ------------------------------------------------------------------------------------------- the voice worker
+class Held:
+    """The tone model behind a gate: the worker classifies only when the test lets it."""
+
+    def __init__(self, tone, gate):
+        import threading
+
+        self.tone, self.gate, self.features = tone, gate, tone.features
+        self.entered = threading.Event()
+
+    @property
+    def times(self):
+        return self.tone.times
+
+    def __call__(self, features):
+        self.entered.set()
+        self.gate.wait(10)
+        return self.tone(features)
+
+
+def test_the_voice_worker_classifies_beside_the_caller_and_drops_the_oldest_when_behind(speech):
+    import threading
+
+    from appliance.daemon.voice_worker import VoiceWorker
+
+    tone = VoiceToneModel(load_manifest(MODELS / "voice_tone_cnn"), RuntimeConfig(providers=["cpu"]))
+    segments = [speech[i * 16000:i * 16000 + 32000] for i in range(5)]
+    inline = VoiceWorker(tone, threaded=False)
+    for s in segments:
+        inline.submit(s)
+    expected = inline.take()
+    assert [r.probabilities.shape for r in expected] == [(1, 8)] * 5 and inline.take() == []
+
+    gate = threading.Event()
+    held = Held(tone, gate)
+    worker = VoiceWorker(held, depth=2).start()
+    try:
+        worker.submit(segments[0])   # taken at once and held; of the four behind it two fit
+        assert held.entered.wait(10)
+        for s in segments[1:]:
+            worker.submit(s)
+        gate.set()
+        deadline = threading.Event()
+        got = []
+        for _ in range(100):
+            got += worker.take()
+            if len(got) == 3:
+                break
+            deadline.wait(0.05)
+    finally:
+        worker.stop()
+    assert worker.dropped == 2 and worker.classified == 3 and worker.submitted == 5
+    # The first segment and the two newest, with what the same model says inline.
+    for result, want in zip(got, [expected[0], expected[3], expected[4]]):
+        np.testing.assert_allclose(result.probabilities, want.probabilities, atol=1e-6)
+        assert result.anger == pytest.approx(want.anger, abs=1e-6) and result.tone.model > 0
+
+
+def test_a_reset_throws_away_what_was_heard_before_it(speech):
+    import threading
+
+    from appliance.daemon.voice_worker import VoiceWorker
+
+    tone = VoiceToneModel(load_manifest(MODELS / "voice_tone_cnn"), RuntimeConfig(providers=["cpu"]))
+    gate = threading.Event()
+    held = Held(tone, gate)
+    worker = VoiceWorker(held).start()
+    try:
+        worker.submit(speech[:32000])       # being classified when the pause comes
+        assert held.entered.wait(10)
+        worker.submit(speech[16000:48000])  # waiting
+        worker.reset()
+        gate.set()
+        worker.submit(speech[32000:64000])
+        got = []
+        for _ in range(100):
+            got += worker.take()
+            if got:
+                break
+            threading.Event().wait(0.05)
+        threading.Event().wait(0.2)
+        got += worker.take()
+    finally:
+        worker.stop()
+    assert len(got) == 1 and worker.classified == 1
+
+
 # ------------------------------------------------------------------------------------------------ alerts
 class MeanIndex:
     """Stands in for fusion.AngerIndex (same interface): these tests check the window, hysteresis and cool-down,

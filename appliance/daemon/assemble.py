@@ -14,6 +14,8 @@ from appliance.config import AppConfig
 from appliance.publish.config import parse_broker_url
 from appliance.host.cpu_latency import CpuLatencyRequest
 from appliance.daemon.stages import Capture, DiscardAudio, Health, Stage, Vision, Voice, Windows
+from appliance.daemon.voice_worker import VoiceWorker
+from appliance.perception.follow import FaceFollower
 from appliance.windows.fusion import AngerIndex, load_fusion
 from appliance.daemon.loop import FixedRateScheduler
 from appliance.manifest import load_manifest, verify_variant
@@ -78,12 +80,13 @@ class Parts:
     aggregator: WindowAggregator
     anger: Anger | None
     audit: AuditLog
-    detector: FaceDetector
+    detector: FaceFollower               # the face detector, run every faces.detect_every frames
     broker: EmbeddedBroker | None
     health: Health
     stages: list[Stage]                  # a tick's work, in order (the publish stage is added by the pipeline)
     paused_stages: list[Stage]           # while opted out: frames and audio taken only to be thrown away
     voice: Voice | None
+    voice_worker: VoiceWorker | None     # features and tone beside the loop (inline in a replay)
     models: list[dict]                   # model, provider, precision: what each model got
     model_sha: dict[str, str]
 
@@ -126,12 +129,13 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
     anger = Anger(config.alerts, period, config.voice.step_s, anger_index) if config.alerts_enabled else None
     audit = AuditLog(config.state.audit)
     detector_manifest = load_manifest(config.models.dir / "tflite" / config.faces.model)
-    detector = make_face_detector(config)
+    detector = FaceFollower(make_face_detector(config), config.faces.detect_every)
     broker = EmbeddedBroker(config.mqtt.embedded_port) if config.mqtt.broker is None else None
 
     health = Health()
     capture = Capture(source, health)
-    voice = Voice(audio, vad, speech, tone, health) if audio is not None else None
+    worker = VoiceWorker(tone, threaded=replay is None) if audio is not None else None
+    voice = Voice(audio, vad, speech, worker, health) if audio is not None else None
     stages: list[Stage] = [capture, Vision(ExclusionZones(config.privacy.exclusion_zones), detector, expression,
                                            replicate_faces)]
     stages += [voice] if voice else []
@@ -143,5 +147,5 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
         {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
     model_sha = {r.model: r.sha256 for r in reports} | {detector_manifest.name: detector_manifest.variants[0].sha256}
     return Parts(config, scheduler, cpu_latency, spec, source, audio, state_lock, outbox, expression, vad, tone,
-                 anger_index, aggregator, anger, audit, detector, broker, health, stages, paused, voice, models,
-                 model_sha)
+                 anger_index, aggregator, anger, audit, detector, broker, health, stages, paused, voice, worker,
+                 models, model_sha)

@@ -36,11 +36,17 @@ class Tick:
     stages: dict[str, float] = field(default_factory=dict)   # seconds per stage
     items: dict[str, int] = field(default_factory=dict)      # work items of a stage (faces, VAD chunks)
     parts: dict[str, object] = field(default_factory=dict)   # a model stage's own pre/model/post (StageTimes)
+    beside: dict[str, float] = field(default_factory=dict)   # seconds per stage of work done off the loop thread
+                                                             # for this tick's results (the voice worker)
     finished: float = 0.0
     missed: bool = False
 
     def stage(self, name: str, clock: Callable[[], float] = time.perf_counter) -> "StageTimer":
         return StageTimer(self.stages, name, clock)
+
+    def stage_time(self, name: str) -> float | None:
+        """A stage's seconds for this tick, on the tick or beside it; None where it did not run."""
+        return self.stages.get(name, self.beside.get(name))
 
     @property
     def latency(self) -> float:
@@ -123,5 +129,7 @@ def percentiles(values: list[float] | np.ndarray, qs=(50, 95, 99)) -> dict[str, 
 
 
 def stage_percentiles(ticks: list[Tick], stages) -> dict[str, dict[str, float]]:
-    """percentiles() of each stage over the ticks that ran it; a stage that never ran is left out."""
-    return {s: percentiles(times) for s in stages if (times := [t.stages[s] for t in ticks if s in t.stages])}
+    """percentiles() of each stage over the ticks that ran it (on the tick or beside it); a stage that never ran is
+    left out."""
+    return {s: percentiles(times) for s in stages
+            if (times := [v for t in ticks if (v := t.stage_time(s)) is not None])}

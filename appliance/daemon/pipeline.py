@@ -87,6 +87,7 @@ class Pipeline:
         elif not paused_by and was:
             if p.voice is not None:
                 p.voice.reset()
+            p.detector.reset()      # the faces it followed before the pause are no longer where they were
             log.warning("resumed")
             p.audit.append("resume", reason=reason)
         else:
@@ -140,6 +141,7 @@ class Pipeline:
         p.audit.start(cfg, __version__, [m | {"sha256": p.model_sha[m["model"]]} for m in self.models])
         p.source.start()
         if p.audio is not None:
+            p.voice_worker.start()
             p.audio.start()
         if p.cpu_latency is not None:
             p.cpu_latency.acquire()
@@ -201,6 +203,7 @@ class Pipeline:
         p.source.stop()
         if p.audio is not None:
             p.audio.stop()
+            p.voice_worker.stop()
         p.detector.close()
         self.writer.close()           # every event made so far is in the outbox before the last drain
         self.publisher.stop()

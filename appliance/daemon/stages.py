@@ -48,8 +48,14 @@ class Health:
     microphone_state: str | None = None
     audio_lost_samples: int = 0     # the telemetry turns it into seconds when it reports, not every tick
 
+    voice_segments: int = 0         # speech segments classified by the voice worker
+    voice_dropped: int = 0          # dropped because the worker was behind
+
     def note_microphone(self, audio) -> None:
         self.microphone_state, self.audio_lost_samples = audio.state.value, audio.ring.lost
+
+    def note_voice(self, worker) -> None:
+        self.voice_segments, self.voice_dropped = worker.classified, worker.dropped
 
 
 class Stage(Protocol):
@@ -96,10 +102,12 @@ class Vision:
 
 
 class Voice:
-    """New audio -> speech chunks -> a speech segment every step -> the tone model's probabilities."""
+    """New audio -> speech chunks -> a speech segment every step, handed to the voice worker -> the tone model's
+    probabilities of the segments it finished since the last tick. The worker's features and tone run beside the
+    tick (``daemon/voice_worker.py``); their times are reported under their stage names, apart from the tick's."""
 
-    def __init__(self, audio, vad, speech, tone, health: Health):
-        self.audio, self.vad, self.speech, self.tone, self.health = audio, vad, speech, tone, health
+    def __init__(self, audio, vad, speech, worker, health: Health):
+        self.audio, self.vad, self.speech, self.worker, self.health = audio, vad, speech, worker, health
         self._clip_warned_at = -1e9
 
     def compute(self, tick: Tick, data: TickData) -> None:
@@ -113,19 +121,24 @@ class Voice:
         self._check_clipping(chunks.clipped, tick.started)
         segment = self.speech.push(chunks.speech)
         if segment is not None:
-            with tick.stage("features"):
-                features = self.tone.features(segment[None])
-            with tick.stage("tone"):
-                result = self.tone(features)
-            tick.parts["features"], tick.parts["tone"] = self.tone.features.times, self.tone.times
-            data.tone = result.probabilities
-            data.voice_anger = float(result.anger[0])
+            self.worker.submit(segment)
+        done = self.worker.take()
+        if done:
+            data.tone = np.concatenate([r.probabilities for r in done])
+            # Two results in one tick (the worker caught up): the alert's short window takes their mean.
+            data.voice_anger = float(np.mean([r.anger for r in done]))
+            last = done[-1]
+            tick.beside["features"] = sum(r.features.total for r in done)
+            tick.beside["tone"] = sum(r.tone.total for r in done)
+            tick.parts["features"], tick.parts["tone"] = last.features, last.tone
         self.health.note_microphone(self.audio)
+        self.health.note_voice(self.worker)
 
     def reset(self) -> None:
         """After a pause: nothing heard before it may join what is heard after."""
         self.vad.reset()
         self.speech.reset()
+        self.worker.reset()
 
     def _check_clipping(self, clipped_fraction: float, now: float) -> None:
         # Clipped input distorts the spectrum the tone model reads; say so, at most once a minute.

@@ -104,7 +104,8 @@ class Telemetry:
                 "deadline_misses": s.misses - self._misses, "skipped_slots": s.skipped - self._skipped,
                 "ticks_total": s.ticks, "deadline_misses_total": s.misses, "clock_steps": self.clock_steps}
         camera = {"state": h.camera_state, "frames_used": h.frames_used, "frames_dropped": h.frames_dropped}
-        microphone = {"state": h.microphone_state, "lost_seconds": lost_seconds(h)} if self.has_audio else None
+        microphone = {"state": h.microphone_state, "lost_seconds": lost_seconds(h), "segments_classified":
+                      h.voice_segments, "segments_dropped": h.voice_dropped} if self.has_audio else None
         pub = self.publisher
         mqtt = {"protocol": pub.protocol} | {k: pub.counters[k] for k in ("connects", "acked", "rejected_commands",
                                                                           "stalls", "takeovers")}

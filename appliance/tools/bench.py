@@ -107,8 +107,12 @@ def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dic
     work = sum(t.finished - t.started for t in ticks)
     model = sum(t.stages.get(s, 0.0) for t in ticks for s in MODEL_STAGES)
     return {
-        "stages": {s: percentiles([t.stages[s] for t in ticks if s in t.stages]) | {
-            "calls": sum(1 for t in ticks if s in t.stages)} for s in STAGE_NAMES},
+        # features and tone run on the voice worker, beside the tick: their times are the worker's, not the tick's.
+        "stages": {s: percentiles(times := [v for t in ticks if (v := t.stage_time(s)) is not None]) | {
+            "calls": len(times)} for s in STAGE_NAMES},
+        "beside_the_tick": sorted({s for t in ticks for s in t.beside}),
+        "voice_worker": None if pipeline.parts.voice_worker is None else {
+            k: getattr(pipeline.parts.voice_worker, k) for k in ("submitted", "classified", "dropped", "failed")},
         # Stages whose work per tick varies (faces, 32 ms VAD chunks): time per item, a single-valued figure where
         # the per-tick one is a mix of 3- and 4-chunk ticks.
         "per_item": {s: percentiles([t.stages[s] / t.items[s] for t in ticks if t.items.get(s)]) | {
@@ -145,7 +149,8 @@ def _run_loop(cfg: AppConfig, seconds: float, faces: int, progress: bool) -> dic
         "cpu_reference": reference.report(),
         "cpu_wakeup_latency": pipeline.cpu_latency.describe() if pipeline.cpu_latency else None,
         "timeline_ms": [round(t.latency * 1000, 3) for t in ticks],
-        "stage_samples_ms": {s: [round(t.stages[s] * 1000, 3) for t in ticks if s in t.stages] for s in STAGE_NAMES},
+        "stage_samples_ms": {s: [round(v * 1000, 3) for t in ticks if (v := t.stage_time(s)) is not None]
+                             for s in STAGE_NAMES},
     }
 
 

@@ -13,6 +13,13 @@ import numpy as np
 from appliance.tools.compare import STEADY
 
 
+def _voice_worker(worker: dict | None) -> str:
+    if not worker:
+        return ""
+    return (f"; voice worker: {worker['classified']} of {worker['submitted']} speech segments classified, "
+            f"{worker['dropped']} dropped while it was behind")
+
+
 def markdown(result: dict) -> str:
     loop = result
     lines = [f"# appliance bench: {result['machine']}", "",
@@ -30,15 +37,17 @@ def markdown(result: dict) -> str:
              "- per item: " + ", ".join(f"{s} {v['p50_ms']:.3f} ms p50 ({v['items']} items)"
                                         for s, v in loop.get("per_item", {}).items()),
              f"- camera frames dropped {loop['frames_dropped']} (used {loop['frames_used']}); audio lost "
-             f"{loop['audio_lost_seconds']} s",
+             f"{loop['audio_lost_seconds']} s" + _voice_worker(loop.get("voice_worker")),
              "- models: " + ", ".join(f"{m} on {p['provider']} {p['precision']}" for m, p in loop["providers"].items())
              + (f"; warmed up in {loop['warm_up_ms']:.0f} ms before the first tick" if "warm_up_ms" in loop else ""),
              *_reference_line(loop.get("cpu_reference")),
              *_wakeup_line(loop.get("cpu_wakeup_latency")),
              "", "| stage | calls | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    beside = set(loop.get("beside_the_tick", ()))
     for name, p in loop["stages"].items():
         if p["calls"]:
-            lines.append(f"| {name} | {p['calls']} | {p['p50_ms']:.3f} | {p['p95_ms']:.3f} | {p['p99_ms']:.3f} | "
+            shown = f"{name} (voice worker, beside the tick)" if name in beside else name
+            lines.append(f"| {shown} | {p['calls']} | {p['p50_ms']:.3f} | {p['p95_ms']:.3f} | {p['p99_ms']:.3f} | "
                          f"{p['max_ms']:.3f} |")
     e = loop["end_to_end"]
     lines.append(f"| **tick** | {loop['ticks']} | {e['p50_ms']:.3f} | {e['p95_ms']:.3f} | {e['p99_ms']:.3f} | "
