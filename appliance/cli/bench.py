@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from appliance.cli.app import app
+from appliance.host.memory import one_malloc_arena
 from appliance.cli.common import ConfigOpt, UserError, filters, load, setup_logging
 
 
@@ -46,6 +47,7 @@ def bench(
     cfg = load(config, **{"camera.source": video or camera, "audio.source": audio_source, "loop.rate_hz": rate,
                            "loop.cpu_wakeup_latency_us": wakeup_us, "mqtt.embedded_port": 0, "log.level": "WARNING"})
     setup_logging(cfg.log.level)
+    one_malloc_arena()          # before the daemon's threads start (host/memory.py)
     desc = f"camera {cfg.camera.source}, audio {cfg.audio.source}"
     print(f"bench: {seconds:g} s of the real loop at {cfg.loop.rate_hz:g} Hz on {desc}", file=sys.stderr)
     result = b.header(cfg, desc) | b.run_loop(cfg, seconds, faces)

@@ -12,6 +12,7 @@ import typer
 
 from appliance import __version__
 from appliance.cli.app import app
+from appliance.host.memory import one_malloc_arena
 from appliance.cli.common import ConfigOpt, UserError, load, setup_logging
 
 
@@ -68,6 +69,7 @@ def run(
                  "audio.realtime": False if fast else None}
     cfg = load(config, **overrides)
     setup_logging(cfg.log.level)
+    one_malloc_arena()          # before the daemon's threads start (host/memory.py)
     from appliance.daemon.pipeline import Pipeline
 
     def show(payload: dict) -> None:

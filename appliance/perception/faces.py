@@ -14,6 +14,29 @@ from appliance.perception.stage import StageTimes, Stopwatch
 log = logging.getLogger(__name__)
 
 
+def mediapipe_vision():
+    """MediaPipe's ``tasks.python`` package imports its drawing helpers at import, and with them matplotlib.pyplot:
+    more than half of the daemon's start-up, for plots a detector never draws. The first import runs with empty
+    stand-ins for matplotlib, taken away again at once, so whoever asks for matplotlib later gets the real one
+    (only MediaPipe's drawing_utils, which nothing here calls, keeps the stand-in)."""
+    import sys
+    import types
+
+    stand_ins = {}
+    if "matplotlib" not in sys.modules:
+        package, pyplot = types.ModuleType("matplotlib"), types.ModuleType("matplotlib.pyplot")
+        package.pyplot = pyplot
+        stand_ins = {"matplotlib": package, "matplotlib.pyplot": pyplot}
+        sys.modules.update(stand_ins)
+    try:
+        from mediapipe.tasks.python import BaseOptions, vision
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+    return BaseOptions, vision
+
+
 @dataclass(frozen=True)
 class FaceBox:
     x: int
@@ -39,7 +62,7 @@ class FaceDetector:
 
     def __init__(self, model_path: Path, score_threshold: float = 0.5, max_faces: int = 8, min_face_px: int = 40,
                  tiles: int = 1, tile_overlap: float = 0.25):
-        from mediapipe.tasks.python import BaseOptions, vision
+        BaseOptions, vision = mediapipe_vision()
 
         if not Path(model_path).is_file():
             raise FileNotFoundError(f"face detector model {model_path} is missing; run "
