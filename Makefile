@@ -26,8 +26,8 @@ build-deps:
 	fi
 
 # What the tests talk to or run: mosquitto (the real broker, mosquitto_passwd), openssl (test certificates),
-# shellcheck and systemd-analyze (the deploy checks).
-TEST_PACKAGES := mosquitto openssl shellcheck systemd
+# shellcheck and systemd-analyze (the deploy checks), faketime (libfaketime: the daemon's wall clock steps).
+TEST_PACKAGES := mosquitto openssl shellcheck systemd faketime
 system-deps:
 	@missing=$$(for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -13,10 +13,9 @@ class FacesConfig(Section):
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_faces: int = Field(default=8, ge=1, le=64)
     min_face_px: int = Field(default=40, ge=8, le=4096, description="smaller faces are ignored (too few pixels to read)")
-    detect_every: int = Field(default=3, ge=1, le=30, description="while faces are in view, run the face detector "
-                              "on every Nth frame and follow them (optical flow) in between; a lost or fast-moving "
-                              "face is detected again at once, and a frame without faces always is. 1: detect on "
-                              "every frame")
+    detect_every: int = Field(default=3, ge=1, le=30, description="run the face detector on every Nth frame and "
+                              "follow the faces (optical flow) in between; a lost or fast-moving face is detected "
+                              "again at once. 1: detect on every frame")
     tiles: int = Field(default=1, ge=1, le=4, description="1: whole frame; N: also an NxN grid of overlapping "
                        "tiles, for small faces far from the camera (store-camera); costs N*N+1 detector runs")
     margin: float | None = Field(default=None, ge=0.0, le=1.0, description="crop margin around the box, per side; "

@@ -4,9 +4,12 @@ BlazeFace costs a few ms a frame, most of a tick's vision work; a face in front 
 between frames. ``FaceFollower`` runs the detector every ``every`` frames and, in between, moves each face's box
 by the median optical flow (pyramidal Lucas-Kanade) of a grid of points inside it, on a half-size gray frame. It
 detects again at once, on the same frame, when a face is lost (too few of its points followed), when one moves
-more than ``max_move`` of its side since the last frame. A scene without faces is detected on every frame (the
-first face is found at once; the busy scene is the one the budget is for), and a newcomer beside followed faces
-at the next scheduled detection, within ``every`` frames. The boxes it returns are the detector's, shifted.
+more than ``max_move`` of its side since the last frame. A newcomer is found at the next scheduled detection,
+within ``every`` frames, and a scene without faces is looked at every ``every`` frames too. (Detecting every
+frame while the scene is empty finds a first face sooner, but measured against detecting every frame it counts
+more faces: a followed face stays seen through the frames where the detector would have lost it, and no frame
+of a newcomer's is missed to balance that; benchmarks/results/face_following.md.) The boxes it returns are the
+detector's, shifted.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ class FaceFollower:
                             cv2.COLOR_BGR2GRAY)
         watch.lap("pre")
         moved = None
-        if self._boxes and self._since < self.every - 1 and self._gray is not None and self._gray.shape == gray.shape:
-            moved = self._follow(self._gray, gray)
+        if self._since < self.every - 1 and self._gray is not None and self._gray.shape == gray.shape:
+            moved = self._follow(self._gray, gray) if self._boxes else ()
         self._gray = gray
         if moved is None:
             found = self.detector(frame_bgr)
