@@ -171,7 +171,7 @@ class MqttPublisher:
             self._stalled = True
             self.counters["stalls"] += 1
             problem = (f"{len(self.delivery.inflight)} events sent to the broker unacknowledged for {waited:.0f} s "
-                       f"(2 keepalives); they stay in the outbox")
+                       f"(the limit: {self.stall_after_s:g} s, 2 keepalives); they stay in the outbox")
             log.error("MQTT: delivery stalled: %s; check the broker (its queue or storage may be full)", problem)
             self.control.report("delivery_stalled", problem)
         elif self._stalled and waited <= self.stall_after_s:
