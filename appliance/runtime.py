@@ -32,6 +32,10 @@ class RuntimeConfig(Section):
     trt_max_batch: int = Field(default=16, ge=1, le=1024, description="largest batch TensorRT engines are built for; "
                                "faces.max_faces must not exceed it")
     intra_op_threads: int = Field(default=1, ge=0, le=256, description="0 = ONNX Runtime's default")
+    mem_pattern: bool = Field(default=False, description="ONNX Runtime's memory pattern: it keeps a plan of each "
+                              "session's buffers for the shapes it saw, for every thread that runs it; off, the "
+                              "daemon holds ~25 MB less at 30 Hz x 4 faces for ~1 ms more at p99 "
+                              "(README 'Benchmarks')")
     cpu_mem_arena: bool = Field(default=False, description="ONNX Runtime's CPU memory arena: it keeps the peak of "
                                 "every buffer it ever allocated; off, buffers go back to the allocator "
                                 "(benchmarks/results/runtime_arena.md)")
@@ -207,6 +211,7 @@ def _default_session_factory(path: str, providers: Sequence, cfg: RuntimeConfig)
     # The loop runs one inference at a time; inter-op parallelism only adds wake-ups.
     options.inter_op_num_threads = 1
     options.enable_cpu_mem_arena = cfg.cpu_mem_arena
+    options.enable_mem_pattern = cfg.mem_pattern
     options.log_severity_level = 3
     return ort.InferenceSession(path, sess_options=options, providers=list(providers))
 

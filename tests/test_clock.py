@@ -96,7 +96,7 @@ def test_clock_steps_forward_and_back_lose_nothing_and_stamps_follow_the_clock(t
     # Stamps: 10 days back before the first step, the real time between the steps, 30 min back after the second.
     before = [e for e in events if e["seq"] <= 3]
     assert all(abs(stamp(e) - (forward_at - 864000)) < 60 for e in before), [e.get("window_end") for e in before]
-    between = [e for e in events if forward_at + 1.5 < stamp(e) < back_at - 0.5]
+    between = [e for e in events if forward_at - 1 < stamp(e) < back_at + 1]   # the others are days or 30 min off
     after = [e for e in events if e["seq"] > backlog + 3]
     assert between and after, (len(between), len(after))
     assert all(abs(stamp(e) - (time.time() - 1800)) < 60 for e in after)
