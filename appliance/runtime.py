@@ -3,7 +3,8 @@
 Order of preference: TensorRT EP ▶ CUDA EP ▶ CPU EP, restricted to what this ONNX Runtime build offers and what the
 config allows. The precision is chosen per provider: under ``precision="auto"`` the manifest's
 ``provider_precision`` (measured by the benchmarks) decides, e.g. the INT8 QDQ file for TensorRT and FP32 on a
-small CPU where INT8 is slower. Whatever is picked, the session is checked afterwards: ONNX Runtime silently falls
+small CPU where INT8 is slower; where it says INT8 on the CPU, both files are timed once on the machine itself and
+FP32 wins where it is faster there (``measured_cpu_precision``). Whatever is picked, the session is checked afterwards: ONNX Runtime silently falls
 back to the CPU when a GPU provider fails to initialise (e.g. onnxruntime-gpu without CUDA), so the plan is only
 reported as taken when the session really runs on it; otherwise the next candidate is built.
 """
@@ -11,6 +12,7 @@ reported as taken when the session really runs on it; otherwise the next candida
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -32,6 +34,11 @@ class RuntimeConfig(Section):
     trt_max_batch: int = Field(default=16, ge=1, le=1024, description="largest batch TensorRT engines are built for; "
                                "faces.max_faces must not exceed it")
     intra_op_threads: int = Field(default=1, ge=0, le=256, description="0 = ONNX Runtime's default")
+    measure_cache: FilePath | None = Field(
+        default=Path("~/.cache/appliance/cpu-precision.json"),
+        description="where precision=auto keeps what it measured on this machine: a model the manifest runs in INT8 "
+        "on the CPU gets FP32 where FP32 measured faster here (once per model file, CPU, ONNX Runtime version and "
+        "thread count); unset: the manifest's choice, unmeasured")
     mem_pattern: bool = Field(default=False, description="ONNX Runtime's memory pattern: it keeps a plan of each "
                               "session's buffers for the shapes it saw, for every thread that runs it; off, the "
                               "daemon holds ~25 MB less at 30 Hz x 4 faces for ~1 ms more at p99 "
@@ -219,12 +226,89 @@ def _default_session_factory(path: str, providers: Sequence, cfg: RuntimeConfig)
 SessionFactory = Callable[[str, Sequence, RuntimeConfig], Any]
 
 
+MEASURE_RUNS = 40
+MEASURE_MARGIN = 0.10       # FP32 must be this much faster to overrule the manifest's INT8
+
+
+def measured_cpu_precision(manifest: ModelManifest, cfg: RuntimeConfig, factory: SessionFactory,
+                           batch: int = 1) -> tuple[str, str] | None:
+    """INT8 or FP32 for a model the manifest runs in INT8 on the CPU, by timing both files here at the loop's batch:
+    (precision, reason), or None where nothing is to be measured. INT8 QDQ is faster than FP32 on some CPUs and
+    slower on others (the instruction set decides), so the manifest's preference is checked on the machine that
+    runs it, once: the result is kept in ``cfg.measure_cache`` under the files' sha256, the CPU, ONNX Runtime's
+    version and the thread count."""
+    import json
+    import platform
+
+    import numpy as np
+    import onnxruntime as ort
+
+    if cfg.measure_cache is None or manifest.provider_precision.get("cpu", DEFAULT_PREFERENCE["cpu"]) != "int8" \
+            or not {"fp32", "int8"} <= set(manifest.precisions()) or not manifest.input_shape:
+        return None
+    cache = Path(cfg.measure_cache).expanduser()
+    key = "|".join([manifest.name, manifest.variant("fp32").sha256[:16], manifest.variant("int8").sha256[:16],
+                    _cpu_name() or platform.machine(), ort.__version__, str(cfg.intra_op_threads), str(batch)])
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if not isinstance(entry, dict) or not {"int8_ms", "fp32_ms"} <= set(entry):
+        x = np.zeros((batch, *manifest.input_shape), np.float32)
+        entry = {}
+        for precision in ("int8", "fp32"):
+            path = verify_variant(manifest, manifest.variant(precision))
+            session = factory(str(path), (ORT_NAMES["cpu"],), cfg)
+            feed = {manifest.input_name or session.get_inputs()[0].name: x}
+            for _ in range(5):
+                session.run(None, feed)
+            times = []
+            for _ in range(MEASURE_RUNS):
+                t0 = time.perf_counter()
+                session.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            entry[f"{precision}_ms"] = round(1000 * float(np.median(times)), 4)
+        known[key] = entry
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + ".tmp")
+            tmp.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+            tmp.replace(cache)
+        except OSError as e:
+            log.warning("%s: cannot keep the measured precision in %s (%s); it is measured again next start",
+                        manifest.name, cache, e.strerror or e)
+    int8, fp32 = entry["int8_ms"], entry["fp32_ms"]
+    figures = f"INT8 {int8:.3f} ms, FP32 {fp32:.3f} ms at batch {batch} on this CPU"
+    if fp32 < int8 * (1 - MEASURE_MARGIN):
+        return "fp32", f"auto: FP32 measured faster than the manifest's INT8 ({figures})"
+    return "int8", f"auto: manifest prefers int8 on cpu, and measured so ({figures})"
+
+
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def open_session(manifest: ModelManifest, cfg: RuntimeConfig, available: Sequence[str] | None = None,
-                 factory: SessionFactory = _default_session_factory, trt_env: TrtEnvironment | None = None):
-    """Build the best session that really runs where planned. Returns (session, RuntimeReport)."""
+                 factory: SessionFactory = _default_session_factory, trt_env: TrtEnvironment | None = None,
+                 batch: int = 1):
+    """Build the best session that really runs where planned. Returns (session, RuntimeReport). ``batch``: the batch
+    the loop runs it at, for ``measured_cpu_precision``."""
     available = available_providers() if available is None else list(available)
     skipped: list[str] = []
-    for plan in plan_sessions(manifest, available, cfg, trt_env):
+    plans = plan_sessions(manifest, available, cfg, trt_env)
+    if plans[0].provider == "cpu" and cfg.precision == "auto":
+        measured = measured_cpu_precision(manifest, cfg, factory, batch)
+        if measured is not None:
+            precision, reason = measured
+            plans[0] = SessionPlan("cpu", precision, precision, plans[0].ort_providers, reason)
+    for plan in plans:
         if plan.provider == "tensorrt":
             Path(plan.ort_providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         variant = manifest.variant(plan.variant)

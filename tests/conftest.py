@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("APPLIANCE_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
 DEMO = ROOT / "appliance" / "demo" / "short_hamilton_clip.mp4"
 SCHEMAS = ROOT / "appliance" / "schemas"
+SHARED_MEASURE_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"appliance-tests-{os.getuid()}" / "cpu-precision.json"
 
 
 def free_port() -> int:
@@ -149,7 +150,9 @@ def appliance_env(tmp_path: Path, **extra: str) -> dict:
     """An isolated environment: its own HOME and state dir, quick windows, no system config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env.update(HOME=str(tmp_path / "home"), APPLIANCE_STATE__DIR=str(tmp_path / "state"),
-               APPLIANCE_CONFIG=str(tmp_path / "none.toml"), PYTHONUNBUFFERED="1")
+               APPLIANCE_CONFIG=str(tmp_path / "none.toml"), PYTHONUNBUFFERED="1",
+               # What precision=auto measured, shared by every daemon of the run: measured once, not per test.
+               APPLIANCE_RUNTIME__MEASURE_CACHE=str(SHARED_MEASURE_CACHE))
     (tmp_path / "home").mkdir(exist_ok=True)
     (tmp_path / "none.toml").write_text("")
     env.update(extra)

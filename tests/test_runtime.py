@@ -174,3 +174,37 @@ def test_engine_cache_is_keyed_by_file_tensorrt_and_gpu(tmp_path):
     assert base != engine_cache_dir(tmp_path, MANIFEST, fp32, ORIN)
     assert base != engine_cache_dir(tmp_path, MANIFEST, int8, TrtEnvironment("10.7.0", ORIN.gpu))
     assert base != engine_cache_dir(tmp_path, MANIFEST, int8, TrtEnvironment("10.3.0", "NVIDIA-Jetson-AGX-Orin"))
+
+
+# ------------------------------------------------------------------------------ INT8 or FP32, measured on this CPU
+def test_int8_on_the_cpu_is_measured_once_per_machine_and_fp32_wins_where_it_is_faster(tmp_path):
+    import json
+
+    from appliance.runtime import _default_session_factory
+
+    manifest = load_manifest(default_models_dir() / "onnx" / "ferplus_cnn")
+    assert manifest.provider_precision.get("cpu") == "int8"
+    cache = tmp_path / "cpu-precision.json"
+    cfg = RuntimeConfig(providers=["cpu"], measure_cache=cache)
+    built = []
+
+    def factory(path, providers, cfg):
+        built.append(path.rsplit("/", 1)[1])
+        return _default_session_factory(path, providers, cfg)
+
+    _, report = open_session(manifest, cfg, factory=factory, batch=4)
+    assert built == ["int8.onnx", "fp32.onnx", "int8.onnx"]          # both timed, then the session itself
+    (key, entry), = json.loads(cache.read_text()).items()
+    assert key.startswith("ferplus_cnn|") and entry["int8_ms"] > 0 and entry["fp32_ms"] > 0
+    assert report.precision == ("fp32" if entry["fp32_ms"] < 0.9 * entry["int8_ms"] else "int8")
+    built.clear()
+    open_session(manifest, cfg, factory=factory, batch=4)
+    assert built == [report.file], "the second start reads what the first measured"
+    # A CPU where INT8 QDQ is slower (the figures as the cache would hold them): FP32, and the reason says why.
+    cache.write_text(json.dumps({key: {"int8_ms": 5.0, "fp32_ms": 2.0}}))
+    _, slow_int8 = open_session(manifest, cfg, batch=4)
+    assert (slow_int8.precision, slow_int8.file) == ("fp32", "fp32.onnx")
+    # Asked for, or unmeasured: the config and the manifest decide, as before.
+    assert open_session(manifest, RuntimeConfig(providers=["cpu"], measure_cache=None))[1].precision == "int8"
+    assert open_session(manifest, RuntimeConfig(providers=["cpu"], measure_cache=cache, precision="int8"),
+                        batch=4)[1].precision == "int8"
