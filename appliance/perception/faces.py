@@ -79,8 +79,15 @@ class FaceDetector:
         self.tiles = tiles
         self.tile_overlap = tile_overlap
         self.times = StageTimes()
+        self._sizes_seen: set[tuple[int, int]] = set()
 
     def __call__(self, frame_bgr: np.ndarray) -> Detections:
+        if frame_bgr.shape[:2] not in self._sizes_seen:
+            # LiteRT prints to fd 2 at the first inference on a new input size (an alignment warning, once per
+            # process): the first frame of each size goes through the redirect, the rest do not pay for it.
+            self._sizes_seen.add(frame_bgr.shape[:2])
+            with native_output_to(log):
+                return self.detect(frame_bgr)
         return self.detect(frame_bgr)
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
