@@ -226,6 +226,18 @@ def _default_session_factory(path: str, providers: Sequence, cfg: RuntimeConfig)
 SessionFactory = Callable[[str, Sequence, RuntimeConfig], Any]
 
 
+def timed_runs(session, feed: dict, runs: int, warm_up: int = 10) -> list[float]:
+    """Seconds of each of ``runs`` calls, after ``warm_up`` untimed ones."""
+    for _ in range(warm_up):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 MEASURE_RUNS = 40
 MEASURE_MARGIN = 0.10       # FP32 must be this much faster to overrule the manifest's INT8
 
@@ -261,13 +273,7 @@ def measured_cpu_precision(manifest: ModelManifest, cfg: RuntimeConfig, factory:
             path = verify_variant(manifest, manifest.variant(precision))
             session = factory(str(path), (ORT_NAMES["cpu"],), cfg)
             feed = {manifest.input_name or session.get_inputs()[0].name: x}
-            for _ in range(5):
-                session.run(None, feed)
-            times = []
-            for _ in range(MEASURE_RUNS):
-                t0 = time.perf_counter()
-                session.run(None, feed)
-                times.append(time.perf_counter() - t0)
+            times = timed_runs(session, feed, MEASURE_RUNS, warm_up=5)
             entry[f"{precision}_ms"] = round(1000 * float(np.median(times)), 4)
         known[key] = entry
         try:

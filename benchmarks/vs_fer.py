@@ -26,6 +26,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "appliance" / "demo" / "short_hamilton_clip.mp4"
 WARM_UP = 10
 
+# The child's frame loop, the same for both: the demo's frames read first, then each timed after WARM_UP.
+TIMED = r"""
+cap = cv2.VideoCapture(sys.argv[2])
+frames = []
+while True:
+    ok, frame = cap.read()
+    if not ok:
+        break
+    frames.append(frame)
+times, faces = [], 0
+for i, frame in enumerate(frames):
+    t0 = time.perf_counter()
+    found = classify(frame)
+    if i >= %(warm)d:
+        times.append(time.perf_counter() - t0)
+        faces += found
+result = {"ms_per_frame": 1000 * sum(times) / len(times), "frames": len(times), "faces": faces}
+""" % {"warm": WARM_UP}
+
 OURS = r"""
 import json, sys, time
 threads = int(sys.argv[1])
@@ -39,24 +58,12 @@ from appliance.perception.follow import FaceFollower
 cfg = load_config(None, env={"APPLIANCE_RUNTIME__INTRA_OP_THREADS": str(threads)})
 detector = FaceFollower(make_face_detector(cfg), cfg.faces.detect_every)
 expression = ExpressionModel(load_manifest(cfg.models.dir / "onnx" / cfg.expression.model), cfg.runtime)
-cap = cv2.VideoCapture(sys.argv[2])
-frames = []
-while True:
-    ok, frame = cap.read()
-    if not ok:
-        break
-    frames.append(frame)
-times, faces = [], 0
-for i, frame in enumerate(frames):
-    t0 = time.perf_counter()
+def classify(frame):
     boxes = detector(frame).boxes
-    probs = expression(expression.crop(frame, boxes)).probabilities
-    if i >= %(warm)d:
-        times.append(time.perf_counter() - t0)
-        faces += len(probs)
-print(json.dumps({"ms_per_frame": 1000 * sum(times) / len(times), "frames": len(times), "faces": faces,
-                  "detections": detector.detections, "precision": expression.report.precision}))
-""" % {"warm": WARM_UP}
+    return len(expression(expression.crop(frame, boxes)).probabilities)
+""" + TIMED + r"""
+print(json.dumps(result | {"detections": detector.detections, "precision": expression.report.precision}))
+"""
 
 FER = r"""
 import json, os, sys, time
@@ -69,24 +76,11 @@ tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from fer import FER
 detector = FER(mtcnn=False)
-cap = cv2.VideoCapture(sys.argv[2])
-frames = []
-while True:
-    ok, frame = cap.read()
-    if not ok:
-        break
-    frames.append(frame)
-times, faces = [], 0
-for i, frame in enumerate(frames):
-    t0 = time.perf_counter()
-    found = detector.detect_emotions(frame)
-    if i >= %(warm)d:
-        times.append(time.perf_counter() - t0)
-        faces += len(found)
-import fer
-print(json.dumps({"ms_per_frame": 1000 * sum(times) / len(times), "frames": len(times), "faces": faces,
-                  "version": fer.__version__ if hasattr(fer, "__version__") else "22.5.1"}))
-""" % {"warm": WARM_UP}
+def classify(frame):
+    return len(detector.detect_emotions(frame))
+""" + TIMED + r"""
+print(json.dumps(result))
+"""
 
 
 def run(python: str, code: str, threads: int) -> dict:

@@ -51,7 +51,8 @@ def clock_state() -> str:
 
 
 class WallClock:
-    """Wall time for the loop's stamps. ``run_time(mono)`` never jumps (the start's wall clock plus the monotonic
+    """Wall time for stamps: the loop's windows and alerts, and the outbox's wall stamps, which follow its steps.
+    ``run_time(mono)`` never jumps (the start's wall clock plus the monotonic
     clock: windows and alerts measure spans in it); ``offset`` is what the system clock has stepped since, and
     ``check`` follows a step as soon as the loop sees it."""
 

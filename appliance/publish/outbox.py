@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from appliance.host.clock import boot_clock, boot_id
+from appliance.host.clock import WallClock, boot_clock, boot_id
 from appliance.publish.config import OutboxConfig
 from appliance.publish.outbox_db import (OutboxError, cannot_open, claim_device, damaged_meta, delete_older_than,
                                          drop_oldest, open_database, read_meta, rebase, write_meta)
 from appliance.publish.seq_file import SeqFile, SeqFileError, check_seq, reconcile
 
 log = logging.getLogger(__name__)
-
-WALL_STEP_S = 1.0
 
 
 
@@ -90,7 +88,8 @@ class Outbox:
             rebased = rebase(self._db, self.boot, self.clock(), self.wall())
             if rebased:
                 log.info("outbox: %d events from an earlier boot aged by the wall clock", rebased)
-            self._wall_offset = self.wall() - self.clock()
+            self._wall_steps = WallClock(wall=self.wall)     # the wall clock's steps, as the loop sees them
+            self._wall_steps.start(self.clock())
             if device_id is not None:
                 claim_device(self._db, device_id, self._depth, self.path, self.seq_file, self._last_seq)
         except sqlite3.DatabaseError as e:
@@ -174,14 +173,12 @@ class Outbox:
         """The boot clock now; where the wall clock stepped since the last look, this boot's wall stamps (kept for
         a reboot) move with it, so a step by NTP cannot age them wrongly after a reboot."""
         now = self.clock()
-        offset = self.wall() - now
-        step = offset - self._wall_offset
-        if abs(step) > WALL_STEP_S:
+        step = self._wall_steps.check(now)
+        if step is not None:
             shifted = self._db.execute("UPDATE events SET created = created + ? WHERE boot = ?",
                                        (step, self.boot)).rowcount
             log.info("outbox: the wall clock stepped %+.1f s; the stamps of %d waiting events follow it", step,
                      shifted)
-            self._wall_offset = offset
         return now
 
     def _expire_locked(self) -> None:

@@ -54,15 +54,18 @@ def cannot_open(error: sqlite3.DatabaseError, path: Path, seq_path: Path, kept: 
     if "full" in str(error):
         return OutboxError(f"outbox {path} cannot be opened: the disk is full ({error}); free space on "
                            f"{path.parent} (df -h {path.parent}) and start again")
-    return OutboxError(f"outbox {path} cannot be opened ({error}); if it is damaged, move it aside (the events in it "
-                       f"are then lost; seq continues from {seq_path}, "
-                       + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)"))
+    return OutboxError(f"outbox {path} cannot be opened ({error}); if it is damaged, move it aside "
+                       + _after_moving_aside(seq_path, kept))
+
+
+def _after_moving_aside(seq_path: Path, kept: int | None) -> str:
+    return (f"(the events in it are then lost; seq continues from {seq_path}, "
+            + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)"))
 
 
 def damaged_meta(path: Path, key: str, seq_path: Path, kept: int | None) -> str:
     return (f"outbox {path}: its meta value {key!r} is damaged (not a number); move the file aside to start a new "
-            f"outbox (the events in it are then lost; seq continues from {seq_path}, "
-            + (f"which says {kept})" if kept else "which is missing: seq would restart at 1)"))
+            "outbox " + _after_moving_aside(seq_path, kept))
 
 
 def read_meta(db: sqlite3.Connection, key: str, default: Any, kind: Callable[[Any], Any] = int) -> Any:

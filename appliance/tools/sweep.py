@@ -3,14 +3,13 @@ call takes. ``appliance bench --matrix`` and ``benchmarks/runtime_precisions.py`
 
 from __future__ import annotations
 
-import time
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from appliance.daemon.loop import percentiles
 from appliance.manifest import ModelManifest
-from appliance.runtime import SHORT_NAMES, SUPPORTED, available_providers
+from appliance.runtime import SHORT_NAMES, SUPPORTED, available_providers, timed_runs
 
 
 def usable_providers(preferred: Sequence[str]) -> list[str]:
@@ -36,11 +35,4 @@ def random_feed(session, batch: int, shape: tuple | None = None) -> dict:
 
 def time_calls(session, feed: dict, runs: int, warm_up: int = 10) -> dict:
     """Percentiles (ms) of ``runs`` calls after ``warm_up`` untimed ones."""
-    for _ in range(warm_up):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return percentiles(times)
+    return percentiles(timed_runs(session, feed, runs, warm_up))
