@@ -8,7 +8,8 @@ DATA ?= ../shared/data
 ARGS ?= --duration 35
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build-deps system-deps run test test-slow eval models bench clean
+.PHONY: setup build-deps system-deps run test test-slow eval models bench clean dashboard dashboard-deps \
+	browser-deps test-dashboard
 
 $(STAMP): pyproject.toml | build-deps
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,32 @@ run: setup
 ## The default test run (a few minutes on 2 cores); dataset tests skip with a reason when $(DATA) is absent.
 test: setup system-deps
 	APPLIANCE_TEST_DATA=$(DATA) $(BIN)/pytest -q
+
+## The fleet dashboard (Node-RED + FlowFuse Dashboard 2.0) on http://127.0.0.1:$(DASHBOARD_PORT)/dashboard, reading
+## the units on $(BROKER) (default: the demo's embedded broker of `make run`). Settings: deploy/dashboard/settings.js.
+BROKER ?= mqtt://127.0.0.1:1883
+DASHBOARD_PORT ?= 1880
+DASHBOARD := deploy/dashboard
+DASHBOARD_STAMP := $(DASHBOARD)/node_modules/.installed
+$(DASHBOARD_STAMP): $(DASHBOARD)/package.json $(DASHBOARD)/package-lock.json
+	cd $(DASHBOARD) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+dashboard-deps: $(DASHBOARD_STAMP)
+dashboard: dashboard-deps
+	mkdir -p .dashboard
+	BROKER=$(BROKER) DASHBOARD_PORT=$(DASHBOARD_PORT) $(DASHBOARD)/run
+
+# Debian's Chromium for the browser test, driven by Playwright (no browser download).
+browser-deps:
+	@if ! dpkg -s chromium >/dev/null 2>&1; then \
+		echo "installing chromium (apt)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	$(BIN)/pip install --quiet -e '.[test,browser]'
+
+## The dashboard in a real browser against mosquitto and two real daemons (about a minute once installed).
+test-dashboard: setup system-deps dashboard-deps browser-deps
+	$(BIN)/pytest -q -m dashboard
 
 ## Dataset-wide acceptance checks (marked slow), e.g. the voice model's targets on the validation speakers.
 test-slow: setup system-deps

@@ -260,3 +260,15 @@ def test_doctor_checks_the_cpu_latency_request_when_configured(tmp_path):
         assert line.startswith("[ok  ]") and "held to 0 us" in line
     else:
         assert line.startswith("[FAIL]") and "udev rule" in proc.stdout
+
+
+def test_dashboard_flow_is_what_its_builder_writes():
+    """flows.json is generated (deploy/dashboard/build_flow.py holds its templates and code readably)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_flow", ROOT / "deploy" / "dashboard" / "build_flow.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    for name, text in builder.render().items():
+        assert (ROOT / "deploy" / "dashboard" / name).read_text() == text, \
+            f"deploy/dashboard/{name} is stale: run python deploy/dashboard/build_flow.py"

@@ -23,6 +23,8 @@ def eval_faces(
     model: Optional[str] = typer.Option(None, "--model", help="model folder name under models/onnx, or a path "
                                         "to a model folder or .onnx file with its manifest.json beside it"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | int8 (default: runtime's choice)"),
+    crop_scale: float = typer.Option(1.0, "--crop-scale", help="re-frame each face S times as wide about its "
+                                     "centre (S < 1 tighter, S > 1 looser, border pixels repeated), 0.5-2"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
     png: Optional[Path] = typer.Option(None, "--png", help="write the confusion matrix as PNG"),
     config: Optional[Path] = ConfigOpt,
@@ -33,13 +35,16 @@ def eval_faces(
 
     if labels not in ("folder", "ferplus"):
         raise UserError(f"--labels {labels!r}: use 'folder' or 'ferplus'")
+    if not 0.5 <= crop_scale <= 2.0:
+        raise UserError(f"--crop-scale {crop_scale:g}: use a scale from 0.5 (half the face) to 2 (twice as wide)")
     cfg = load(config, **{"runtime.precision": precision})
     setup_logging("WARNING")
     manifest = model_manifest(model or cfg.expression.model, cfg)
     expression = ExpressionModel(manifest, cfg.runtime)
     progress = stderr_progress("evaluating")
-    report = (evaluate_ferplus(directory, expression, split, progress=progress) if labels == "ferplus"
-              else evaluate_faces(directory, expression, progress=progress))
+    report = (evaluate_ferplus(directory, expression, split, progress=progress, crop_scale=crop_scale)
+              if labels == "ferplus" else evaluate_faces(directory, expression, progress=progress,
+                                                          crop_scale=crop_scale))
     print(report.table())
     write_outputs(report.as_dict(), json_out, report, png)
 

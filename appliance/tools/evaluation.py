@@ -48,6 +48,22 @@ def load_gray(path: Path, size: tuple[int, int]) -> np.ndarray:
     return image
 
 
+def reframe(image: np.ndarray, scale: float) -> np.ndarray:
+    """The same face framed ``scale`` times as wide about its centre, at the same size: below 1 a tighter crop
+    (part of the face cut off, the rest enlarged), above 1 a looser one, the border pixels repeated where the
+    image ends (a FER2013 face has nothing around it)."""
+    import cv2
+
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # Maps output pixels to input pixels: a side of `scale` x the input shown on the output's side.
+    m = np.array([[scale, 0.0, cx - scale * cx], [0.0, scale, cy - scale * cy]])
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def stderr_progress(label: str) -> Callable[[int, int], None]:
     last = [0.0]
 
@@ -61,12 +77,14 @@ def stderr_progress(label: str) -> Callable[[int, int], None]:
     return report
 
 
-def evaluate_faces(root: Path, model, batch: int = 256,
-                   progress: Callable[[int, int], None] | None = None) -> EvalReport:
-    """Run an ExpressionModel over a labelled face folder (faces already cropped, as FER2013 ships them)."""
+def evaluate_faces(root: Path, model, batch: int = 256, progress: Callable[[int, int], None] | None = None,
+                   crop_scale: float = 1.0) -> EvalReport:
+    """Run an ExpressionModel over a labelled face folder (faces already cropped, as FER2013 ships them), each
+    re-framed by ``crop_scale`` (``reframe``)."""
     items = list_face_folder(root, model.labels)
     y_true = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
-    return _face_report(model, [path for path, _ in items], y_true, str(root), "folder names", batch, progress)
+    return _face_report(model, [path for path, _ in items], y_true, str(root), "folder names", batch, progress,
+                        crop_scale)
 
 
 def list_ferplus_index(index: Path, labels: Sequence[str], split: str) -> tuple[list[Path], np.ndarray, dict]:
@@ -90,12 +108,13 @@ def list_ferplus_index(index: Path, labels: Sequence[str], split: str) -> tuple[
 
 
 def evaluate_ferplus(index: Path, model, split: str = "public_test", batch: int = 256,
-                     progress: Callable[[int, int], None] | None = None) -> EvalReport:
+                     progress: Callable[[int, int], None] | None = None, crop_scale: float = 1.0) -> EvalReport:
     """The expression model against the FER+ crowd majority (10 voters per face), and the same predictions
     against FER2013's single label, on one split of a FER+ index. Faces whose majority is not one of the model's
     labels (contempt, unknown, not a face, a tie) are left out and counted."""
     paths, y_true, extra = list_ferplus_index(index, model.labels, split)
-    report = _face_report(model, paths, y_true, f"{index} split={split}", "FER+ crowd majority", batch, progress)
+    report = _face_report(model, paths, y_true, f"{index} split={split}", "FER+ crowd majority", batch, progress,
+                          crop_scale)
     fer2013 = extra["fer2013"]
     agree = fer2013 >= 0
     report.also = {"fer2013_label_accuracy": round(float((report.predictions[agree] == fer2013[agree]).mean()), 4),
@@ -104,12 +123,12 @@ def evaluate_ferplus(index: Path, model, split: str = "public_test", batch: int 
 
 
 def _face_report(model, paths: list[Path], y_true: np.ndarray, dataset: str, label_set: str, batch: int,
-                 progress: Callable[[int, int], None] | None) -> EvalReport:
+                 progress: Callable[[int, int], None] | None, crop_scale: float = 1.0) -> EvalReport:
     started = time.perf_counter()
     raw = np.empty((len(paths), len(model.labels)), dtype=np.float32)
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
-        crops = np.stack([load_gray(path, model.size) for path in chunk])
+        crops = np.stack([reframe(load_gray(path, model.size), crop_scale) for path in chunk])
         raw[start:start + len(chunk)] = model.classify(crops, calibrated=False).probabilities
         if progress:
             progress(start + len(chunk), len(paths))
@@ -117,6 +136,8 @@ def _face_report(model, paths: list[Path], y_true: np.ndarray, dataset: str, lab
     y_pred = probs.argmax(axis=1)
     m = classification_metrics(y_true, y_pred, model.labels)
     report = model.runtime_report
+    if crop_scale != 1.0:
+        dataset += f" crop-scale={crop_scale:g}"
     return EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
                       dataset=dataset, labels=list(model.labels), n=m["n"], accuracy=round(m["accuracy"], 4),
                       macro_f1=round(m["macro_f1"], 4), per_class=m["per_class"], confusion=m["confusion"],

@@ -227,8 +227,38 @@ def choose_graph(members: list, d: dict, sel_idx: np.ndarray, setting: str, say)
 
 # -------------------------------------------------------------------------------------------------------- augmentation
 
-def augment(images, gen, device):
-    """(B, 1, 48, 48) float in [-1, 1] -> the same, warped and degraded the way a live BlazeFace crop can be."""
+# Where the mouth and chin lie in a FER2013 crop (rows and columns of the 48 px face, roughly aligned by FER2013).
+LOWER_FACE = (29, 48, 9, 39)
+# Crop scales the "framing" augmentation draws from (log-uniform), for half of the faces: tighter than a posed lab
+# crop, looser than a BlazeFace box with its margin; the other half keeps the live-crop jitter.
+FRAMING_SCALES = (0.72, 1.4)
+
+
+def swap_lower_faces(x, majority, gen, device, share: float):
+    """Replace the mouth and chin of ``share`` of the faces with those of another face in the batch whose crowd
+    majority differs, keeping each face's own target: an open mouth (talking, teeth showing) must not decide the
+    label. The pasted region is brightness-matched and feathered at its top edge. x: (B, 1, 48, 48) in [-1, 1]."""
+    import torch
+
+    b = x.shape[0]
+    donor = torch.randperm(b, generator=gen, device=device)
+    swap = (torch.rand(b, generator=gen, device=device) < share) & (majority[donor] != majority)
+    if not swap.any():
+        return x
+    r0, r1, c0, c1 = LOWER_FACE
+    rows = torch.arange(r0, r1, device=device, dtype=torch.float32)
+    alpha = ((rows - r0 + 1) / 5).clamp(max=1.0).view(1, 1, -1, 1)       # a 5-row fade into the donor's mouth
+    target, source = x[swap, :, r0:r1, c0:c1], x[donor[swap], :, r0:r1, c0:c1]
+    source = source - source.mean(dim=(1, 2, 3), keepdim=True) + target.mean(dim=(1, 2, 3), keepdim=True)
+    x = x.clone()
+    x[swap, :, r0:r1, c0:c1] = (alpha * source + (1 - alpha) * target).clamp(-1, 1)
+    return x
+
+
+def augment(images, gen, device, framing: bool = False):
+    """(B, 1, 48, 48) float in [-1, 1] -> the same, warped and degraded the way a live BlazeFace crop can be.
+    ``framing``: half the faces get a crop scale drawn from FRAMING_SCALES and an aspect change, and a tenth have
+    their lower face covered (a scarf, a hand over the mouth)."""
     import torch
     import torch.nn.functional as F
 
@@ -241,11 +271,17 @@ def augment(images, gen, device):
         return torch.rand(b, generator=gen, device=device) * (hi - lo) + lo
 
     scale = torch.exp(normal(0.10).clamp(-0.25, 0.25))
+    aspect = torch.ones(b, device=device)
+    if framing:
+        wide = torch.rand(b, generator=gen, device=device) < 0.5
+        scale = torch.where(wide, torch.exp(uniform(*map(math.log, FRAMING_SCALES))), scale)
+        aspect = torch.exp(normal(0.07).clamp(-0.2, 0.2))
     angle = normal(math.radians(8)).clamp(-0.45, 0.45)
     flip = torch.where(torch.rand(b, generator=gen, device=device) < 0.5, -1.0, 1.0)
     tx, ty = normal(0.08).clamp(-0.2, 0.2), normal(0.08).clamp(-0.2, 0.2)   # in [-1, 1] units: std 4% of the side
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    theta = torch.stack([torch.stack([cos * flip * aspect, -sin, tx], 1),
+                         torch.stack([sin * flip * aspect, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, images.shape, align_corners=False)
     x = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # Camera: low resolution (a far face enlarged to 48 px), then light and contrast.
@@ -264,6 +300,11 @@ def augment(images, gen, device):
         h, w = (int(v) for v in torch.randint(8, 20, (2,), generator=gen, device=device))
         y0, x0 = (int(v) for v in torch.randint(0, SIZE - 8, (2,), generator=gen, device=device))
         x[i, :, y0:y0 + h, x0:x0 + w] = float(torch.rand(1, generator=gen, device=device)) * 2 - 1
+    if framing:
+        covered = torch.rand(b, generator=gen, device=device) < 0.1
+        for i in torch.nonzero(covered).flatten().tolist():
+            top = int(torch.randint(30, 38, (1,), generator=gen, device=device))
+            x[i, :, top:, 6:42] = float(torch.rand(1, generator=gen, device=device)) * 2 - 1
     return x.clamp(-1, 1)
 
 
@@ -345,6 +386,7 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
         f"device {device}, {torch.get_num_threads()} threads")
     images = torch.from_numpy(d["images"][train_idx]).to(device)
     targets = torch.from_numpy(training_targets(d, train_idx, args.fer2013_weight)).to(device)
+    majority = torch.from_numpy(d["majority"][train_idx]).to(device)
     for epoch in range(start, args.epochs + 1):
         gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + epoch)
         order = torch.randperm(len(train_idx), generator=gen, device=device)
@@ -352,7 +394,10 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
         started, loss_sum = time.time(), 0.0
         for step in range(steps_per_epoch):
             idx = order[step * args.batch:(step + 1) * args.batch]
-            x = augment(images[idx].float().unsqueeze(1) * SCALE + OFFSET, gen, device)
+            x = images[idx].float().unsqueeze(1) * SCALE + OFFSET
+            if args.mouth_swap:
+                x = swap_lower_faces(x, majority[idx], gen, device, args.mouth_swap)
+            x = augment(x, gen, device, framing=args.framing)
             loss = -(targets[idx] * torch.log_softmax(model(x), dim=1)).sum(dim=1).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -511,6 +556,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fer2013-weight", type=float, default=0.0,
                         help="blend the single FER2013 label into the crowd's targets by this weight (0: crowd only)")
+    parser.add_argument("--framing", action="store_true",
+                        help="wide crop-scale and aspect jitter (FRAMING_SCALES) and covered lower faces, for tight "
+                             "and loose crops")
+    parser.add_argument("--mouth-swap", type=float, default=0.0,
+                        help="share of training faces whose mouth and chin come from a face of another majority "
+                             "(0: none)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the shipped file is trained on the CPU)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flip", choices=["auto", "on", "off"], default="auto",
@@ -529,6 +580,10 @@ def main() -> None:
         raise SystemExit("--fer2013-weight must lie in [0, 1]")
     args.tag = f"{args.arch}{args.width}_seed{args.seed}" + (
         f"_fer{round(args.fer2013_weight * 100):02d}" if args.fer2013_weight else "")
+    if args.framing:
+        args.tag += "_framing"
+    if args.mouth_swap:
+        args.tag += f"_mouth{round(args.mouth_swap * 100):02d}"
     if args.epochs != 24:
         args.tag += f"_e{args.epochs}"
     args.ensemble = [args.seed] + [int(s) for s in args.ensemble.split(",") if s and int(s) != args.seed]
