@@ -9,7 +9,7 @@ ARGS ?= --duration 35
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup build-deps system-deps run test test-slow eval models bench clean dashboard dashboard-deps \
-	browser-deps test-dashboard
+	browser-deps test-dashboard test-ha
 
 $(STAMP): pyproject.toml | build-deps
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,13 @@ browser-deps:
 ## The dashboard in a real browser against mosquitto and two real daemons (about a minute once installed).
 test-dashboard: setup system-deps dashboard-deps browser-deps
 	$(BIN)/pytest -q -m dashboard
+
+## Home Assistant discovery against a real Home Assistant Core in .ha/venv (Python >= 3.13; about 3 minutes the
+## first time, then about 15 s).
+HA_VENV ?= .ha/venv
+test-ha: setup system-deps
+	scripts/ha_venv.sh $(HA_VENV)
+	HA_HASS=$(HA_VENV)/bin/hass $(BIN)/pytest -q -m ha
 
 ## Dataset-wide acceptance checks (marked slow), e.g. the voice model's targets on the validation speakers.
 test-slow: setup system-deps

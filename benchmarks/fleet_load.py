@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ import paho.mqtt.client as mqtt
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+VOICE_LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
 
 def free_port() -> int:
@@ -75,24 +77,45 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def stamped_id() -> str:
+    """An event id (32 hex digits, as the schema asks) whose first half is the send time in ns: the payloads stay
+    valid for their schemas (a dashboard reading this load drops nothing) and the subscriber still reads latency."""
+    return f"{time.time_ns():016x}{uuid.uuid4().hex[:16]}"
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def sent_at(event_id: str) -> float:
+    return int(event_id[:16], 16) / 1e9
+
+
+def status(device: str) -> bytes:
+    return json.dumps({"schema": "emotion.status/1", "state": "online", "device_id": device, "version": "0.1.0",
+                       "at": iso(time.time()), "clock": "synchronized",
+                       "purpose": "customer-experience", "profile": "kiosk", "camera": "ok", "models": []}).encode()
+
+
 def summary(device: str, seq: int) -> bytes:
-    rng = np.random.default_rng(seq)
+    rng = np.random.default_rng([seq, zlib.crc32(device.encode())])   # units differ, runs repeat
     dist = rng.dirichlet(np.ones(len(LABELS)))
     return json.dumps({
-        "schema": "emotion.summary/1", "event_id": uuid.uuid4().hex, "seq": seq, "device_id": device,
-        "profile": "kiosk", "window_start": "2026-11-22T10:00:00.000Z", "window_end": "2026-11-22T10:00:10.000Z",
+        "schema": "emotion.summary/1", "event_id": stamped_id(), "seq": seq, "device_id": device,
+        "profile": "kiosk", "window_start": iso(time.time() - 10), "window_end": iso(time.time()),
         "faces": {"observations": 95, "distinct_faces": 2, "observed_seconds": 9.5,
                   "distribution": {k: round(float(v), 4) for k, v in zip(LABELS, dist)}},
-        "voice": {"speech_seconds": 6.1, "distribution": {k: round(float(v), 4) for k, v in zip(LABELS, dist)}},
+        "voice": {"speech_seconds": 6.1, "distribution": {k: round(float(v), 4) for k, v in
+                                                          zip(VOICE_LABELS, rng.dirichlet(np.ones(len(VOICE_LABELS))))}},
         "anger_index": round(float(dist[0]), 4), "suppressed": False, "suppressed_reason": None,
-        "historical": False, "sent_at": time.time()}).encode()
+        "historical": False}).encode()
 
 
 def stats(device: str, seq: int) -> bytes:
     latency = {"p50_ms": 8.1, "p95_ms": 14.2, "p99_ms": 19.7, "max_ms": 31.0}
     return json.dumps({
-        "schema": "emotion.stats/1", "event_id": uuid.uuid4().hex, "seq": seq, "device_id": device,
-        "profile": "kiosk", "at": "2026-11-22T10:00:10.000Z", "interval_seconds": 60.0, "state": "online",
+        "schema": "emotion.stats/1", "event_id": stamped_id(), "seq": seq, "device_id": device,
+        "profile": "kiosk", "at": iso(time.time()), "interval_seconds": 60.0, "state": "online",
         "loop": {"rate_hz": 10, "fps": 10.0, "ticks": 600, "deadline_misses": 0, "skipped_slots": 0,
                  "ticks_total": 36000, "deadline_misses_total": 0, "end_to_end": latency},
         "stages": {s: latency for s in ("capture", "detect", "crop", "expression", "vad", "aggregate")},
@@ -101,11 +124,12 @@ def stats(device: str, seq: int) -> bytes:
         "outbox": {"depth": 0, "bytes": 0, "oldest_age_s": None, "last_seq": seq, "dropped": 0, "expired": 0},
         "mqtt": {"protocol": "3.1.1", "connects": 1, "acked": seq, "rejected_commands": 0},
         "system": {"cpu_percent": 41.0, "rss_mb": 390.0, "mem_available_mb": 5200.0, "temperature_c": 51.5,
-                   "load_1m": 1.2}, "historical": False, "sent_at": time.time()}).encode()
+                   "load_1m": 1.2}, "historical": False}).encode()
 
 
 # ------------------------------------------------------------------------------------------------ units
-def run_units(first: int, count: int, port: int, period: float, seconds: float, start_at: float, out) -> None:
+def run_units(first: int, count: int, host: str, port: int, period: float, seconds: float, start_at: float,
+              out) -> None:
     """One worker process: ``count`` unit clients on one selector loop."""
     raise_fd_limit()
     sel = selectors.DefaultSelector()
@@ -115,11 +139,17 @@ def run_units(first: int, count: int, port: int, period: float, seconds: float, 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{device}", protocol=mqtt.MQTTv311)
         client.max_inflight_messages_set(100)
 
-        def on_publish(c, userdata, mid, reason, props, i=i):
-            acked[i] += 1
+        status_mid = []
+
+        def on_publish(c, userdata, mid, reason, props, i=i, status_mid=status_mid):
+            if mid not in status_mid:       # the retained status is not one of the counted events
+                acked[i] += 1
 
         client.on_publish = on_publish
-        client.connect("127.0.0.1", port, keepalive=120)
+        client.will_set(f"emotion/{device}/status", json.dumps({"schema": "emotion.status/1", "state": "offline",
+                        "device_id": device, "version": "0.1.0", "reason": "connection lost"}), 1, True)
+        client.connect(host, port, keepalive=120)
+        status_mid.append(client.publish(f"emotion/{device}/status", status(device), qos=1, retain=True).mid)
         sel.register(client.socket(), selectors.EVENT_READ, client)
         clients.append((device, client))
     rng = np.random.default_rng(first)
@@ -157,7 +187,7 @@ def run_units(first: int, count: int, port: int, period: float, seconds: float, 
 
 
 # ------------------------------------------------------------------------------------------------ dashboard
-def run_subscriber(port: int, ready, stop, out) -> None:
+def run_subscriber(host: str, port: int, ready, stop, out) -> None:
     received: dict[tuple[str, int], int] = {}
     latencies = []
     by_second: dict[int, int] = {}
@@ -167,14 +197,14 @@ def run_subscriber(port: int, ready, stop, out) -> None:
         data = json.loads(message.payload)
         key = (data["device_id"], data["seq"])
         received[key] = received.get(key, 0) + 1
-        latencies.append(now - data["sent_at"])
+        latencies.append(now - sent_at(data["event_id"]))
         by_second[int(now)] = by_second.get(int(now), 0) + 1
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="load-dashboard", protocol=mqtt.MQTTv311)
     client.on_message = on_message
     client.on_connect = lambda c, u, f, rc, p: (c.subscribe("emotion/+/summary", 1), c.subscribe("emotion/+/stats", 1))
     client.on_subscribe = lambda *a: ready.set()
-    client.connect("127.0.0.1", port, keepalive=120)
+    client.connect(host, port, keepalive=120)
     client.loop_start()
     stop.wait()
     time.sleep(2)   # the last messages in flight
@@ -194,47 +224,60 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=1.0, help="seconds between a unit's summaries (real: 10)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--broker", default=None,
+                        help="mqtt://host:port of a running broker to load (e.g. one a dashboard reads) instead of "
+                             "a mosquitto of its own; the broker's CPU is then not measured")
     args = parser.parse_args()
 
     raise_fd_limit()
-    workdir = Path(tempfile.mkdtemp(prefix="fleet-load-"))
-    port = free_port()
-    broker = start_mosquitto(workdir, port)
+    if args.broker:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(args.broker)
+        if url.scheme != "mqtt" or not url.hostname:
+            raise SystemExit(f"--broker {args.broker}: use mqtt://host:port")
+        host, port, broker = url.hostname, url.port or 1883, None
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="fleet-load-"))
+        host, port = "127.0.0.1", free_port()
+        broker = start_mosquitto(workdir, port)
     ctx = mp.get_context("fork")
     out, sub_out = ctx.Queue(), ctx.Queue()
     ready, stop = ctx.Event(), ctx.Event()
-    subscriber = ctx.Process(target=run_subscriber, args=(port, ready, stop, sub_out))
+    subscriber = ctx.Process(target=run_subscriber, args=(host, port, ready, stop, sub_out))
     subscriber.start()
     if not ready.wait(10):
         raise SystemExit("dashboard subscriber could not subscribe")
     print(f"fleet load: {args.units} units x 1 summary / {args.period:g} s (+ stats every 6th) for {args.seconds:g} s "
-          f"on mosquitto 127.0.0.1:{port}, {args.workers} generator processes", file=sys.stderr, flush=True)
+          f"on {'the broker' if args.broker else 'mosquitto'} {host}:{port}, {args.workers} generator processes", file=sys.stderr, flush=True)
     start_at = time.time() + 3 + args.units / 400    # time for every unit to connect first
     per = [args.units // args.workers + (i < args.units % args.workers) for i in range(args.workers)]
     firsts = np.cumsum([0] + per[:-1])
-    workers = [ctx.Process(target=run_units, args=(int(f), n, port, args.period, args.seconds, start_at, out))
+    workers = [ctx.Process(target=run_units, args=(int(f), n, host, port, args.period, args.seconds, start_at, out))
                for f, n in zip(firsts, per)]
     for w in workers:
         w.start()
     time.sleep(max(0.0, start_at - time.time()))
-    cpu0, wall0 = cpu_seconds(broker.pid), time.time()
+    cpu0, wall0 = (cpu_seconds(broker.pid) if broker else 0.0), time.time()
     progress_at = wall0
     while time.time() < start_at + args.seconds:
         time.sleep(0.5)
         if time.time() - progress_at >= 10:
             progress_at = time.time()
-            print(f"  {progress_at - wall0:.0f}/{args.seconds:g} s, broker RSS {rss_mb(broker.pid):.0f} MB",
+            print(f"  {progress_at - wall0:.0f}/{args.seconds:g} s"
+                  + (f", broker RSS {rss_mb(broker.pid):.0f} MB" if broker else ""),
                   file=sys.stderr, flush=True)
-    cpu1, wall1 = cpu_seconds(broker.pid), time.time()
+    cpu1, wall1 = (cpu_seconds(broker.pid) if broker else 0.0), time.time()
     results = [out.get(timeout=120) for _ in workers]
     for w in workers:
         w.join(30)
     stop.set()
     sub = sub_out.get(timeout=60)
     subscriber.join(10)
-    broker_rss = rss_mb(broker.pid)
-    broker.terminate()
-    broker.wait(10)
+    broker_rss = rss_mb(broker.pid) if broker else None
+    if broker:
+        broker.terminate()
+        broker.wait(10)
 
     published = sum(r["published"] for r in results)
     acked = sum(r["acked"] for r in results)
@@ -248,8 +291,8 @@ def main() -> None:
         "delivered_per_s": round(sub["unique"] / args.seconds, 1),
         "delivered_per_s_steady_median": float(np.median(steady)),
         "latency_ms": sub["latency_ms"],
-        "broker_cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
-        "broker_rss_mb": round(broker_rss, 1),
+        "broker_cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1) if broker else None,
+        "broker_rss_mb": round(broker_rss, 1) if broker else None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "command": "python benchmarks/fleet_load.py " + " ".join(sys.argv[1:]),
     }

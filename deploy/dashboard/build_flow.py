@@ -20,7 +20,7 @@ TABLE = r'''<template>
       </thead>
       <tbody>
         <tr v-for="r in rows" :key="r.id" :data-unit="r.id" :class="'state-' + r.state">
-          <td class="unit">{{ r.id }}<div class="version">{{ r.version }}</div></td>
+          <td class="unit" :title="'version ' + r.version">{{ r.id }}</td>
           <td class="state" data-test="state">
             <span :class="'badge badge-' + r.state">{{ r.state }}</span>
             <div v-if="r.pausedBy" class="detail">by {{ r.pausedBy }}</div>
