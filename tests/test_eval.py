@@ -58,6 +58,36 @@ def test_eval_rejects_unknown_label_folders_and_empty_dirs(tmp_path):
     assert proc.returncode == 2 and "no images" in proc.stderr
 
 
+def test_reframe_crops_tighter_and_looser_about_the_centre():
+    from appliance.tools.evaluation import reframe
+
+    image = np.zeros((48, 48), np.uint8)
+    image[16:32, 16:32] = 200                     # a bright square, a third of the side, in the middle
+    assert reframe(image, 1.0) is image
+    tight, loose = reframe(image, 0.5), reframe(image, 2.0)
+    bright = lambda im: int((im > 100).sum())
+    assert bright(tight) > 3 * bright(image) and bright(loose) < bright(image) / 3
+    assert tight[24, 24] == 200 and loose[24, 24] == 200 and tight.shape == loose.shape == (48, 48)
+    edge = image.copy()
+    edge[:, :2] = 90                              # looser framing repeats the border, it does not add black
+    assert (reframe(edge, 1.5)[:, 0] == 90).all()
+
+
+def test_eval_faces_crop_scale_is_reported_and_bounded(tmp_path):
+    ds = small_dataset(tmp_path)
+    reports = {}
+    for scale in ("1.0", "0.6"):
+        out = tmp_path / f"{scale}.json"
+        proc = subprocess.run(appliance_cmd("eval", "faces", str(ds), "--crop-scale", scale, "--json", str(out)),
+                              env=appliance_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        reports[scale] = json.loads(out.read_text())
+    assert "crop-scale=0.6" in reports["0.6"]["dataset"] and "crop-scale" not in reports["1.0"]["dataset"]
+    proc = subprocess.run(appliance_cmd("eval", "faces", str(ds), "--crop-scale", "3"), env=appliance_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--crop-scale 3: use a scale from 0.5" in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def ferplus_reports(tmp_path_factory):
     """One `appliance eval faces --labels ferplus` run per precision, shared by the tests of this module."""
