@@ -62,17 +62,21 @@ def ased_val(speakers) -> set[str]:
 
 
 def level(audio: np.ndarray) -> np.ndarray:
-    """The clip scaled so that the RMS of its loud part (frames above the median frame energy) is LEVEL_DBFS."""
-    frame = 400
-    n = len(audio) // frame
-    if n == 0:
-        return audio
-    energy = (audio[:n * frame].reshape(n, frame) ** 2).mean(axis=1)
-    loud = energy[energy >= np.median(energy)]
-    rms = float(np.sqrt(loud.mean())) if len(loud) else 0.0
+    """The clip scaled so that the RMS of its loud part (``loud_rms``) is LEVEL_DBFS."""
+    rms = loud_rms(audio)
     if rms < 1e-6:
         return audio
     return np.clip(audio * (10 ** (LEVEL_DBFS / 20) / rms), -1.0, 1.0).astype(np.float32)
+
+
+def loud_rms(audio: np.ndarray) -> float:
+    """RMS of the clip's loud part (frames at or above the median frame energy): its speaking level."""
+    frame = 400
+    n = len(audio) // frame
+    if n == 0:
+        return float(np.sqrt((audio ** 2).mean())) if len(audio) else 0.0
+    energy = (audio[:n * frame].reshape(n, frame) ** 2).mean(axis=1)
+    return float(np.sqrt(energy[energy >= np.median(energy)].mean()))
 
 
 def segments(data: Path, work: Path) -> dict:
@@ -115,16 +119,6 @@ def segments(data: Path, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
-
-
-def loud_rms(audio: np.ndarray) -> float:
-    """RMS of the clip's loud part (frames at or above the median frame energy): its speaking level."""
-    frame = 400
-    n = len(audio) // frame
-    if n == 0:
-        return float(np.sqrt((audio ** 2).mean())) if len(audio) else 0.0
-    energy = (audio[:n * frame].reshape(n, frame) ** 2).mean(axis=1)
-    return float(np.sqrt(energy[energy >= np.median(energy)].mean()))
 
 
 def clip_levels(data: Path, seg: dict, work: Path) -> np.ndarray:
