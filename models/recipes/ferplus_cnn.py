@@ -387,6 +387,7 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
     images = torch.from_numpy(d["images"][train_idx]).to(device)
     targets = torch.from_numpy(training_targets(d, train_idx, args.fer2013_weight)).to(device)
     majority = torch.from_numpy(d["majority"][train_idx]).to(device)
+    teacher = Teacher(args.teacher) if args.teacher else None
     for epoch in range(start, args.epochs + 1):
         gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + epoch)
         order = torch.randperm(len(train_idx), generator=gen, device=device)
@@ -398,7 +399,10 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
             if args.mouth_swap:
                 x = swap_lower_faces(x, majority[idx], gen, device, args.mouth_swap)
             x = augment(x, gen, device, framing=args.framing)
-            loss = -(targets[idx] * torch.log_softmax(model(x), dim=1)).sum(dim=1).mean()
+            logits = model(x)
+            loss = -(targets[idx] * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            if teacher is not None:
+                loss = (1 - args.kd_weight) * loss + args.kd_weight * distillation(logits, teacher(x), args.kd_t)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -428,6 +432,36 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
                     "args": {k: str(v) for k, v in vars(args).items()}}, ckpt)
     model, final = choose_final(model, ema.module, d, train_idx, sel_idx, device, say)
     return model.to("cpu").eval(), history, final
+
+
+class Teacher:
+    """An exported graph (e.g. the shipped mirror-averaged one) run by ONNX Runtime on the student's own augmented
+    batch: its probabilities are the soft targets a one-pass student learns to match."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x):
+        import torch
+
+        probs = self.session.run(None, {self.input: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(probs).to(x.device)
+
+
+def distillation(student_logits, teacher_probs, temperature: float):
+    """KL(teacher || student) at a temperature, scaled by T^2 (Hinton et al.); the teacher gives probabilities, so
+    its tempered distribution is p^(1/T) renormalised."""
+    import torch
+
+    soft = torch.log(teacher_probs.clamp_min(1e-8)) / temperature
+    soft = torch.softmax(soft, dim=1)
+    log_student = torch.log_softmax(student_logits / temperature, dim=1)
+    return (soft * (torch.log(soft.clamp_min(1e-8)) - log_student)).sum(dim=1).mean() * temperature ** 2
 
 
 def recalibrate_batchnorm(model, images_u8: np.ndarray, device, batch: int = 256) -> None:
@@ -562,6 +596,11 @@ def main() -> None:
     parser.add_argument("--mouth-swap", type=float, default=0.0,
                         help="share of training faces whose mouth and chin come from a face of another majority "
                              "(0: none)")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="an exported graph (.onnx) whose probabilities on each augmented batch are soft targets "
+                             "(distillation, e.g. the shipped mirror-averaged fp32.onnx into a one-pass student)")
+    parser.add_argument("--kd-weight", type=float, default=0.5, help="share of the loss that matches the teacher")
+    parser.add_argument("--kd-t", type=float, default=2.0, help="distillation temperature")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the shipped file is trained on the CPU)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flip", choices=["auto", "on", "off"], default="auto",
@@ -584,6 +623,8 @@ def main() -> None:
         args.tag += "_framing"
     if args.mouth_swap:
         args.tag += f"_mouth{round(args.mouth_swap * 100):02d}"
+    if args.teacher:
+        args.tag += f"_kd{round(args.kd_weight * 100):02d}"
     if args.epochs != 24:
         args.tag += f"_e{args.epochs}"
     args.ensemble = [args.seed] + [int(s) for s in args.ensemble.split(",") if s and int(s) != args.seed]
