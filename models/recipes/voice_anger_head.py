@@ -66,8 +66,7 @@ def segments_of(data: Path, work: Path) -> dict:
     its view (cached)."""
     from appliance.manifest import load_manifest
     from appliance.perception.vad import VoiceActivity
-    from appliance.perception.features import clip_segments
-    from appliance.perception.prosody import NAMES, prosody
+    from appliance.perception.prosody import NAMES
     from appliance.perception.voice import VoiceFeatures, VoiceToneModel
     from appliance.runtime import RuntimeConfig
     from appliance.sources.audio import SAMPLE_RATE, load_audio_file
@@ -96,12 +95,11 @@ def segments_of(data: Path, work: Path) -> dict:
         heard = vad(np.concatenate([audio, np.zeros(SAMPLE_RATE // 2, np.float32)])).speech
         views = [(0, audio)] + ([(1, heard)] if len(heard) >= MIN_HEARD_S * SAMPLE_RATE else [])
         for k, signal in views:
-            segs = np.stack(clip_segments(signal, model.segment_samples, int(HOP_S * SAMPLE_RATE)))
-            f = features(segs)
-            x.append(f.prosody)
-            p.append(model.classify(f).anger)
-            clip += [i] * len(segs)
-            kind += [k] * len(segs)
+            functionals, anger = view_scores(model, features, signal)
+            x.append(functionals)
+            p.append(anger)
+            clip += [i] * len(anger)
+            kind += [k] * len(anger)
         if (i + 1) % 500 == 0:
             print(f"  {i + 1}/{len(rows)} clips, {time.time() - started:.0f} s", flush=True)
     out = {"x": np.concatenate(x), "p": np.concatenate(p), "clip": np.array(clip), "kind": np.array(kind),
@@ -111,6 +109,16 @@ def segments_of(data: Path, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
+
+
+def view_scores(model, features, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One view of a clip, cut into 2 s segments every HOP_S: each segment's prosodic functionals and the classifier's
+    P(angry)."""
+    from appliance.perception.features import clip_segments
+    from appliance.sources.audio import SAMPLE_RATE
+
+    f = features(np.stack(clip_segments(signal, model.segment_samples, int(HOP_S * SAMPLE_RATE))))
+    return f.prosody, model.classify(f).anger
 
 
 class Head:

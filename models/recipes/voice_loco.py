@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from models.recipes.voice_anger_head import HOP_S, Head, weights_for  # noqa: E402
+from models.recipes.voice_anger_head import Head, view_scores, weights_for  # noqa: E402
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 
 MODEL = "voice_tone_cnn"
@@ -82,11 +82,10 @@ def loud_rms(audio: np.ndarray) -> float:
 def segments(data: Path, work: Path) -> dict:
     """Per 2 s segment of every clip of six corpora, raw and at one loudness: prosody, the CNN's P(angry) (cached)."""
     from appliance.manifest import load_manifest
-    from appliance.perception.features import clip_segments
     from appliance.perception.prosody import NAMES
     from appliance.perception.voice import VoiceFeatures, VoiceToneModel
     from appliance.runtime import RuntimeConfig
-    from appliance.sources.audio import SAMPLE_RATE, load_audio_file
+    from appliance.sources.audio import load_audio_file
     from appliance.tools.evaluation import read_index
 
     manifest = load_manifest(ROOT / "models" / "onnx" / MODEL)
@@ -105,12 +104,11 @@ def segments(data: Path, work: Path) -> dict:
     for i, row in enumerate(rows):
         audio = load_audio_file(data / "speech" / row["path"])
         for k, signal in ((0, audio), (2, level(audio))):
-            segs = np.stack(clip_segments(signal, model.segment_samples, int(HOP_S * SAMPLE_RATE)))
-            f = features(segs)
-            x.append(f.prosody)
-            p.append(model.classify(f).anger)
-            clip += [i] * len(segs)
-            kind += [k] * len(segs)
+            functionals, anger = view_scores(model, features, signal)
+            x.append(functionals)
+            p.append(anger)
+            clip += [i] * len(anger)
+            kind += [k] * len(anger)
         if (i + 1) % 500 == 0:
             print(f"  {i + 1}/{len(rows)} clips, {time.time() - started:.0f} s", flush=True)
     out = {"x": np.concatenate(x), "p": np.concatenate(p), "clip": np.array(clip), "kind": np.array(kind),
