@@ -180,3 +180,56 @@ def test_dashboard_settings_errors_are_one_line(tmp_path):
         assert proc.returncode == 2, proc.stdout + proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert lines == [lines[0]] and lines[0].startswith("dashboard: ") and expected in lines[0], proc.stderr
+
+
+def test_dashboard_reads_a_broker_over_mutual_tls(tmp_path, browser_page):
+    """BROKER=mqtts://..., MQTT_CA_FILE and a client certificate from files, as a real fleet broker asks
+    (deploy/broker/): the retained status of a unit reaches the page; the broker refuses a client without one."""
+    require_installed()
+    from playwright.sync_api import expect
+
+    from appliance.publish.payloads import status_payload
+    from conftest import Mosquitto
+    from test_delivery import make_ca, make_cert
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki, "ca")
+    make_cert(pki, "ca", "broker", "IP:127.0.0.1,DNS:localhost")
+    make_cert(pki, "ca", "fleet", "DNS:fleet")
+    port = free_port()
+    broker = Mosquitto(tmp_path, port, extra=(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki}/ca.crt\ncertfile {pki}/broker.crt\n"
+        f"keyfile {pki}/broker.key\nrequire_certificate true\nuse_identity_as_username true\n")).start()
+    unit = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    unit.tls_set(ca_certs=str(pki / "ca.crt"), certfile=str(pki / "fleet.crt"), keyfile=str(pki / "fleet.key"))
+    unit.connect("127.0.0.1", port)
+    unit.loop_start()
+    dashboard = Dashboard(tmp_path, f"mqtts://127.0.0.1:{port}", MQTT_CA_FILE=str(pki / "ca.crt"),
+                          MQTT_CERT_FILE=str(pki / "fleet.crt"), MQTT_KEY_FILE=str(pki / "fleet.key"))
+    try:
+        unit.publish("emotion/kiosk-tls/status", json.dumps(status_payload("online", "kiosk-tls", "0.1.0")), 1,
+                     retain=True).wait_for_publish()
+        dashboard.start()
+        browser_page.goto(dashboard.url)
+        expect(row(browser_page, "kiosk-tls").locator('[data-test="state"]')).to_contain_text("online",
+                                                                                          timeout=30_000)
+    finally:
+        unit.loop_stop()
+        unit.disconnect()
+        dashboard.stop()
+    # Without the client certificate the broker closes the handshake: the dashboard never says it connected.
+    (tmp_path / "bare").mkdir()
+    bare = Dashboard(tmp_path / "bare", f"mqtts://127.0.0.1:{port}", MQTT_CA_FILE=str(pki / "ca.crt"))
+    bare.proc = subprocess.Popen([str(DASHBOARD / "run")], env=bare.env, stdout=bare.log.open("w"),
+                                 stderr=subprocess.STDOUT)
+    try:
+        wait_port(bare.port, timeout=60)
+        deadline = time.monotonic() + 20
+        while "Connection failed to broker" not in bare.log.read_text():
+            assert time.monotonic() < deadline, bare.log.read_text()
+            time.sleep(0.2)
+        assert "Connected to broker" not in bare.log.read_text()
+    finally:
+        bare.stop()
+        broker.stop()
