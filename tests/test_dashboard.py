@@ -233,3 +233,41 @@ def test_dashboard_reads_a_broker_over_mutual_tls(tmp_path, browser_page):
     finally:
         bare.stop()
         broker.stop()
+
+
+def test_dashboard_page_and_editor_are_closed_without_their_passwords(tmp_path, mosquitto):
+    """The editor is off by default; with EDITOR_PASSWORD_FILE it asks for the admin login. DASHBOARD_USER and
+    DASHBOARD_PASSWORD_FILE put basic auth in front of the page."""
+    require_installed()
+    import base64
+    import urllib.error
+    import urllib.request
+
+    def status(url: str, auth: str | None = None) -> int:
+        request = urllib.request.Request(url)
+        if auth:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    plain = Dashboard(tmp_path, mosquitto.url).start()
+    try:
+        assert status(plain.url + "/") == 200
+        assert status(f"http://127.0.0.1:{plain.port}/editor/flows") == 404       # no editor, no admin API
+        assert status(f"http://127.0.0.1:{plain.port}/flows") == 404
+    finally:
+        plain.stop()
+    (tmp_path / "pw").write_text("s3cret-pass\n")
+    (tmp_path / "locked").mkdir()
+    locked = Dashboard(tmp_path / "locked", mosquitto.url, DASHBOARD_USER="ops",
+                       DASHBOARD_PASSWORD_FILE=str(tmp_path / "pw"), EDITOR_PASSWORD_FILE=str(tmp_path / "pw")).start()
+    try:
+        assert status(locked.url + "/") == 401
+        assert status(locked.url + "/", "ops:wrong") == 401
+        assert status(locked.url + "/", "ops:s3cret-pass") == 200
+        assert status(f"http://127.0.0.1:{locked.port}/editor/flows") == 401      # the admin API wants a token
+    finally:
+        locked.stop()
