@@ -161,6 +161,23 @@ def per_speaker(x: np.ndarray, speaker: np.ndarray) -> np.ndarray:
     return out
 
 
+def per_speaker_running(x: np.ndarray, speaker: np.ndarray, prior: int = 5, seed: int = 20261203) -> np.ndarray:
+    """Causal per-speaker normalisation: each clip by the clips its speaker said before it (seeded random order),
+    shrunk toward the population's statistics by ``prior`` pseudo-clips (``voice_loco.per_speaker_running`` per
+    clip)."""
+    rng = np.random.default_rng(seed)
+    x = x.astype(np.float64)
+    pop_mean, pop_sq = x.mean(axis=0), (x ** 2).mean(axis=0)
+    out = np.empty_like(x)
+    for s in np.unique(speaker):
+        n, total, sq = float(prior), prior * pop_mean, prior * pop_sq
+        for c in rng.permutation(np.flatnonzero(speaker == s)):
+            mean = total / n
+            out[c] = (x[c] - mean) / np.sqrt(np.maximum(sq / n - mean ** 2, 1e-12))
+            n, total, sq = n + 1, total + x[c], sq + x[c] ** 2
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -169,6 +186,7 @@ def main() -> None:
     parser.add_argument("--loco-work", type=Path, default=ROOT / ".cache" / "voice_loco")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default=None, help="fit just this head and update it in an existing loco.json")
     args = parser.parse_args()
     from appliance.tools.evaluation import read_index
 
@@ -194,10 +212,18 @@ def main() -> None:
     sets = {"probe": (enc[:, last], "linear"), "layers": (enc, "linear"),
             "layers + today": (np.hstack([enc, today]), "linear"), "mlp": (np.hstack([enc, today]), "mlp"),
             "layers + today, per speaker": (per_speaker(np.hstack([enc, today]), speaker), "linear"),
-            "mlp, per speaker": (per_speaker(np.hstack([enc, today]), speaker), "mlp")}
+            "mlp, per speaker": (per_speaker(np.hstack([enc, today]), speaker), "mlp"),
+            "mlp, per speaker, causal": (per_speaker_running(np.hstack([enc, today]), speaker), "mlp")}
+    if args.only:
+        if args.only not in sets:
+            raise SystemExit(f"--only {args.only!r}: one of {list(sets)}")
+        sets = {args.only: sets[args.only]}
     results = {"front_end": {"wheel": WHEEL, "member": MODEL_MEMBER, "sha256": MODEL_SHA256,
                              "licence": "BSD-2-Clause (Smart Turn); Whisper encoder MIT"},
                "validation_speakers": sorted(val), "heads": {}}
+    previous = args.log / "loco.json"
+    if args.only and previous.is_file():
+        results["heads"] = json.loads(previous.read_text())["heads"]
     for name, (x, kind) in sets.items():
         results["heads"][name] = {}
         for held in CORPORA:
