@@ -78,6 +78,41 @@ class Mosquitto:
             self.proc.wait(10)
 
 
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
+
+
+def make_cert(d: Path, ca: str, name: str, san: str) -> None:
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}", cwd=d)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-copy_extensions", "copy", "-out", f"{name}.crt", cwd=d)
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """mosquitto asking for a client certificate (mutual TLS), with a fresh PKI in ``pki``: ``ca`` signs the broker
+    and the clients ``unit-1`` and ``fleet``; ``other-ca`` signs nothing of the broker's. Yields (broker, pki)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki, "ca")
+    make_ca(pki, "other-ca")
+    make_cert(pki, "ca", "broker", "IP:127.0.0.1,DNS:localhost")
+    for client in ("unit-1", "fleet"):
+        make_cert(pki, "ca", client, f"DNS:{client}")
+    port = free_port()
+    broker = Mosquitto(tmp_path, port, extra=(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki}/ca.crt\ncertfile {pki}/broker.crt\n"
+        f"keyfile {pki}/broker.key\nrequire_certificate true\nuse_identity_as_username true\n")).start()
+    yield broker, pki
+    broker.stop()
+
+
 @pytest.fixture
 def mosquitto(tmp_path):
     broker = Mosquitto(tmp_path).start()

@@ -182,25 +182,16 @@ def test_dashboard_settings_errors_are_one_line(tmp_path):
         assert lines == [lines[0]] and lines[0].startswith("dashboard: ") and expected in lines[0], proc.stderr
 
 
-def test_dashboard_reads_a_broker_over_mutual_tls(tmp_path, browser_page):
+def test_dashboard_reads_a_broker_over_mutual_tls(tmp_path, tls_broker, browser_page):
     """BROKER=mqtts://..., MQTT_CA_FILE and a client certificate from files, as a real fleet broker asks
     (deploy/broker/): the retained status of a unit reaches the page; the broker refuses a client without one."""
     require_installed()
     from playwright.sync_api import expect
 
     from appliance.publish.payloads import status_payload
-    from conftest import Mosquitto
-    from test_delivery import make_ca, make_cert
 
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    make_ca(pki, "ca")
-    make_cert(pki, "ca", "broker", "IP:127.0.0.1,DNS:localhost")
-    make_cert(pki, "ca", "fleet", "DNS:fleet")
-    port = free_port()
-    broker = Mosquitto(tmp_path, port, extra=(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki}/ca.crt\ncertfile {pki}/broker.crt\n"
-        f"keyfile {pki}/broker.key\nrequire_certificate true\nuse_identity_as_username true\n")).start()
+    broker, pki = tls_broker
+    port = broker.port
     unit = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     unit.tls_set(ca_certs=str(pki / "ca.crt"), certfile=str(pki / "fleet.crt"), keyfile=str(pki / "fleet.key"))
     unit.connect("127.0.0.1", port)
@@ -232,7 +223,6 @@ def test_dashboard_reads_a_broker_over_mutual_tls(tmp_path, browser_page):
         assert "Connected to broker" not in bare.log.read_text()
     finally:
         bare.stop()
-        broker.stop()
 
 
 def test_dashboard_page_and_editor_are_closed_without_their_passwords(tmp_path, mosquitto):

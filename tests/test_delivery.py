@@ -258,38 +258,6 @@ def test_rejected_commands_are_answered_with_their_request_and_pause_floods_are_
 
 
 # --------------------------------------------------------------------------------------------- TLS
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(d: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", cwd=d)
-
-
-def make_cert(d: Path, ca: str, name: str, san: str) -> None:
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}", cwd=d)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-            "-days", "2", "-copy_extensions", "copy", "-out", f"{name}.crt", cwd=d)
-
-
-@pytest.fixture
-def tls_broker(tmp_path):
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    make_ca(pki, "ca")
-    make_ca(pki, "other-ca")
-    make_cert(pki, "ca", "broker", "IP:127.0.0.1,DNS:localhost")
-    make_cert(pki, "ca", "unit-1", "DNS:unit-1")
-    port = free_port()
-    broker = Mosquitto(tmp_path, port, extra=(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki}/ca.crt\ncertfile {pki}/broker.crt\n"
-        f"keyfile {pki}/broker.key\nrequire_certificate true\nuse_identity_as_username true\n")).start()
-    yield broker, pki
-    broker.stop()
-
-
 def test_mutual_tls_with_generated_certificates_delivers(tmp_path, tls_broker):
     broker, pki = tls_broker
     cfg = MqttConfig(broker=f"mqtts://127.0.0.1:{broker.port}",

@@ -166,29 +166,35 @@ def per_speaker(seg: dict) -> tuple[np.ndarray, np.ndarray]:
     return x, 1 / (1 + np.exp(-z))
 
 
-def per_speaker_running(seg: dict, prior: int = 20, seed: int = 20261203) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate (c) as a unit could run it: each clip's segments z-scored by the statistics of the clips the same
-    speaker said *before* it (clips in a seeded random order), shrunk toward the whole population's statistics by
-    ``prior`` pseudo-segments, so a speaker's first clip is scored against everyone and later ones against
-    themselves. Nothing of a clip, or of the clips after it, enters its own normalisation."""
+def causal_zscore(v: np.ndarray, speaker_of_clip: np.ndarray, clip_of_row: np.ndarray, counts: np.ndarray,
+                  prior: float, seed: int = 20261203) -> np.ndarray:
+    """Candidate (c) as a unit could run it: the rows of each clip z-scored by the statistics of the rows (where
+    ``counts``) of the clips the same speaker said *before* it (clips in a seeded random order), shrunk toward the
+    whole population's statistics by ``prior`` pseudo-rows; a speaker's first clip is scored against everyone, later
+    ones against themselves, and nothing of a clip or of the clips after it enters its own normalisation. Rows are
+    segments (``clip_of_row`` their clip) or whole clips (``clip_of_row`` = their index)."""
     rng = np.random.default_rng(seed)
-    v = np.column_stack([seg["x"].astype(np.float64),
-                         np.log(np.clip(seg["p"], 1e-4, 1 - 1e-4) / (1 - np.clip(seg["p"], 1e-4, 1 - 1e-4)))])
-    v = np.where(np.isnan(v), np.nanmedian(v, axis=0), v)
-    raw = seg["kind"] == 0
-    pop_mean, pop_sq = v[raw].mean(axis=0), (v[raw] ** 2).mean(axis=0)
+    pop_mean, pop_sq = v[counts].mean(axis=0), (v[counts] ** 2).mean(axis=0)
+    order = np.argsort(clip_of_row, kind="stable")
+    rows_of = np.split(order, np.searchsorted(clip_of_row[order], np.arange(1, len(speaker_of_clip))))
     out = np.empty_like(v)
-    clip_of = seg["clip"]
-    for speaker in np.unique(seg["speaker"]):
-        clips = rng.permutation(np.flatnonzero(seg["speaker"] == speaker))
+    for speaker in np.unique(speaker_of_clip):
         n, total, sq = float(prior), prior * pop_mean, prior * pop_sq
-        for c in clips:
-            rows = clip_of == c
+        for c in rng.permutation(np.flatnonzero(speaker_of_clip == speaker)):
+            rows = rows_of[c]
             mean = total / n
-            sd = np.sqrt(np.maximum(sq / n - mean ** 2, 1e-12))
-            out[rows] = (v[rows] - mean) / sd
-            mine = rows & raw
-            n, total, sq = n + mine.sum(), total + v[mine].sum(axis=0), sq + (v[mine] ** 2).sum(axis=0)
+            out[rows] = (v[rows] - mean) / np.sqrt(np.maximum(sq / n - mean ** 2, 1e-12))
+            mine = rows[counts[rows]]
+            n, total, sq = n + len(mine), total + v[mine].sum(axis=0), sq + (v[mine] ** 2).sum(axis=0)
+    return out
+
+
+def per_speaker_running(seg: dict, prior: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """``causal_zscore`` of every segment's functionals and CNN logit, from the speaker's earlier raw segments."""
+    p = np.clip(seg["p"].astype(np.float64), 1e-4, 1 - 1e-4)
+    v = np.column_stack([seg["x"].astype(np.float64), np.log(p / (1 - p))])
+    v = np.where(np.isnan(v), np.nanmedian(v, axis=0), v)
+    out = causal_zscore(v, seg["speaker"], seg["clip"], seg["kind"] == 0, prior)
     return out[:, :-1], 1 / (1 + np.exp(-out[:, -1]))
 
 

@@ -38,7 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from models.recipes.voice_loco import CORPORA, INDEXES, NEMO_VAL, ased_val, figures, segments  # noqa: E402
+from models.recipes.voice_loco import (CORPORA, INDEXES, NEMO_VAL, ased_val, causal_zscore, figures,  # noqa: E402
+                                       segments)
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 
 WHEEL = "pipecat-ai==1.14.0"
@@ -161,23 +162,6 @@ def per_speaker(x: np.ndarray, speaker: np.ndarray) -> np.ndarray:
     return out
 
 
-def per_speaker_running(x: np.ndarray, speaker: np.ndarray, prior: int = 5, seed: int = 20261203) -> np.ndarray:
-    """Causal per-speaker normalisation: each clip by the clips its speaker said before it (seeded random order),
-    shrunk toward the population's statistics by ``prior`` pseudo-clips (``voice_loco.per_speaker_running`` per
-    clip)."""
-    rng = np.random.default_rng(seed)
-    x = x.astype(np.float64)
-    pop_mean, pop_sq = x.mean(axis=0), (x ** 2).mean(axis=0)
-    out = np.empty_like(x)
-    for s in np.unique(speaker):
-        n, total, sq = float(prior), prior * pop_mean, prior * pop_sq
-        for c in rng.permutation(np.flatnonzero(speaker == s)):
-            mean = total / n
-            out[c] = (x[c] - mean) / np.sqrt(np.maximum(sq / n - mean ** 2, 1e-12))
-            n, total, sq = n + 1, total + x[c], sq + x[c] ** 2
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -213,7 +197,8 @@ def main() -> None:
             "layers + today": (np.hstack([enc, today]), "linear"), "mlp": (np.hstack([enc, today]), "mlp"),
             "layers + today, per speaker": (per_speaker(np.hstack([enc, today]), speaker), "linear"),
             "mlp, per speaker": (per_speaker(np.hstack([enc, today]), speaker), "mlp"),
-            "mlp, per speaker, causal": (per_speaker_running(np.hstack([enc, today]), speaker), "mlp")}
+            "mlp, per speaker, causal": (causal_zscore(np.hstack([enc, today]).astype(np.float64), speaker,
+                                                       np.arange(len(speaker)), np.ones(len(speaker), bool), 5), "mlp")}
     if args.only:
         if args.only not in sets:
             raise SystemExit(f"--only {args.only!r}: one of {list(sets)}")
