@@ -159,6 +159,23 @@ class AngerHead(_Strict):
         return 1.0 / (1.0 + np.exp(-z))
 
 
+class SpeechEncoder(_Strict):
+    """A frozen speech encoder the head reads, shipped in the model's folder (voice anger models): the daemon opens
+    it on the CPU, single precision as shipped, and checks its sha256 as for a variant."""
+
+    file: str
+    sha256: str
+    bytes: int
+    input_name: str
+    input_shape: list[int] = Field(description="one item, without the batch dimension")
+    output_name: str
+    source: str = Field(description="where the weights come from: package, member, pinned sha256")
+    licence: str
+    prosody: list[str] = Field(description="the head's prosodic inputs after the embedding, names from "
+                                           "appliance.perception.prosody.NAMES; then the tone model's logit")
+    fill: list[float] = Field(description="value of a missing (NaN) functional: its training median")
+
+
 class Variant(_Strict):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -198,6 +215,9 @@ class ModelManifest(_Strict):
     provenance: Provenance
     anger_head: AngerHead | None = Field(default=None, description="voice models: the P(angry) the anger index "
                                          "reads, where it is more than the classifier's angry output")
+
+    encoder: SpeechEncoder | None = Field(default=None, description="voice anger models: the encoder whose "
+                                          "embedding the variants' head reads")
 
     # Set by load_manifest, not stored in the file.
     directory: Path | None = Field(default=None, exclude=True)

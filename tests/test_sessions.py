@@ -34,6 +34,7 @@ def test_speaker_sex_as_the_corpora_document_it():
     assert speaker_sex("ravdess", "ravdess-17") == "male" and speaker_sex("ravdess", "ravdess-20") == "female"
     assert speaker_sex("emovo", "emovo-f2") == "female" and speaker_sex("emovo", "emovo-m1") == "male"
     assert speaker_sex("turev", "turev-1234") == "unknown"
+    assert speaker_sex("nemo", "nemo-EB0", "f") == "female" and speaker_sex("ased", "ased-m01", "m") == "male"
 
 
 def session(label, sex, corpus, alerts, seconds=60.0, anger=(0.2,)):

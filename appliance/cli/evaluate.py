@@ -57,6 +57,9 @@ def eval_voice(
     where: Optional[list[str]] = typer.Option(None, "--where", help="keep rows whose COLUMN is one of the values: "
                                               "COLUMN=V1,V2 (repeatable), e.g. speaker=ravdess-17,ravdess-18"),
     index: Optional[Path] = typer.Option(None, "--index", help="another CSV instead of DIR/index.csv"),
+    anger_model: Optional[str] = typer.Option(None, "--anger-model", help="the voice's anger from this speech-"
+                                              "encoder model (voice.anger_model, e.g. voice_anger_encoder); "
+                                              "'' for the tone model's anger head"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
     png: Optional[Path] = typer.Option(None, "--png", help="write the confusion matrix as PNG (default: next "
                                        "to --json)"),
@@ -65,12 +68,15 @@ def eval_voice(
     """Accuracy, macro-F1, per-class recall and anger recall/precision of the vocal-tone model on clips."""
     from appliance.tools.evaluation import evaluate_voice, stderr_progress
     from appliance.perception.voice import VoiceToneModel
+    from appliance.perception.voice_encoder import AngerEncoder
 
-    cfg = load(config, **{"runtime.precision": precision})
+    cfg = load(config, **{"runtime.precision": precision, "voice.anger_model": anger_model})
     setup_logging("WARNING")
     kept = filters(where)
     manifest = model_manifest(model or cfg.voice.model, cfg)
-    tone = VoiceToneModel(manifest, cfg.runtime)
+    anger = (AngerEncoder(model_manifest(cfg.voice.anger_model, cfg), cfg.runtime) if cfg.voice.anger_model
+             else None)
+    tone = VoiceToneModel(manifest, cfg.runtime, anger=anger)
     report = evaluate_voice(directory, tone, index=index, where=kept, progress=stderr_progress("evaluating"))
     angry = report.per_class.get("angry")
     print(report.table())

@@ -23,6 +23,7 @@ from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceDetector
 from appliance.perception.vad import VoiceActivity
 from appliance.perception.voice import SpeechBuffer, VoiceToneModel
+from appliance.perception.voice_encoder import AngerEncoder
 from appliance.perception.zones import ExclusionZones
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.client import check_setup
@@ -117,10 +118,14 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
     vad = tone = speech = None
     if audio is not None:
         vad = VoiceActivity(load_manifest(models_dir / config.voice.vad_model), config.voice.vad_threshold)
-        tone = VoiceToneModel(load_manifest(models_dir / config.voice.model), config.runtime)
+        anger_model = (AngerEncoder(load_manifest(models_dir / config.voice.anger_model), config.runtime)
+                       if config.voice.anger_model else None)
+        tone = VoiceToneModel(load_manifest(models_dir / config.voice.model), config.runtime, anger=anger_model)
         speech = SpeechBuffer(config.voice.step_s, config.voice.min_speech_s)
+    # The voice's P(angry) is calibrated as the model that makes it: the encoder's head where there is one.
+    voice_anger = tone and (tone.anger_model or tone)
     anger_index = load_fusion(config.models.dir, expression.manifest, expression.runtime_report.file,
-                              tone and tone.manifest, tone and tone.runtime_report.file)
+                              voice_anger and voice_anger.manifest, voice_anger and voice_anger.report.file)
     period = scheduler.period
     aggregator = WindowAggregator(
         expression.labels, config.aggregate.window_s, period, config.k_min, config.aggregate.min_observed_s,
@@ -142,7 +147,8 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
     stages.append(Windows(aggregator, anger, source, expression.labels.index("angry")))
     paused = [capture] + ([DiscardAudio(audio, health)] if audio is not None else [])
 
-    reports = [expression.report] + ([vad.report, tone.report] if tone else [])
+    reports = [expression.report] + ([vad.report, tone.report] if tone else []) + (
+        [tone.anger_model.report] if tone and tone.anger_model else [])
     models = [{"model": detector_manifest.name, "provider": "xnnpack", "precision": "fp32"}] + [
         {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
     model_sha = {r.model: r.sha256 for r in reports} | {detector_manifest.name: detector_manifest.variants[0].sha256}

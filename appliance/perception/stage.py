@@ -48,5 +48,12 @@ class Stopwatch:
         setattr(self, part, getattr(self, part) + now - self._last)
         self._last = now
 
+    def absorb(self, times: StageTimes) -> None:
+        """Another stage's call, timed by itself, as parts of this one (and not again in the next lap)."""
+        self.pre += times.pre
+        self.model += times.model
+        self.post += times.post
+        self._last = time.perf_counter()
+
     def done(self, items: int | None = None) -> StageTimes:
         return StageTimes(self.pre, self.model, self.post, self.items if items is None else items)

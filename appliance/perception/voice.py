@@ -27,7 +27,8 @@ class ToneResult:
 
 class SegmentFeatures(NamedTuple):
     log_mel: np.ndarray                 # (N, 1, mels, frames): the tone model's input
-    prosody: np.ndarray | None          # (N, len(PROSODY_NAMES)), where the model has an anger head
+    prosody: np.ndarray | None          # (N, len(PROSODY_NAMES)), where the model has an anger head or encoder
+    segments: np.ndarray | None = None  # (N, samples) the audio itself, where an anger encoder reads it
 
 
 class SpeechBuffer:
@@ -73,8 +74,9 @@ class VoiceFeatures:
 
     name = "features"
 
-    def __init__(self, prosody: bool = False):
+    def __init__(self, prosody: bool = False, keep_audio: bool = False):
         self.prosody = prosody
+        self.keep_audio = keep_audio
         self.times = StageTimes()
 
     def __call__(self, segments: np.ndarray) -> SegmentFeatures:
@@ -83,15 +85,18 @@ class VoiceFeatures:
         functionals = np.stack([prosody(s) for s in segments]) if self.prosody else None
         watch.lap("pre")
         self.times = watch.done()
-        return SegmentFeatures(mel, functionals)
+        return SegmentFeatures(mel, functionals, segments if self.keep_audio else None)
 
 
 class VoiceToneModel:
-    """``tone(features)``: log-mel input (``features``) -> per-label probabilities."""
+    """``tone(features)``: log-mel input (``features``) -> per-label probabilities; P(angry) from the manifest's anger
+    head, or from ``anger``, an encoder model (``voice_encoder.AngerEncoder``) that reads the segment itself and the
+    tone model's P(angry). With an encoder, ``times`` hold the tone model's and the encoder's parts together."""
 
     name = "tone"
 
-    def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None):
+    def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None,
+                 anger=None):
         if not manifest.labels:
             raise ValueError(f"{manifest.name}: manifest lists no labels")
         self.manifest = manifest
@@ -109,7 +114,11 @@ class VoiceToneModel:
                 self._head_columns = self.head.columns(PROSODY_NAMES)
             except ValueError as e:
                 raise ModelFileError(f"{manifest.name}: {e}; rebuild it with models/recipes/voice_anger_head.py") from e
-        self.features = VoiceFeatures(prosody=self.head is not None)
+        self.anger_model = anger
+        if anger is not None and self._angry is None:
+            raise ModelFileError(f"{manifest.name}: an anger encoder reads the tone model's 'angry' output; "
+                                 "this model has none")
+        self.features = VoiceFeatures(prosody=self.head is not None or anger is not None, keep_audio=anger is not None)
         self.times = StageTimes()
 
     @property
@@ -129,7 +138,13 @@ class VoiceToneModel:
         watch.lap("pre")
         (probs,) = self._session.run(None, {self._input: x})
         watch.lap("model")
-        if self._angry is None:
+        if self.anger_model is not None:
+            if features.segments is None or features.prosody is None:
+                raise ValueError(f"{self.manifest.name} with an anger encoder: its features need the audio and the "
+                                 "prosody (as model.features keeps them)")
+            anger = self.anger_model(features.segments, features.prosody, probs[:, self._angry])
+            watch.absorb(self.anger_model.times)
+        elif self._angry is None:
             anger = np.full(len(probs), np.nan)
         elif self.head is None:
             anger = probs[:, self._angry].astype(np.float64)

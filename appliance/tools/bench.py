@@ -181,7 +181,14 @@ def accuracy(cfg: AppConfig, faces_dir: Path | None, voice_dir: Path | None, voi
             jobs.append((kind, name, ExpressionModel,
                          lambda m: evaluate_faces(faces_dir, m, progress=stderr_progress("  faces"))))
     if voice_dir:
-        jobs.append(("voice", cfg.voice.model, VoiceToneModel,
+        def tone(manifest, rcfg):
+            from appliance.perception.voice_encoder import AngerEncoder
+
+            anger = cfg.voice.anger_model and AngerEncoder(load_manifest(cfg.models.dir / "onnx" /
+                                                                         cfg.voice.anger_model), rcfg)
+            return VoiceToneModel(manifest, rcfg, anger=anger or None)
+
+        jobs.append(("voice", cfg.voice.model, tone,
                      lambda m: evaluate_voice(voice_dir, m, where=voice_where, progress=stderr_progress("  voice"))))
     for kind, name, cls, evaluate in jobs:
         manifest = load_manifest(cfg.models.dir / "onnx" / name)

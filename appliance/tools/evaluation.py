@@ -166,15 +166,18 @@ def read_index(index: Path, required: set[str], what: str, where: dict[str, set[
 
 
 SPEECH_INDEXES = ("index.csv", "index_more.csv")     # the second: corpora added later, same columns
+# nEMO (Polish) and ASED (Amharic), with a sex column: read where speakers are chosen by name (sessions), not by the
+# default voice evaluation, whose figures stay comparable with earlier reports.
+MORE_SPEECH_INDEXES = SPEECH_INDEXES + ("index_langs.csv",)
 
 
 def speech_rows(root: Path, columns: set[str], index: Path | None = None,
-                where: dict[str, set[str]] | None = None) -> list[dict]:
-    """Rows of ``index``, or of every SPEECH_INDEXES file under ``root`` that exists; ``where`` as in read_index."""
+                where: dict[str, set[str]] | None = None, names: Sequence[str] = SPEECH_INDEXES) -> list[dict]:
+    """Rows of ``index``, or of every ``names`` file under ``root`` that exists; ``where`` as in read_index."""
     root = Path(root)
-    files = [Path(index)] if index else [root / name for name in SPEECH_INDEXES if (root / name).is_file()]
+    files = [Path(index)] if index else [root / name for name in names if (root / name).is_file()]
     if not files:
-        raise DatasetError(f"{root}: no {' or '.join(SPEECH_INDEXES)} (columns {', '.join(sorted(columns))})")
+        raise DatasetError(f"{root}: no {' or '.join(names)} (columns {', '.join(sorted(columns))})")
     rows = [r for f in files for r in read_index(f, columns, "a voice dataset folder", where)]
     if not rows:
         raise DatasetError(f"{', '.join(map(str, files))}: no rows" + (f" match {where}" if where else ""))
@@ -215,7 +218,9 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
     report = model.runtime_report
     # Sorted, so the same filter reads the same in every saved report (a set's order changes between runs).
     subset = "; ".join(f"{k}={','.join(sorted(v))}" for k, v in sorted((where or {}).items()))
-    return EvalReport(model=model.manifest.name, precision=report.precision, provider=report.provider,
+    name = model.manifest.name + (f" (anger: {model.anger_model.manifest.name} {model.anger_model.report.precision})"
+                                  if model.anger_model else "")
+    return EvalReport(model=name, precision=report.precision, provider=report.provider,
                       dataset=str(root) + (f" where {subset}" if subset else ""), labels=list(model.labels), n=m["n"],
                       accuracy=round(m["accuracy"], 4), macro_f1=round(m["macro_f1"], 4),
                       per_class=m["per_class"], confusion=m["confusion"],

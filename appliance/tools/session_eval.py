@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from appliance.config import AppConfig
-from appliance.tools.evaluation import read_index, speech_rows
+from appliance.tools.evaluation import MORE_SPEECH_INDEXES, read_index, speech_rows
 from appliance.sources.audio import SAMPLE_RATE, load_audio_file
 from appliance.tools.video_eval import AngerTrace
 
@@ -30,8 +30,11 @@ from appliance.tools.video_eval import AngerTrace
 CALM_LABELS = ("neutral", "calm", "happy", "sad")
 
 
-def speaker_sex(corpus: str, speaker: str) -> str:
-    """What the corpora document: RAVDESS odd actors are male, EMOVO names say f/m, TESS speakers are women."""
+def speaker_sex(corpus: str, speaker: str, listed: str | None = None) -> str:
+    """What the corpora document: RAVDESS odd actors are male, EMOVO names say f/m, TESS speakers are women; nEMO
+    and ASED list it (``listed``: the index's sex column, f/m)."""
+    if listed in ("f", "m"):
+        return {"f": "female", "m": "male"}[listed]
     if corpus == "ravdess":
         return "male" if int(speaker.rsplit("-", 1)[1]) % 2 else "female"
     if corpus == "emovo":
@@ -88,7 +91,7 @@ def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | N
     from appliance.sources.replay import Replay
     from appliance.tools.video_eval import play
 
-    rows = speech_rows(Path(root), {"path", "corpus", "speaker", "label"}, where=where)
+    rows = speech_rows(Path(root), {"path", "corpus", "speaker", "label"}, where=where, names=MORE_SPEECH_INDEXES)
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["corpus"], r["speaker"], r["label"])].append(r)
@@ -101,7 +104,7 @@ def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | N
         kept = AngerTrace() if trace else None
         summaries, alerts = play(cfg, Replay.of(face, audio, loop=True), len(audio) / SAMPLE_RATE, kept)
         results.append(score(f"{speaker} {label}", speaker, corpus, label, len(audio) / SAMPLE_RATE, used, face,
-                             summaries, alerts))
+                             summaries, alerts, members[0].get("sex")))
         results[-1].trace = kept
         if progress:
             progress(i + 1, len(groups))
@@ -112,10 +115,10 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def score(name, speaker, corpus, label, seconds, clips, video, summaries, alerts) -> SessionResult:
+def score(name, speaker, corpus, label, seconds, clips, video, summaries, alerts, sex=None) -> SessionResult:
     start = _epoch(summaries[0]["window_start"]) if summaries else 0.0
     at = sorted(round(_epoch(a["at"]) - start, 2) for a in alerts)
-    return SessionResult(name=name, speaker=speaker, corpus=corpus, sex=speaker_sex(corpus, speaker), label=label,
+    return SessionResult(name=name, speaker=speaker, corpus=corpus, sex=speaker_sex(corpus, speaker, sex), label=label,
                          seconds=round(seconds, 2), clips=clips, video=str(video) if video else None,
                          alerts_at_s=at, window_anger=[s["anger_index"] for s in summaries],
                          first_alert_s=at[0] if at else None, summaries=len(summaries))

