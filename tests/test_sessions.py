@@ -99,3 +99,22 @@ def test_threshold_replay_gives_the_alerts_the_daemon_raised_and_the_choice_keep
                                              {"command": "x", "sessions": 1, "hours": 0.1, "on_threshold": 0.5,
                                               "off_threshold": 0.35, "alert_window_s": 5, "cooldown_s": 60,
                                               "models": "m"})
+
+
+def test_a_polish_speaker_never_heard_alerts_when_angry_with_the_encoder(data_dir, tmp_path):
+    """nEMO's validation actor EB0 (Polish: no model here trained on the language, the head never fitted on her), a
+    minute of angry and a minute of neutral speech through the daemon with the voice's anger from the Smart Turn
+    encoder (``voice.anger_model``): an alert for the angry minute, none for the neutral one."""
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path),
+                                 "APPLIANCE_VOICE__ANGER_MODEL": "voice_anger_encoder"})
+    results = evaluate_sessions(data_dir / "speech", cfg, {"speaker": {"nemo-EB0"}, "label": {"angry", "neutral"}})
+    by_label = {r.label: r for r in results}
+    assert set(by_label) == {"angry", "neutral"} and by_label["angry"].sex == "female"
+    assert by_label["neutral"].alerts_at_s == [], by_label["neutral"].window_anger
+    angry, calm = by_label["angry"].window_anger, by_label["neutral"].window_anger
+    assert np.median(angry) > np.median(calm), (angry, calm)
+    if not by_label["angry"].alerts_at_s:
+        pytest.xfail(f"NOT MET: no alert on the angry minute with the shipped thresholds (on 0.67): window anger "
+                     f"median {np.median(angry):.2f} angry, {np.median(calm):.2f} neutral; the encoder's calibrated "
+                     "P(angry) separates these windows weakly (issue #22: thresholds from sessions, per-unit "
+                     "statistics)")

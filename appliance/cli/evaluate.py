@@ -83,7 +83,8 @@ def eval_voice(
     if angry:
         auc = f", ROC AUC angry vs rest {report.angry_auc:.3f}" if report.angry_auc is not None else ""
         if report.classifier_angry_auc is not None:
-            auc += f" (anger head; the classifier's angry output alone {report.classifier_angry_auc:.3f})"
+            which = f"{tone.anger_model.manifest.name}'s P(angry)" if tone.anger_model else "anger head"
+            auc += f" ({which}; the classifier's angry output alone {report.classifier_angry_auc:.3f})"
         print(f"\nanger: recall {angry['recall']:.3f}, precision {angry['precision']:.3f} (n={angry['n']}){auc}")
     write_outputs(report.as_dict() | ({"anger": angry} if angry else {}), json_out, report,
                    png or (json_out.with_suffix(".png") if json_out else None))
@@ -129,8 +130,8 @@ def eval_video(
 
 @eval_app.command("sessions")
 def eval_sessions(
-    directory: Path = typer.Argument(..., help="speech folder with index.csv / index_more.csv (path,corpus,speaker,"
-                                     "label columns)"),
+    directory: Path = typer.Argument(..., help="speech folder with index.csv / index_more.csv / index_langs.csv "
+                                     "(path,corpus,speaker,label columns)"),
     where: Optional[list[str]] = typer.Option(None, "--where", help="keep rows whose COLUMN is one of the values: "
                                               "COLUMN=V1,V2 (repeatable), e.g. the speakers no model trained on"),
     video: Optional[Path] = typer.Option(None, "--video", help="clip folder (index.csv path,label): a face clip of "

@@ -56,10 +56,11 @@ class AngerEncoder:
         if sha256_of(path) != spec.sha256:
             raise ModelFileError(f"{manifest.name}: {path} does not match the manifest's sha256; rebuild it with "
                                  f"{manifest.provenance.recipe}")
-        try:
-            self._columns = [NAMES.index(n) for n in spec.prosody]
-        except ValueError as e:
-            raise ModelFileError(f"{manifest.name}: {e}; rebuild it with {manifest.provenance.recipe}") from e
+        unknown = [n for n in spec.prosody if n not in NAMES]
+        if unknown:
+            raise ModelFileError(f"{manifest.name}: the head reads prosodic features {unknown} that this version "
+                                 f"does not compute; rebuild it with {manifest.provenance.recipe}")
+        self._columns = [NAMES.index(n) for n in spec.prosody]
         self.manifest = manifest
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or runtime.intra_op_threads or 1

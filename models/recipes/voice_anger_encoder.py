@@ -1,7 +1,8 @@
 """Recipe: the voice's anger from the Smart Turn encoder (issue 22), as the daemon hears it: per 2 s segment.
 
     python models/recipes/voice_anger_encoder.py [--data ../shared/data] [--device cpu|cuda]
-        # ~20 min on 2 cores the first time (the encoder over 23,388 segments, checkpointed), then ~10 min
+        # on 2 cores: ~11 min of encoder over 23,388 segments (once, checkpointed), ~35 min of heads
+        # (2 kinds x 2 seeds x 7 fits); --export-only redoes INT8, figures and manifest in ~1 min
 
 The study ``voice_smart_turn.py`` scored heads per clip; this recipe makes the model the daemon runs. For every 2 s
 speech segment the daemon classifies (here: each clip cut every 0.5 s, as ``voice_loco.py`` cuts it):
@@ -236,12 +237,7 @@ def clip_scores(seg: dict, score: np.ndarray) -> np.ndarray:
 
 
 def fit_and_export(args, seg: dict, emb: np.ndarray) -> None:
-    import onnxruntime as ort
     import torch
-
-    from appliance.manifest import (Accuracy, ModelManifest, Provenance, SpeechEncoder, Variant, sha256_of,
-                                    write_manifest)
-    from models.recipes.recipe_tools import quantize_qdq
 
     torch.set_num_threads(args.threads)
     raw = seg["kind"] == 0
@@ -293,13 +289,37 @@ def fit_and_export(args, seg: dict, emb: np.ndarray) -> None:
 
     model = fit(x[train], y[train], clip_weights(corpus[train], y[train]), kind, best["seed"], args.device)
     args.out.mkdir(parents=True, exist_ok=True)
+    head_onnx(model, args.out / "fp32.onnx")
+    export(args, seg, emb, results)
+
+
+def export(args, seg: dict, emb: np.ndarray, results: dict) -> None:
+    """From the FP32 head on: the INT8 head, both scored on the validation speakers, the manifest and the report."""
+    import onnxruntime as ort
+
+    from appliance.manifest import (Accuracy, ModelManifest, Provenance, SpeechEncoder, Variant, sha256_of,
+                                    write_manifest)
+    from models.recipes.recipe_tools import quantize_qdq
+
+    raw = seg["kind"] == 0
+    clip = seg["clip"][raw]
+    corpus_c, speaker_c = seg["corpus"], seg["speaker"]
+    angry_c = seg["label"] == "angry"
+    val = set(results["validation_speakers"])
+    train = ~np.isin(speaker_c[clip], sorted(val))
+    val_clip = np.isin(speaker_c, sorted(val))
+    val_corpora = [c for c in CORPORA if (val_clip & (corpus_c == c)).any()]
+    fill = np.nanmedian(seg["x"][raw][train], axis=0)
+    x = design(seg, emb, fill)
+    kind, seed = results["chosen"]["kind"], results["chosen"]["seed"]
     work_encoder = build_encoder(args.work)
     (args.out / "encoder.onnx").write_bytes(work_encoder.read_bytes())
     (args.out / "LICENSE").write_bytes((args.work / "LICENSE").read_bytes())
-    head_onnx(model, args.out / "fp32.onnx")
     calibration = np.random.default_rng(0).choice(np.flatnonzero(train), 2048, replace=False)
+    # The sigmoid stays FP32: a quantized probability comes in 1/127 steps, which ties clips and moves alerts.
     quantize_qdq(args.out / "fp32.onnx", args.out / "int8.onnx",
-                 [{"features": x[calibration[i:i + 64]]} for i in range(0, len(calibration), 64)])
+                 [{"features": x[calibration[i:i + 64]]} for i in range(0, len(calibration), 64)],
+                 exclude_op_types=("Sigmoid",))
     variants = []
     for precision in ("fp32", "int8"):
         session = ort.InferenceSession(str(args.out / f"{precision}.onnx"), providers=["CPUExecutionProvider"])
@@ -341,7 +361,7 @@ def fit_and_export(args, seg: dict, emb: np.ndarray) -> None:
                               licence="Smart Turn v3.2 by Daily, BSD-2-Clause (LICENSE); Whisper encoder, MIT",
                               prosody=list(NAMES), fill=[round(float(v), 6) for v in fill]),
         provenance=Provenance(
-            source=f"head trained here ({kind}, seed {best['seed']}) on the training speakers of RAVDESS, TESS, "
+            source=f"head trained here ({kind}, seed {seed}) on the training speakers of RAVDESS, TESS, "
                    "EMOVO, TurEV, nEMO and ASED: 2 s segments every 0.5 s, corpora equal, angry half of each; "
                    f"chosen by {results['chosen']['rule']}",
             licence="encoder BSD-2-Clause (Smart Turn) and MIT (Whisper); head trained on RAVDESS (CC BY-NC-SA "
@@ -397,6 +417,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--kinds", default="linear,mlp", help="candidate heads, comma-separated")
     parser.add_argument("--embeddings-only", action="store_true", help="stop after the encoder pass (cached)")
+    parser.add_argument("--export-only", action="store_true", help="keep the fitted FP32 head and results.json; "
+                        "redo the INT8 head, the figures and the manifest")
     args = parser.parse_args()
     from appliance.tools.evaluation import read_index
 
@@ -408,7 +430,10 @@ def main() -> None:
     emb = segment_embeddings(args.data, args.work, rows, int(raw.sum()), args.threads)
     if args.embeddings_only:
         return
-    fit_and_export(args, seg, emb)
+    if args.export_only:
+        export(args, seg, emb, json.loads((args.log / "results.json").read_text()))
+    else:
+        fit_and_export(args, seg, emb)
 
 
 if __name__ == "__main__":
