@@ -39,12 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 from models.recipes.voice_loco import CORPORA, INDEXES, NEMO_VAL, ased_val, figures, segments  # noqa: E402
 from models.recipes.voice_smart_turn import (FEATURES_MEMBER, LAYER_OUTPUTS, MODEL_MEMBER, MODEL_SHA256,  # noqa: E402
-                                             WHEEL, WIDTH, clip_weights)
+                                             WHEEL, WIDTH, clip_weights, fit, predict)
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 
 NAME = "voice_anger_encoder"
 UNHEARD = ("emovo", "turev", "nemo", "ased")
-HIDDEN = 64
 
 
 def pooled_encoder(raw: bytes, frames: int):
@@ -154,44 +153,6 @@ def design(seg: dict, emb: np.ndarray, fill: np.ndarray) -> np.ndarray:
     x = np.where(np.isnan(x), fill, x)
     p = np.clip(seg["p"][raw].astype(np.float64), 1e-4, 1 - 1e-4)
     return np.column_stack([emb, x, np.log(p / (1 - p))]).astype(np.float32)
-
-
-def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, kind: str, seed: int, device: str):
-    """Standardise on the fitting rows, then a ridge logistic regression or the one-hidden-layer MLP (full batch,
-    Adam, the settings of ``voice_smart_turn.py``). Returns (mean, std, network)."""
-    import torch
-
-    torch.manual_seed(seed)
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
-    xf = torch.tensor((x - mu) / sd, dtype=torch.float32, device=device)
-    yt = torch.tensor(y, dtype=torch.float32, device=device)
-    wt = torch.tensor(w / w.sum(), dtype=torch.float32, device=device)
-    d = xf.shape[1]
-    if kind == "linear":
-        net, steps, decay, lr = torch.nn.Linear(d, 1), 300, 1e-2, 0.01
-    else:
-        net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(d, HIDDEN), torch.nn.GELU(),
-                                  torch.nn.Dropout(0.3), torch.nn.Linear(HIDDEN, 1))
-        steps, decay, lr = 400, 1e-3, 0.003
-    net = net.to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    for _ in range(steps):
-        net.train()
-        opt.zero_grad()
-        z = net(xf).squeeze(1)
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="none") * wt).sum()
-        loss = loss + decay * sum((q ** 2).sum() for n, q in net.named_parameters() if "weight" in n) / d
-        loss.backward()
-        opt.step()
-    return mu, sd, net.eval().cpu()
-
-
-def predict(model, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    mu, sd, net = model
-    with torch.no_grad():
-        return torch.sigmoid(net(torch.tensor((x - mu) / sd, dtype=torch.float32)).squeeze(1)).numpy()
 
 
 def head_onnx(model, path: Path) -> None:

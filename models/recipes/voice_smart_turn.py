@@ -52,6 +52,7 @@ WIDTH = 384
 # The residual stream entering layers 2, 3 and 4, and the encoder's final LayerNorm output.
 LAYER_OUTPUTS = ("add_146", "add_268", "add_390", "layer_norm_8")
 RIDGE = 1e-2
+HIDDEN = 64
 
 
 def front_end(work: Path):
@@ -121,37 +122,46 @@ def clip_weights(corpus: np.ndarray, y: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def fit_predict(x_fit, y, w, x_all, kind: str, device: str, seed: int = 1) -> np.ndarray:
-    """Standardise on the fitting rows, then a ridge logistic regression or a small MLP (full-batch, Adam)."""
+def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, kind: str, seed: int, device: str):
+    """Standardise on the fitting rows, then a ridge logistic regression or a one-hidden-layer MLP (full batch,
+    Adam). Returns (mean, std, network on the CPU)."""
     import torch
 
     torch.manual_seed(seed)
-    mu, sd = x_fit.mean(axis=0), x_fit.std(axis=0) + 1e-6
-    xf = torch.tensor((x_fit - mu) / sd, dtype=torch.float32, device=device)
-    xa = torch.tensor((x_all - mu) / sd, dtype=torch.float32, device=device)
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xf = torch.tensor((x - mu) / sd, dtype=torch.float32, device=device)
     yt = torch.tensor(y, dtype=torch.float32, device=device)
-    wt = torch.tensor(w, dtype=torch.float32, device=device)
+    wt = torch.tensor(w / w.sum(), dtype=torch.float32, device=device)
     d = xf.shape[1]
     if kind == "linear":
-        net = torch.nn.Linear(d, 1)
-        steps, decay = 300, RIDGE
+        net, steps, decay, lr = torch.nn.Linear(d, 1), 300, RIDGE, 0.01
     else:
-        net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(d, 64), torch.nn.GELU(),
-                                  torch.nn.Dropout(0.3), torch.nn.Linear(64, 1))
-        steps, decay = 400, 1e-3
+        net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(d, HIDDEN), torch.nn.GELU(),
+                                  torch.nn.Dropout(0.3), torch.nn.Linear(HIDDEN, 1))
+        steps, decay, lr = 400, 1e-3, 0.003
     net = net.to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01 if kind == "linear" else 0.003)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
         net.train()
         opt.zero_grad()
         z = net(xf).squeeze(1)
         loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="none") * wt).sum()
-        loss = loss + decay * sum((p ** 2).sum() for n, p in net.named_parameters() if "weight" in n) / d
+        loss = loss + decay * sum((q ** 2).sum() for n, q in net.named_parameters() if "weight" in n) / d
         loss.backward()
         opt.step()
-    net.eval()
+    return mu, sd, net.eval().cpu()
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    mu, sd, net = model
     with torch.no_grad():
-        return torch.sigmoid(net(xa).squeeze(1)).cpu().numpy()
+        return torch.sigmoid(net(torch.tensor((x - mu) / sd, dtype=torch.float32)).squeeze(1)).numpy()
+
+
+def fit_predict(x_fit, y, w, x_all, kind: str, device: str, seed: int = 1) -> np.ndarray:
+    return predict(fit(x_fit, y, w, kind, seed, device), x_all)
 
 
 def per_speaker(x: np.ndarray, speaker: np.ndarray) -> np.ndarray:
