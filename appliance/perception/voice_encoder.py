@@ -65,8 +65,8 @@ class AngerEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or runtime.intra_op_threads or 1
         options.inter_op_num_threads = 1
-        # The encoder ships INT8 (as its authors do) and runs on the CPU: it is a few ms per second of speech on
-        # the voice worker, beside the loop.
+        # The encoder exists only as its authors' INT8 CPU graph; it runs on the voice worker, beside the loop, so
+        # its one thread never takes a tick's time.
         self._encoder = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._fill = np.asarray(spec.fill, np.float32)
         self._head, self.report = open_session(manifest, runtime, available)
