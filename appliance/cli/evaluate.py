@@ -171,7 +171,8 @@ def eval_sessions(
             "hours": sum(r.seconds for r in results) / 3600, "on_threshold": cfg.alerts.on_threshold,
             "off_threshold": cfg.alerts.off_threshold, "alert_window_s": cfg.alerts.window_s,
             "cooldown_s": cfg.alerts.cooldown_s,
-            "models": f"{cfg.expression.model} + {cfg.voice.model}" if video else cfg.voice.model}
+            "models": (f"{cfg.expression.model} + " if video else "") + cfg.voice.model
+            + (f" (anger: {cfg.voice.anger_model})" if cfg.voice.anger_model else "")}
     text = markdown(summary, meta)
     print(text)
     if json_out:
