@@ -38,7 +38,7 @@ from appliance.daemon.pipeline import Pipeline
 mark("daemon imported")
 cfg = load_config(None, env={"APPLIANCE_STATE__DIR": sys.argv[1], "APPLIANCE_MQTT__EMBEDDED_PORT": "0",
                              "APPLIANCE_LOG__LEVEL": "WARNING", "APPLIANCE_CAMERA__SOURCE": sys.argv[2],
-                             "APPLIANCE_AUDIO__SOURCE": sys.argv[3]})
+                             "APPLIANCE_AUDIO__SOURCE": sys.argv[3]} | json.loads(sys.argv[4]))
 pipeline = Pipeline(cfg)
 mark("models loaded")
 
@@ -93,11 +93,12 @@ def face_first_clip(path: Path, start: int = 90, frames: int = 120) -> Path:
     return path
 
 
-def one_run(clip: Path) -> dict:
+def one_run(clip: Path, settings: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="appliance-cold-") as state:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")} | {"PYTHONUNBUFFERED": "1"}
         spawned = time.time()
-        proc = subprocess.run([sys.executable, "-c", CHILD, state, str(clip), str(DEMO.with_suffix(".flac"))],
+        proc = subprocess.run([sys.executable, "-c", CHILD, state, str(clip), str(DEMO.with_suffix(".flac")),
+                               json.dumps(settings)],
                               capture_output=True, text=True, env=env, timeout=120, cwd=state)
         ended = time.time()
     if proc.returncode != 0:
@@ -115,12 +116,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="cold_start")
+    parser.add_argument("--set", action="append", default=[], metavar="APPLIANCE_KEY=VALUE",
+                        help="a config setting for the daemon, as its environment variable (repeatable), e.g. "
+                             "APPLIANCE_VOICE__ANGER_MODEL= for the tone model's anger head")
     args = parser.parse_args()
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("APPLIANCE_"):
+            parser.error(f"--set {item!r}: expected APPLIANCE_KEY=VALUE")
+        settings[key] = value
     runs = []
     work = Path(tempfile.mkdtemp(prefix="appliance-cold-clip-"))
     clip = face_first_clip(work / "face_first.mp4")
     for i in range(args.runs):
-        runs.append(one_run(clip))
+        runs.append(one_run(clip, settings))
         print(f"run {i + 1}: first face after {runs[-1]['to_first_face_s']:.3f} s", flush=True)
     warm = runs[1:] or runs
     median = {"to_first_face_s": statistics.median(r["to_first_face_s"] for r in warm)}
@@ -137,7 +147,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Cold start to the first classified face ({args.name})", "",
-             f"`python benchmarks/cold_start.py --runs {args.runs}`: a new process builds the daemon on the demo "
+             f"`python benchmarks/cold_start.py --runs {args.runs}"
+             + "".join(f" --set {k}={v}" for k, v in settings.items()) + "`: a new process builds the daemon on the demo "
              f"(from its frame 90, where a face is in view) and stops at the first tick whose faces were "
              f"classified. Median of runs 2-{args.runs} (run 1: "
              f"{runs[0]['to_first_face_s']:.3f} s).", "",

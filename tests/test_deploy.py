@@ -45,7 +45,9 @@ def test_install_dry_run_prints_the_whole_plan_and_changes_nothing():
     assert proc.returncode == 0, proc.stderr
     plan = proc.stdout
     for step in ("apt-get install", "useradd --system", "python3 -m venv --system-site-packages",
-                 "pip install --quiet /opt/appliance/src", "would write /etc/appliance/config.toml",
+                 "pip install --quiet /opt/appliance/src",
+                 "voice_anger_encoder.py --encoder-only --out /opt/appliance/src/models/onnx/voice_anger_encoder",
+                 "would write /etc/appliance/config.toml",
                  "appliance config validate", "would write /etc/systemd/system/appliance.service",
                  "would write /etc/udev/rules.d/70-appliance-cpu-latency.rules",
                  "would write /etc/systemd/system/systemd-time-wait-sync.service.d/appliance.conf",

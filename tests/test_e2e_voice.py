@@ -30,11 +30,13 @@ def test_demo_summaries_carry_faces_and_voice(tmp_path, mosquitto, collect):
     both = [s for s in summaries if s["faces"] and s["voice"]]
     assert both, summaries
     status = watcher.json("/status")[0]
-    assert {m["model"] for m in status["models"]} >= {"voice_tone_cnn", "silero_vad"} and status["microphone"]
-    # The index is the shipped fusion of the files that ran (models/fusion.json + the manifests' calibrations).
+    assert {m["model"] for m in status["models"]} >= {"voice_tone_cnn", "voice_anger_encoder", "silero_vad"}
+    assert status["microphone"]
+    # The index is the shipped fusion of the files that ran (models/fusion.json + the manifests' calibrations); the
+    # voice's P(angry) is the anger encoder's (voice.anger_model, on by default).
     ran = {m["model"]: f"{m['precision']}.onnx" for m in status["models"]}      # on the CPU: the file's precision
     index = load_fusion(ROOT / "models", load_manifest(ROOT / "models" / "onnx" / "ferplus_cnn"), ran["ferplus_cnn"],
-                        load_manifest(ROOT / "models" / "onnx" / "voice_tone_cnn"), ran["voice_tone_cnn"])
+                        load_manifest(ROOT / "models" / "onnx" / "voice_anger_encoder"), ran["voice_anger_encoder"])
     for s in both:
         assert s["voice"]["speech_seconds"] >= 1.0
         assert sum(s["voice"]["distribution"].values()) == pytest.approx(1.0, abs=2e-3)

@@ -20,17 +20,20 @@ OWN_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 
 @contextmanager
-def native_output_to(logger: logging.Logger) -> Iterator[None]:
+def native_output_to(logger: logging.Logger) -> Iterator[list[str]]:
+    """Yields a list that holds, once the block is left, the native lines it caught (for a caller that waits for a
+    line it knows will come once)."""
     sys.stderr.flush()
+    caught: list[str] = []
     try:
         saved = os.dup(2)
     except OSError:                  # no fd 2 at all (a daemon started without one): nothing to redirect
-        yield
+        yield caught
         return
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            yield
+            yield caught
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -40,4 +43,5 @@ def native_output_to(logger: logging.Logger) -> Iterator[None]:
                 if OWN_LINE.match(line):
                     print(line, file=sys.stderr, flush=True)
                 elif line.strip():
+                    caught.append(line)
                     logger.debug("native: %s", line)

@@ -29,10 +29,10 @@ class ExpressionConfig(Section):
 
 class VoiceConfig(Section):
     model: str = Field(default="voice_tone_cnn", description="a model folder under models.dir/onnx")
-    anger_model: str = Field(default="", description="a model folder under models.dir/onnx whose speech encoder "
-                             "reads the voice's anger (voice_anger_encoder); empty: the tone model's anger head. "
-                             "Not yet the default: the anger index's calibration and the alert thresholds are "
-                             "fitted for the anger head")
+    anger_model: str = Field(default="voice_anger_encoder", description="a model folder under models.dir/onnx "
+                             "whose speech encoder reads the voice's anger (Smart Turn v3.2 + a head, made by "
+                             "models/recipes/voice_anger_encoder.py); empty: the tone model's own anger head, "
+                             "which hears anger mostly as loudness")
     vad_model: str = Field(default="silero_vad")
     vad_threshold: float = Field(default=0.5, gt=0, lt=1)
     step_s: float = Field(default=1.0, ge=0.25, le=5.0, description="run the tone model on each this much new speech")

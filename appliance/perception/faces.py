@@ -12,6 +12,9 @@ from appliance.host.native_log import native_output_to
 from appliance.perception.stage import StageTimes, Stopwatch
 
 log = logging.getLogger(__name__)
+ALIGNMENT_WARNING = "memory is not aligned"
+# About a minute of detections at 30 Hz with detection every 3rd frame; each costs a temporary file and two dup2.
+UNALIGNED_WATCH_CALLS = 600
 
 
 def mediapipe_vision():
@@ -80,14 +83,25 @@ class FaceDetector:
         self.tile_overlap = tile_overlap
         self.times = StageTimes()
         self._sizes_seen: set[tuple[int, int]] = set()
+        self._unaligned_calls_left = UNALIGNED_WATCH_CALLS
 
     def __call__(self, frame_bgr: np.ndarray) -> Detections:
         if frame_bgr.shape[:2] not in self._sizes_seen:
-            # LiteRT prints to fd 2 at the first inference on a new input size (an alignment warning, once per
-            # process): the first frame of each size goes through the redirect, the rest do not pay for it.
+            # LiteRT prints to fd 2 at the first inference on a new input size: the first frame of each size goes
+            # through the redirect.
             self._sizes_seen.add(frame_bgr.shape[:2])
             with native_output_to(log):
                 return self.detect(frame_bgr)
+        if self._unaligned_calls_left:
+            # It also warns, once per process, at the first inference whose input tensor happens to be unaligned,
+            # which depends on the heap (other threads' models move it): later frames go through the redirect until
+            # that line was caught, for a bounded number of calls.
+            self._unaligned_calls_left -= 1
+            with native_output_to(log) as caught:
+                detections = self.detect(frame_bgr)
+            if any(ALIGNMENT_WARNING in line for line in caught):
+                self._unaligned_calls_left = 0
+            return detections
         return self.detect(frame_bgr)
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:

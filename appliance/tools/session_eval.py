@@ -143,10 +143,12 @@ def summarise(results: list[SessionResult]) -> dict:
     out = {"per_emotion": per_emotion,
            "false_alerts_per_hour_calm": _rate(calm),
            "calm_hours": round(sum(r.seconds for r in calm) / 3600, 3)}
-    for key, attr in (("by_sex", "sex"), ("by_corpus", "corpus")):
+    # Fairness is judged within a corpus too: the corpora differ in language and in how many men and women they have.
+    for key, group in (("by_sex", lambda r: r.sex), ("by_corpus", lambda r: r.corpus),
+                       ("by_corpus_sex", lambda r: f"{r.corpus} {r.sex}")):
         split = defaultdict(list)
         for r in results:
-            split[getattr(r, attr)].append(r)
+            split[group(r)].append(r)
         out[key] = {k: {"angry_alerted_share": _share([r for r in rs if r.label == "angry"]),
                         "angry_sessions": sum(r.label == "angry" for r in rs),
                         "false_alerts_per_hour_calm": _rate([r for r in rs if r.label in CALM_LABELS])}
@@ -186,10 +188,10 @@ def markdown(summary: dict, meta: dict) -> str:
                      + (f"{w['p10']} / {w['p50']} / {w['p90']} |" if w else "- |"))
     lines += ["", f"False alerts per hour over {', '.join(CALM_LABELS)} sessions: "
                   f"**{summary['false_alerts_per_hour_calm']}** ({summary['calm_hours']} h).", ""]
-    for key, title in (("by_sex", "speaker sex"), ("by_corpus", "corpus")):
+    for key, title in (("by_sex", "speaker sex"), ("by_corpus", "corpus"), ("by_corpus_sex", "corpus and sex")):
         lines += [f"| {title} | angry sessions | angry with an alert | false alerts per hour (calm) |",
                   "|---|---|---|---|"]
-        for k, v in summary[key].items():
+        for k, v in summary.get(key, {}).items():
             share = "-" if v["angry_alerted_share"] is None else f"{100 * v['angry_alerted_share']:.0f}%"
             lines.append(f"| {k} | {v['angry_sessions']} | {share} | {v['false_alerts_per_hour_calm']} |")
         lines.append("")

@@ -202,6 +202,15 @@ if [ "$JETPACK" != none ]; then
     # mediapipe pulls pip's OpenCV, which has no GStreamer and would shadow JetPack's: remove it.
     run "$VENV/bin/pip" uninstall --yes --quiet opencv-python opencv-contrib-python opencv-python-headless
 fi
+# The voice's anger encoder (Smart Turn v3.2, 8 MB) is not in git: taken from its pinned wheel, checked against the
+# manifest's sha256 (the recipe stops on a mismatch), once.
+ENCODER=$APP_SRC/models/onnx/voice_anger_encoder/encoder.onnx
+if [ ! -f "$ENCODER" ] || [ "$DRY_RUN" = 1 ]; then
+    say "voice anger encoder from pipecat-ai==1.14.0 (pip download, ~12 MB)"
+    run "$VENV/bin/pip" install --quiet "onnx>=1.15"
+    run "$VENV/bin/python" "$APP_SRC/models/recipes/voice_anger_encoder.py" --encoder-only \
+        --out "$(dirname "$ENCODER")" --work "$CACHE_DIR/voice_anger_encoder"
+fi
 if [ -n "$ORT_INDEX" ]; then
     run "$VENV/bin/pip" uninstall --yes --quiet onnxruntime
     run "$VENV/bin/pip" install --quiet --index-url "$ORT_INDEX" onnxruntime-gpu
