@@ -254,6 +254,45 @@ def test_doctor_passes_with_a_reachable_broker(tmp_path, mosquitto):
     assert "cpu latency" not in proc.stdout      # checked only when configured
 
 
+def test_doctor_checks_the_voice_anger_encoder_that_git_does_not_hold(tmp_path):
+    """The encoder file is written by make setup / install.sh, not shipped in git: doctor names a missing or wrong one
+    and how to write it; the anger index it checks is the one the daemon assembles (the encoder's calibration)."""
+    models = tmp_path / "models"
+    (models / "onnx").mkdir(parents=True)
+    for entry in (ROOT / "models").iterdir():
+        if entry.name != "onnx":
+            (models / entry.name).symlink_to(entry)
+    for entry in (ROOT / "models" / "onnx").iterdir():
+        if entry.name != "voice_anger_encoder":
+            (models / "onnx" / entry.name).symlink_to(entry)
+    mine = models / "onnx" / "voice_anger_encoder"
+    mine.mkdir()
+    for f in (ROOT / "models" / "onnx" / "voice_anger_encoder").iterdir():
+        if f.name != "encoder.onnx":
+            (mine / f.name).symlink_to(f)
+    env = appliance_env(tmp_path, APPLIANCE_MODELS__DIR=str(models))
+
+    def model_line(proc):
+        lines = proc.stdout.splitlines()
+        i = next(i for i, line in enumerate(lines) if "voice_anger_encoder" in line and "] model" in line)
+        return lines[i], lines[i + 1] if i + 1 < len(lines) else ""
+
+    for broken in ("missing", "does not match"):
+        if broken == "does not match":
+            (mine / "encoder.onnx").write_bytes(b"not the encoder")
+        proc = subprocess.run(appliance_cmd("doctor"), capture_output=True, text=True, timeout=60, env=env)
+        line, fix = model_line(proc)
+        assert line.startswith("[FAIL]") and broken in line, proc.stdout
+        assert "voice_anger_encoder.py --encoder-only" in fix
+    (mine / "encoder.onnx").unlink()
+    (mine / "encoder.onnx").symlink_to(ROOT / "models" / "onnx" / "voice_anger_encoder" / "encoder.onnx")
+    proc = subprocess.run(appliance_cmd("doctor"), capture_output=True, text=True, timeout=60, env=env)
+    line, _ = model_line(proc)
+    assert line.startswith("[ok  ]") and "speech encoder encoder.onnx sha256 match" in line
+    index = next(line for line in proc.stdout.splitlines() if "] anger index" in line)
+    assert index.startswith("[ok  ]") and "ferplus_cnn + voice_anger_encoder" in index
+
+
 def test_doctor_checks_the_cpu_latency_request_when_configured(tmp_path):
     proc = subprocess.run(appliance_cmd("doctor"), capture_output=True, text=True, timeout=60,
                           env=appliance_env(tmp_path, APPLIANCE_LOOP__CPU_WAKEUP_LATENCY_US="0"))

