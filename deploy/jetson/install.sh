@@ -209,7 +209,7 @@ if [ ! -f "$ENCODER" ] || [ "$DRY_RUN" = 1 ]; then
     say "voice anger encoder from pipecat-ai==1.14.0 (pip download, ~12 MB)"
     run "$VENV/bin/pip" install --quiet "onnx>=1.15"
     run "$VENV/bin/python" "$APP_SRC/models/recipes/voice_anger_encoder.py" --encoder-only \
-        --out "$(dirname "$ENCODER")" --work "$CACHE_DIR/voice_anger_encoder"
+        --out "$(dirname "$ENCODER")" --work "$APP_SRC/.cache/voice_anger_encoder"
 fi
 if [ -n "$ORT_INDEX" ]; then
     run "$VENV/bin/pip" uninstall --yes --quiet onnxruntime
