@@ -148,7 +148,8 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Cold start to the first classified face ({args.name})", "",
              f"`python benchmarks/cold_start.py --runs {args.runs}"
-             + "".join(f" --set {k}={v}" for k, v in settings.items()) + "`: a new process builds the daemon on the demo "
+             + "".join(f" --set {k}={v}" for k, v in settings.items())
+             + "`: a new process builds the daemon on the demo "
              f"(from its frame 90, where a face is in view) and stops at the first tick whose faces were "
              f"classified. Median of runs 2-{args.runs} (run 1: "
              f"{runs[0]['to_first_face_s']:.3f} s).", "",

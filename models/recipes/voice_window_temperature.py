@@ -76,7 +76,8 @@ def main() -> None:
              "Written by `python models/recipes/voice_window_temperature.py` (method in its docstring). Windows of "
              f"{WINDOW} segments of one speaker and emotion, 40 per speaker and emotion. *Above calm p99*: share of "
              "angry windows above the pooled 99th percentile of calm windows.", "",
-             "| split | temperature | pooled window AUC | angry windows above calm p99 | per corpus |", "|---|---|---|---|---|"]
+             "| split | temperature | pooled window AUC | angry windows above calm p99 | per corpus |",
+             "|---|---|---|---|---|"]
     for split, z, rows in (("validation (shipped head)", logits["shipped"], val),
                            ("leave one corpus out (unheard)", loco, np.isin(corpus, UNHEARD))):
         report["splits"][split] = {}
@@ -87,7 +88,8 @@ def main() -> None:
             s = np.array([x[2] for x in w])
             threshold = float(np.quantile(s[~y], 0.99))
             per = {k: round(float((s[y & (c == k)] > threshold).mean()), 3) for k in sorted(set(c[y]))}
-            entry = {"auc": round(float(roc_auc(s, y)), 4), "above_calm_p99": round(float((s[y] > threshold).mean()), 3),
+            entry = {"auc": round(float(roc_auc(s, y)), 4),
+                     "above_calm_p99": round(float((s[y] > threshold).mean()), 3),
                      "per_corpus": per, "windows": len(w)}
             report["splits"][split][f"{t:g}"] = entry
             lines.append(f"| {split} | {t:g} | {entry['auc']:.3f} | {entry['above_calm_p99']:.2f} | "
