@@ -69,12 +69,18 @@ def shifted(z: np.ndarray, units: list[np.ndarray], rows_of: list[np.ndarray], r
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def study_parser(doc: str) -> argparse.ArgumentParser:
+    """The paths every study of the encoder model reads: data, its results folder, its cache, voice_loco's cache."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / NAME)
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / NAME)
     parser.add_argument("--loco-work", type=Path, default=ROOT / ".cache" / "voice_loco")
+    return parser
+
+
+def main() -> None:
+    parser = study_parser(__doc__)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--priors", default="20,200", help="pseudo-segments of no shift, comma-separated")

@@ -13,7 +13,6 @@ through), per corpus. Writes ``window_temperature.{md,json}`` in ``benchmarks/re
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from models.recipes.voice_anger_encoder import NAME, UNHEARD  # noqa: E402
 from models.recipes.voice_loco import NEMO_VAL, ased_val, segments  # noqa: E402
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
+from models.recipes.voice_unit_shift import study_parser  # noqa: E402
 
 CALM = ("neutral", "calm", "happy", "sad")
 WINDOW = 5        # segments: the alert's 5 s window at one segment per second of speech
@@ -51,11 +51,7 @@ def windows(z, rows, speaker, label, corpus, temperature, per=40, seed=0):
 def main() -> None:
     from appliance.tools.metrics import roc_auc
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / NAME)
-    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / NAME)
-    parser.add_argument("--loco-work", type=Path, default=ROOT / ".cache" / "voice_loco")
+    parser = study_parser(__doc__)
     parser.add_argument("--temperatures", default="1,3,10,30")
     args = parser.parse_args()
     seed = json.loads((args.log / "results.json").read_text())["chosen"]["seed"]
