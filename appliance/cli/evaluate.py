@@ -68,15 +68,14 @@ def eval_voice(
     """Accuracy, macro-F1, per-class recall and anger recall/precision of the vocal-tone model on clips."""
     from appliance.tools.evaluation import evaluate_voice, stderr_progress
     from appliance.perception.voice import VoiceToneModel
-    from appliance.perception.voice_encoder import AngerEncoder
+    from appliance.perception.voice_encoder import configured
 
     cfg = load(config, **{"runtime.precision": precision, "voice.anger_model": anger_model})
     setup_logging("WARNING")
     kept = filters(where)
     manifest = model_manifest(model or cfg.voice.model, cfg)
-    anger = (AngerEncoder(model_manifest(cfg.voice.anger_model, cfg), cfg.runtime) if cfg.voice.anger_model
-             else None)
-    tone = VoiceToneModel(manifest, cfg.runtime, anger=anger)
+    tone = VoiceToneModel(manifest, cfg.runtime, anger=configured(cfg.models.dir / "onnx", cfg.voice.anger_model,
+                                                                   cfg.runtime))
     report = evaluate_voice(directory, tone, index=index, where=kept, progress=stderr_progress("evaluating"))
     angry = report.per_class.get("angry")
     print(report.table())

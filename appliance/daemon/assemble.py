@@ -23,7 +23,7 @@ from appliance.perception.expression import ExpressionModel
 from appliance.perception.faces import FaceDetector
 from appliance.perception.vad import VoiceActivity
 from appliance.perception.voice import SpeechBuffer, VoiceToneModel
-from appliance.perception.voice_encoder import AngerEncoder
+from appliance.perception.voice_encoder import configured as anger_encoder
 from appliance.perception.zones import ExclusionZones
 from appliance.publish.broker import EmbeddedBroker
 from appliance.publish.client import check_setup
@@ -118,9 +118,8 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
     vad = tone = speech = None
     if audio is not None:
         vad = VoiceActivity(load_manifest(models_dir / config.voice.vad_model), config.voice.vad_threshold)
-        anger_model = (AngerEncoder(load_manifest(models_dir / config.voice.anger_model), config.runtime)
-                       if config.voice.anger_model else None)
-        tone = VoiceToneModel(load_manifest(models_dir / config.voice.model), config.runtime, anger=anger_model)
+        tone = VoiceToneModel(load_manifest(models_dir / config.voice.model), config.runtime,
+                              anger=anger_encoder(models_dir, config.voice.anger_model, config.runtime))
         speech = SpeechBuffer(config.voice.step_s, config.voice.min_speech_s)
     # The voice's P(angry) is calibrated as the model that makes it: the encoder's head where there is one.
     voice_anger = tone and (tone.anger_model or tone)

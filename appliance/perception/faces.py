@@ -86,23 +86,20 @@ class FaceDetector:
         self._unaligned_calls_left = UNALIGNED_WATCH_CALLS
 
     def __call__(self, frame_bgr: np.ndarray) -> Detections:
-        if frame_bgr.shape[:2] not in self._sizes_seen:
-            # LiteRT prints to fd 2 at the first inference on a new input size: the first frame of each size goes
-            # through the redirect.
-            self._sizes_seen.add(frame_bgr.shape[:2])
-            with native_output_to(log):
-                return self.detect(frame_bgr)
-        if self._unaligned_calls_left:
-            # It also warns, once per process, at the first inference whose input tensor happens to be unaligned,
-            # which depends on the heap (other threads' models move it): later frames go through the redirect until
-            # that line was caught, for a bounded number of calls.
-            self._unaligned_calls_left -= 1
-            with native_output_to(log) as caught:
-                detections = self.detect(frame_bgr)
-            if any(ALIGNMENT_WARNING in line for line in caught):
-                self._unaligned_calls_left = 0
-            return detections
-        return self.detect(frame_bgr)
+        # LiteRT writes to fd 2 past Python's logging: at the first inference on each input size, and once per
+        # process at the first inference whose input tensor happens to be unaligned, which depends on the heap
+        # (other threads' models move it). Those calls go through the redirect: the first frame of each size, and
+        # every frame until the alignment line was caught, for a bounded number of calls.
+        new_size = frame_bgr.shape[:2] not in self._sizes_seen
+        if not (new_size or self._unaligned_calls_left):
+            return self.detect(frame_bgr)
+        self._sizes_seen.add(frame_bgr.shape[:2])
+        self._unaligned_calls_left = max(0, self._unaligned_calls_left - 1)
+        with native_output_to(log) as caught:
+            detections = self.detect(frame_bgr)
+        if any(ALIGNMENT_WARNING in line for line in caught):
+            self._unaligned_calls_left = 0
+        return detections
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         import cv2

@@ -10,6 +10,8 @@ label distribution is unchanged.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from appliance.manifest import LOGIT_EPS, ModelFileError, ModelManifest
@@ -31,6 +33,32 @@ def encoder_input(segment: np.ndarray) -> np.ndarray:
     return compute_whisper_log_mel_features(np.pad(audio, (n - len(audio), 0)), do_normalize=True)
 
 
+def encoder_file(manifest: ModelManifest) -> Path:
+    """The speech encoder a voice anger model reads (not kept in git: ``make setup`` and the Jetson install write
+    it): present and the file its manifest names, or a ``ModelFileError`` that says how to write it."""
+    from appliance.manifest import sha256_of
+
+    spec = manifest.encoder
+    if spec is None or manifest.directory is None:
+        raise ModelFileError(f"{manifest.name}: the manifest names no speech encoder; rebuild it with "
+                             f"{manifest.provenance.recipe}")
+    path = manifest.directory / spec.file
+    if not path.is_file():
+        raise ModelFileError(f"{manifest.name}: encoder file {path} is missing; rebuild it with "
+                             f"{manifest.provenance.recipe}")
+    if sha256_of(path) != spec.sha256:
+        raise ModelFileError(f"{manifest.name}: encoder file {path} does not match the manifest's sha256; rebuild it "
+                             f"with {manifest.provenance.recipe}")
+    return path
+
+
+def configured(onnx_dir: Path, name: str, runtime: RuntimeConfig) -> "AngerEncoder | None":
+    """The anger encoder ``voice.anger_model`` names (a folder under ``onnx_dir``), or None where it names none."""
+    from appliance.manifest import load_manifest
+
+    return AngerEncoder(load_manifest(Path(onnx_dir) / name), runtime) if name else None
+
+
 class AngerEncoder:
     """``anger(segments, prosody, p_angry)``: (N, samples) 2 s segments, their prosodic functionals (all of
     ``prosody.NAMES``) and the tone model's P(angry) -> (N,) P(angry). Times its pre-process (log-mel), the encoder
@@ -42,20 +70,10 @@ class AngerEncoder:
                  threads: int | None = None):
         import onnxruntime as ort
 
-        from appliance.manifest import sha256_of
         from appliance.perception.prosody import NAMES
 
+        path = encoder_file(manifest)
         spec = manifest.encoder
-        if spec is None or manifest.directory is None:
-            raise ModelFileError(f"{manifest.name}: the manifest names no speech encoder; rebuild it with "
-                                 f"{manifest.provenance.recipe}")
-        path = manifest.directory / spec.file
-        if not path.is_file():
-            raise ModelFileError(f"{manifest.name}: encoder file {path} is missing; rebuild it with "
-                                 f"{manifest.provenance.recipe}")
-        if sha256_of(path) != spec.sha256:
-            raise ModelFileError(f"{manifest.name}: {path} does not match the manifest's sha256; rebuild it with "
-                                 f"{manifest.provenance.recipe}")
         unknown = [n for n in spec.prosody if n not in NAMES]
         if unknown:
             raise ModelFileError(f"{manifest.name}: the head reads prosodic features {unknown} that this version "

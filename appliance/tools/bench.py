@@ -182,11 +182,10 @@ def accuracy(cfg: AppConfig, faces_dir: Path | None, voice_dir: Path | None, voi
                          lambda m: evaluate_faces(faces_dir, m, progress=stderr_progress("  faces"))))
     if voice_dir:
         def tone(manifest, rcfg):
-            from appliance.perception.voice_encoder import AngerEncoder
+            from appliance.perception.voice_encoder import configured
 
-            anger = cfg.voice.anger_model and AngerEncoder(load_manifest(cfg.models.dir / "onnx" /
-                                                                         cfg.voice.anger_model), rcfg)
-            return VoiceToneModel(manifest, rcfg, anger=anger or None)
+            return VoiceToneModel(manifest, rcfg, anger=configured(cfg.models.dir / "onnx", cfg.voice.anger_model,
+                                                                    rcfg))
 
         jobs.append(("voice", cfg.voice.model, tone,
                      lambda m: evaluate_voice(voice_dir, m, where=voice_where, progress=stderr_progress("  voice"))))

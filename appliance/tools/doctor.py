@@ -80,6 +80,7 @@ def check_microphone(cfg: AppConfig) -> Check:
 
 def check_models(cfg: AppConfig) -> list[Check]:
     from appliance.manifest import ModelFileError, load_manifest, verify_variant
+    from appliance.perception.voice_encoder import encoder_file
 
     checks = []
     folders = [cfg.models.dir / "tflite" / cfg.faces.model, cfg.models.dir / "onnx" / cfg.expression.model,
@@ -92,7 +93,7 @@ def check_models(cfg: AppConfig) -> list[Check]:
             for variant in manifest.variants:
                 verify_variant(manifest, variant)
             if manifest.encoder is not None:
-                verify_encoder(manifest)
+                encoder_file(manifest)
             acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}"
                    + (f" ({v.calibration.method} calibrated)" if v.calibration else "")
                    for v in manifest.variants if v.accuracy]
@@ -110,17 +111,6 @@ def check_models(cfg: AppConfig) -> list[Check]:
             checks.append(Check("model", False, str(e), fix))
     checks.append(check_anger_index(cfg))
     return checks
-
-
-def verify_encoder(manifest) -> None:
-    """The speech encoder a model reads (not kept in git): present and the file its manifest names."""
-    from appliance.manifest import ModelFileError, sha256_of
-
-    path = manifest.directory / manifest.encoder.file
-    if not path.is_file():
-        raise ModelFileError(f"{manifest.name}: encoder file {path} is missing")
-    if sha256_of(path) != manifest.encoder.sha256:
-        raise ModelFileError(f"{manifest.name}: encoder file {path} does not match the manifest's sha256")
 
 
 def check_anger_index(cfg: AppConfig) -> Check:

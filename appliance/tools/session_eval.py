@@ -191,7 +191,7 @@ def markdown(summary: dict, meta: dict) -> str:
     for key, title in (("by_sex", "speaker sex"), ("by_corpus", "corpus"), ("by_corpus_sex", "corpus and sex")):
         lines += [f"| {title} | angry sessions | angry with an alert | false alerts per hour (calm) |",
                   "|---|---|---|---|"]
-        for k, v in summary.get(key, {}).items():
+        for k, v in summary[key].items():
             share = "-" if v["angry_alerted_share"] is None else f"{100 * v['angry_alerted_share']:.0f}%"
             lines.append(f"| {k} | {v['angry_sessions']} | {share} | {v['false_alerts_per_hour_calm']} |")
         lines.append("")
