@@ -124,6 +124,7 @@ models: setup
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --arch resnet --train-only
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --seed 2 --train-only
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --ensemble 2
+	$(BIN)/python models/recipes/ferplus_one_pass.py --data $(DATA)
 	$(BIN)/python models/recipes/anger_fusion.py --data $(DATA)
 
 VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20
@@ -132,6 +133,7 @@ VOICE_VAL := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20,emovo-f3,emovo-
 bench: setup
 	$(BIN)/python benchmarks/runtime_precisions.py
 	$(BIN)/python benchmarks/vad_eval.py --data $(DATA)
+	$(BIN)/python benchmarks/face_one_pass.py --data $(DATA)
 	$(BIN)/appliance bench --seconds 300 --faces 4 --matrix --faces-data $(DATA)/faces/fer2013/public_test \
 		--voice-data $(DATA)/speech --voice-where $(VAL_SPEAKERS) --json benchmarks/results/bench.json
 	$(BIN)/appliance bench --seconds 120 --faces 4 --cpu-wakeup-latency-us 0 --json benchmarks/results/bench_cpu_awake.json

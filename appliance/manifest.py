@@ -38,6 +38,9 @@ class Preprocessing(_Strict):
     # the model was trained on (None: the config's faces.margin, or 0.15).
     crop_margin: float | None = Field(default=None, description="per side, in box sides")
     crop_shift: float = Field(default=0.0, description="vertical shift of the crop's centre, in box sides (up < 0)")
+    mirror: Literal["alternate"] | None = Field(default=None, description="alternate: the runtime flips the face "
+                                                 "left-right on every other call, so a face followed from tick to "
+                                                 "tick is read both ways and the window averages the two views")
 
 
 class Accuracy(_Strict):

@@ -23,13 +23,14 @@ sys.path.insert(0, str(ROOT))
 DEMO = ROOT / "appliance" / "demo" / "short_hamilton_clip.mp4"
 
 
-def play_all(every: int, rate: float, data: Path, demo_s: float) -> dict[str, dict]:
+def play_all(every: int, rate: float, data: Path, demo_s: float, env: dict[str, str] | None = None) \
+        -> dict[str, dict]:
     from appliance.config import load_config
     from appliance.tools.video_eval import clip_result, play_clip, quiet_pipeline_logs, read_clip_index
 
     quiet_pipeline_logs()
     cfg = load_config(None, env={"APPLIANCE_FACES__DETECT_EVERY": str(every), "APPLIANCE_LOOP__RATE_HZ": str(rate),
-                                 "APPLIANCE_LOG__LEVEL": "WARNING"})
+                                 "APPLIANCE_LOG__LEVEL": "WARNING", **(env or {})})
     folder = data / "video" / "emotion"
     rows = read_clip_index(folder)
     out = {}

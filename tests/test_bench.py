@@ -34,7 +34,7 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert report["ticks"] >= 30 and len(report["timeline_ms"]) == report["ticks"]
     assert 0 <= report["loop_overhead_fraction"] < 1 and report["rss_mb"] > 50
     assert report["warm_up_ms"] > 0       # every model ran once at each of its shapes before the first tick
-    assert report["providers"]["ferplus_cnn"]["provider"] == "cpu"
+    assert report["providers"]["ferplus_cnn_one_pass"]["provider"] == "cpu"
     assert out.with_suffix(".md").read_text().startswith("# appliance bench")
     assert out.with_suffix(".png").stat().st_size > 10000
     assert "| detect |" in proc.stdout and "deadline misses" in proc.stdout
@@ -55,17 +55,18 @@ def test_matrix_covers_models_precisions_providers_and_the_auto_choice(tmp_path,
                                  "APPLIANCE_RUNTIME__ENGINE_CACHE_DIR": str(tmp_path / "engines")})
     m = matrix(cfg, runs=5, loop_seconds=2, log=lambda msg: None)
     timed = {(r["model"], r["provider"], r["precision"]) for r in m["calls"] if "unavailable" not in r}
-    # Both shipped face models side by side (the configured one and the earlier one), and the voice model.
-    assert timed == {(face, "cpu", p) for face in ("ferplus_cnn", "fer_mini_xception") for p in ("fp32", "int8")} \
+    # The shipped face models side by side (the configured one and the others), and the voice model.
+    faces = ("ferplus_cnn_one_pass", "ferplus_cnn", "fer_mini_xception")
+    assert timed == {(face, "cpu", p) for face in faces for p in ("fp32", "int8")} \
         | {("voice_tone_cnn", "cpu", "fp32"), ("voice_tone_cnn", "cpu", "int8")}
     unusable = {(r["provider"], r["precision"]) for r in m["calls"] if "unavailable" in r}
     assert unusable == {("tensorrt", "int8"), ("tensorrt", "fp16"), ("tensorrt", "fp32"), ("cuda", "fp32")}
     assert all("fell back to cpu" in r["unavailable"] for r in m["calls"] if "unavailable" in r)
-    face = next(r for r in m["calls"] if r["model"] == "ferplus_cnn" and "unavailable" not in r)
+    face = next(r for r in m["calls"] if r["model"] == "ferplus_cnn_one_pass" and "unavailable" not in r)
     assert face["loop_batch"] == 8 and {"batch1", "batch8"} <= set(face)
     assert {(r["provider"], r["precision"]) for r in m["loops"]} == {("cpu", "fp32"), ("cpu", "int8")}
     assert all(r["max_rate_hz"] and r["max_rate_hz"] > 0 for r in m["loops"])
-    assert set(m["auto"]) == {"ferplus_cnn", "voice_tone_cnn"}
+    assert set(m["auto"]) == {"ferplus_cnn_one_pass", "voice_tone_cnn"}
     assert all(isinstance(a["auto_is_fastest"], bool) for a in m["auto"].values())
     assert {a["provider"] for a in m["auto"].values()} == {"cpu"}
     assert all(a["fastest_overall"].startswith("cpu ") for a in m["auto"].values())

@@ -290,7 +290,7 @@ def test_doctor_checks_the_voice_anger_encoder_that_git_does_not_hold(tmp_path):
     line, _ = model_line(proc)
     assert line.startswith("[ok  ]") and "speech encoder encoder.onnx sha256 match" in line
     index = next(line for line in proc.stdout.splitlines() if "] anger index" in line)
-    assert index.startswith("[ok  ]") and "ferplus_cnn + voice_anger_encoder" in index
+    assert index.startswith("[ok  ]") and "ferplus_cnn_one_pass + voice_anger_encoder" in index
 
 
 def test_doctor_checks_the_cpu_latency_request_when_configured(tmp_path):

@@ -35,7 +35,8 @@ def test_demo_summaries_carry_faces_and_voice(tmp_path, mosquitto, collect):
     # The index is the shipped fusion of the files that ran (models/fusion.json + the manifests' calibrations); the
     # voice's P(angry) is the anger encoder's (voice.anger_model, on by default).
     ran = {m["model"]: f"{m['precision']}.onnx" for m in status["models"]}      # on the CPU: the file's precision
-    index = load_fusion(ROOT / "models", load_manifest(ROOT / "models" / "onnx" / "ferplus_cnn"), ran["ferplus_cnn"],
+    face = "ferplus_cnn_one_pass"
+    index = load_fusion(ROOT / "models", load_manifest(ROOT / "models" / "onnx" / face), ran[face],
                         load_manifest(ROOT / "models" / "onnx" / "voice_anger_encoder"), ran["voice_anger_encoder"])
     for s in both:
         assert s["voice"]["speech_seconds"] >= 1.0

@@ -13,7 +13,7 @@ from appliance.manifest import ModelFileError, load_manifest
 from conftest import ROOT
 
 MODELS = ROOT / "models"
-FACE_MODELS = ("ferplus_cnn", "fer_mini_xception")
+FACE_MODELS = ("ferplus_cnn_one_pass", "ferplus_cnn", "fer_mini_xception")
 
 
 def manifest(name):

@@ -29,9 +29,10 @@ def model_path():
     return face_detector_path(load_config(env={}))
 
 
-@pytest.fixture(scope="module", params=["ferplus_cnn", "fer_mini_xception"])
+@pytest.fixture(scope="module", params=["ferplus_cnn_one_pass", "ferplus_cnn", "fer_mini_xception"])
 def expression(request):
-    """Both shipped face models: the default and the earlier one stay interchangeable."""
+    """The shipped face models: the default (one pass, mirrored every other call), the same network in two passes,
+    and the earlier one stay interchangeable. The tests below ask for the unmirrored view."""
     return ExpressionModel(load_manifest(default_models_dir() / "onnx" / request.param),
                            RuntimeConfig(providers=["cpu"]))
 
@@ -102,8 +103,9 @@ def test_expression_batch_equals_single(model_path, expression):
     with FaceDetector(model_path, max_faces=8, min_face_px=16, tiles=3) as det:
         boxes = det.detect(frame).boxes
     crops = crop_faces(frame, boxes, expression.size)
-    batch = expression.classify(crops).probabilities
-    single = np.concatenate([expression.classify(crops[i:i + 1]).probabilities for i in range(len(crops))])
+    batch = expression.classify(crops, mirrored=False).probabilities
+    single = np.concatenate([expression.classify(crops[i:i + 1], mirrored=False).probabilities
+                             for i in range(len(crops))])
     assert batch.shape == (8, 7)
     assert np.allclose(batch, single, atol=1e-5)
     assert np.allclose(batch.sum(axis=1), 1, atol=1e-4)
@@ -119,7 +121,7 @@ def test_int8_agrees_with_fp32_on_real_faces(model_path, expression):
             crops.append(crop_faces(frame, det.detect(frame).boxes, expression.size))
     crops = np.concatenate(crops)
     assert len(crops) >= 10
-    a, b = expression.classify(crops).probabilities, int8.classify(crops).probabilities
+    a, b = expression.classify(crops, mirrored=False).probabilities, int8.classify(crops, mirrored=False).probabilities
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.8
     assert np.abs(a - b).max() < 0.25
 

@@ -23,8 +23,10 @@ class FacesConfig(Section):
 
 
 class ExpressionConfig(Section):
-    model: str = Field(default="ferplus_cnn", description="a model folder under models.dir/onnx: "
-                       "ferplus_cnn (FER+ crowd labels, calibrated) or fer_mini_xception (the earlier one)")
+    model: str = Field(default="ferplus_cnn_one_pass", description="a model folder under models.dir/onnx: "
+                       "ferplus_cnn_one_pass (FER+ crowd labels, calibrated; one pass per face, its mirror image "
+                       "on the next tick), ferplus_cnn (the same network, both views on every tick) or "
+                       "fer_mini_xception (the earlier model)")
 
 
 class VoiceConfig(Section):

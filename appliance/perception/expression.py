@@ -42,6 +42,9 @@ class ExpressionModel:
         self.margin = margin if margin is not None else (
             pre.crop_margin if pre.crop_margin is not None else DEFAULT_MARGIN)
         self.shift = pre.crop_shift
+        # A one-pass model whose mirror image is read on the next call: the views a face gets over two calls.
+        self.views = 2 if pre.mirror == "alternate" else 1
+        self._mirror_next = False
         self._session, self.report = open_session(manifest, runtime, available, batch=MEASURE_BATCH)
         self._input = manifest.input_name or self._session.get_inputs()[0].name
         self.times = StageTimes()
@@ -97,8 +100,14 @@ class ExpressionModel:
     def __call__(self, crops: np.ndarray) -> ExpressionResult:
         return self.classify(crops)
 
-    def classify(self, crops: np.ndarray, calibrated: bool = True) -> ExpressionResult:
-        """All faces of a tick in one batched call (in padded calls of the fixed batch, where there is one)."""
+    def classify(self, crops: np.ndarray, calibrated: bool = True, mirrored: bool | None = None) -> ExpressionResult:
+        """All faces of a tick in one batched call (in padded calls of the fixed batch, where there is one).
+        ``mirrored``: read the faces flipped left-right, or not; None: as the model wants (a model with two views
+        gets its mirror image on every other call)."""
+        if mirrored is None and self.views == 2:
+            mirrored, self._mirror_next = self._mirror_next, not self._mirror_next
+        if mirrored:
+            crops = crops[:, :, ::-1]
         watch = Stopwatch(len(crops))
         probs = self._run(crops, watch)
         if calibrated:

@@ -125,14 +125,19 @@ def evaluate_ferplus(index: Path, model, split: str = "public_test", batch: int 
 def _face_report(model, paths: list[Path], y_true: np.ndarray, dataset: str, label_set: str, batch: int,
                  progress: Callable[[int, int], None] | None, crop_scale: float = 1.0) -> EvalReport:
     started = time.perf_counter()
-    raw = np.empty((len(paths), len(model.labels)), dtype=np.float32)
+    # A model that reads a face as it is on one tick and mirrored on the next is scored as the window reads a face
+    # followed over two ticks: both views' calibrated probabilities averaged.
+    views = (False, True) if getattr(model, "views", 1) == 2 else (False,)
+    raw = np.empty((len(views), len(paths), len(model.labels)), dtype=np.float32)
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
         crops = np.stack([reframe(load_gray(path, model.size), crop_scale) for path in chunk])
-        raw[start:start + len(chunk)] = model.classify(crops, calibrated=False).probabilities
+        for view, mirrored in enumerate(views):
+            raw[view, start:start + len(chunk)] = model.classify(crops, False, mirrored=mirrored).probabilities
         if progress:
             progress(start + len(chunk), len(paths))
-    probs = model.calibrate(raw)
+    probs = np.mean([model.calibrate(r) for r in raw], axis=0)
+    raw = raw.mean(axis=0)
     y_pred = probs.argmax(axis=1)
     m = classification_metrics(y_true, y_pred, model.labels)
     report = model.runtime_report

@@ -45,7 +45,7 @@ FACE_FOR_VOICE = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sa
 VOICE_SPEAKERS = {"ravdess-17", "ravdess-18", "ravdess-19", "ravdess-20", "emovo-f3", "emovo-m3", "turev-1358"}
 # Folds for the held-out figures: speakers (and faces) never in both; each fold has both sexes and Italian.
 FOLD_A = {"ravdess-17", "ravdess-18", "emovo-f3"}
-FACE_MODELS = ("ferplus_cnn", "fer_mini_xception")
+FACE_MODELS = ("ferplus_cnn", "ferplus_cnn_one_pass", "fer_mini_xception")
 VOICE_MODEL = "voice_tone_cnn"
 # The voice's P(angry) two ways: the tone model's anger head, and the speech-encoder model that reads the tone model
 # (``voice.anger_model``); each gets its calibration and its fusion pairs.
