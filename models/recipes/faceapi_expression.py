@@ -146,6 +146,23 @@ def build_onnx(weights: dict, path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def check_against_reference(work: Path, net: "FaceApiNet", faces_rgb: np.ndarray) -> float | None:
+    """Largest difference between the rebuilt net and face-api.js itself (its bundled tfjs under node) on the same
+    faces; None where node is not installed."""
+    import shutil
+
+    if shutil.which("node") is None:
+        return None
+    with tarfile.open(work / TARBALL) as tar:
+        tar.extractall(work, filter="data")
+    (work / "check_input.bin").write_bytes(np.ascontiguousarray(faces_rgb, np.uint8).tobytes())
+    subprocess.run(["node", str(ROOT / "models" / "recipes" / "faceapi_reference.mjs"), str(work / "package"),
+                    str(work / "check_input.bin"), str(work / "check_output.json")], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    theirs = np.array(json.loads((work / "check_output.json").read_text()), np.float32).reshape(-1, 7)
+    return float(np.abs(theirs[:, TO_OURS] - net(faces_rgb)).max())
+
+
 class FaceApiNet:
     """(N, 112, 112, 3) uint8 RGB faces -> (N, 7) probabilities in our label order."""
 
@@ -182,9 +199,24 @@ def scores(probs: np.ndarray, majority: np.ndarray) -> dict:
             "precision": {k: round(v["precision"], 3) for k, v in pc.items()}}
 
 
+def colour_square(frame_bgr: np.ndarray, box, margin: float, shift: float) -> np.ndarray:
+    """The square ``crop_faces`` cuts (same margin and shift, edges replicated), in RGB at 112x112."""
+    import cv2
+
+    side = int(round(max(box.w, box.h) * (1 + 2 * margin)))
+    x0 = int(round(box.x + box.w / 2 - side / 2))
+    y0 = int(round(box.y + box.h / 2 + shift * max(box.w, box.h) - side / 2))
+    h, w = frame_bgr.shape[:2]
+    region = frame_bgr[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)]
+    pads = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
+    if any(pads):
+        region = cv2.copyMakeBorder(region, *pads, cv2.BORDER_REPLICATE)
+    return cv2.cvtColor(cv2.resize(region, (SIZE, SIZE), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+
 def clip_faces(path: Path, every: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Every ``every``-th frame's faces as the daemon cuts them: gray 48x48 for ours (its own crop), colour 112x112 for
-    face-api.js (the same box, the margin face-api.js's own detector leaves: none)."""
+    """Every ``every``-th frame's faces as the daemon cuts them: gray 48x48 for ours, and the same square in colour at
+    112x112 for face-api.js."""
     import cv2
 
     from appliance.config import load_config
@@ -204,14 +236,11 @@ def clip_faces(path: Path, every: int = 3) -> tuple[np.ndarray, np.ndarray]:
             i += 1
             if (i - 1) % every:
                 continue
-            boxes = det.detect(frame).boxes
+            boxes = det(frame).boxes
             if not boxes:
                 continue
             gray.append(crop_faces(frame, boxes, (ours.height, ours.width), ours.crop_margin, ours.crop_shift))
-            rgb = frame[:, :, ::-1]
-            colour.append(np.stack([cv2.resize(np.ascontiguousarray(rgb[max(0, int(b.y)):int(b.y + b.h),
-                                                                     max(0, int(b.x)):int(b.x + b.w)]),
-                                               (SIZE, SIZE)) for b in boxes]))
+            colour.append(np.stack([colour_square(frame, b, ours.crop_margin, ours.crop_shift) for b in boxes]))
     cap.release()
     if not gray:
         return np.zeros((0, ours.height, ours.width), np.uint8), np.zeros((0, SIZE, SIZE, 3), np.uint8)
@@ -245,9 +274,15 @@ def main() -> None:
 
     d = load_ferplus(args.data, ROOT / ".cache" / "ferplus_cnn")
     _, sel = selection_split(d)
+    gap = check_against_reference(args.work, net, gray_to_rgb112(d["images"][sel[:64]]))
+    if gap is not None and gap > 1e-4:
+        raise SystemExit(f"the rebuilt net differs from face-api.js by {gap:.2g} on the same faces")
+    print("checked against face-api.js under node: " + ("node not installed" if gap is None else
+                                                           f"largest difference {gap:.1g}"), flush=True)
     public = np.flatnonzero(d["split"] == "public_test")
     result: dict = {"package": PACKAGE, "tarball_sha256": TARBALL_SHA256, "weights_sha256": WEIGHTS_SHA256,
-                    "command": "python models/recipes/faceapi_expression.py", "ferplus": {}, "clips": {}}
+                    "command": "python models/recipes/faceapi_expression.py", "reference_difference": gap,
+                    "ferplus": {}, "clips": {}}
     for split, rows in (("selection", sel), ("public_test", public)):
         images, majority = d["images"][rows], d["majority"][rows]
         theirs = net(gray_to_rgb112(images))
@@ -285,7 +320,11 @@ SAME = {"angry": "angry", "disgust": "disgust", "fearful": "fear", "happy": "hap
 def markdown(r: dict) -> str:
     lines = [f"# face-api.js's expression net as a second opinion ({r['package']}, issue 24)", "",
              f"`{r['command']}`: rebuilt as ONNX from the npm tarball (sha256 {r['tarball_sha256'][:12]}...), not "
-             "shipped. Beside it, the shipped `ferplus_cnn_one_pass` (both views averaged).", "",
+             "shipped; " + (f"on 64 selection faces it gives face-api.js's own probabilities (its bundled tfjs "
+                            f"under node, `faceapi_reference.mjs`) within {r['reference_difference']:.1g}"
+                            if r["reference_difference"] is not None else "not checked against face-api.js (no "
+                            "node here)") + ". Beside it, the shipped `ferplus_cnn_one_pass` (both views averaged).",
+             "",
              "FER+ crowd majority (FER2013's 48x48 gray faces, scaled to 112 for face-api.js):", "",
              "| split | model | accuracy | macro-F1 | angry recall | angry precision | disgust recall |",
              "|---|---|---|---|---|---|---|"]
