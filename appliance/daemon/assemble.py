@@ -4,6 +4,7 @@ the tick's stage lists. Nothing here runs per tick."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -94,8 +95,9 @@ class Parts:
 
 def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3000, replicate_faces: int = 0,
             replay: Replay | None = None) -> Parts:
-    """Everything that can fail on bad input fails here, cheapest checks first, and the MediaPipe detector (which
-    must be closed explicitly) last. The state folder's lock is held from here (``Parts.state_lock``)."""
+    """Everything that can fail on bad input fails here, cheapest checks first; the MediaPipe detector (which must be
+    closed explicitly) is closed again when a later check fails. The state folder's lock is held from here
+    (``Parts.state_lock``)."""
     # A replay runs on its own clock: the loop's waits advance it instead of sleeping (sources/replay.py).
     clock = {"clock": replay.clock.now, "wait": replay.clock.advance} if replay else {}
     scheduler = FixedRateScheduler(config.loop.rate_hz, history=history_ticks, **clock)
@@ -113,44 +115,58 @@ def compose(config: AppConfig, on_source_state: Callable, history_ticks: int = 3
     # Every event goes to disk first; the seq lives there too, and in the one-line file 'seq' beside it.
     outbox = Outbox(config.state.outbox, config.outbox, seq_file=config.state.seq, device_id=config.device.id)
     models_dir = config.models.dir / "onnx"
+    # First, alone: on a machine's first start it times its INT8 and FP32 files (runtime.measured_cpu_precision).
     expression = ExpressionModel(load_manifest(models_dir / config.expression.model), config.runtime,
                                  margin=config.faces.margin)
-    vad = tone = speech = None
-    if audio is not None:
-        vad = VoiceActivity(load_manifest(models_dir / config.voice.vad_model), config.voice.vad_threshold)
-        tone = VoiceToneModel(load_manifest(models_dir / config.voice.model), config.runtime,
-                              anger=anger_encoder(models_dir, config.voice.anger_model, config.runtime))
-        speech = SpeechBuffer(config.voice.step_s, config.voice.min_speech_s)
-    # The voice's P(angry) is calibrated as the model that makes it: the encoder's head where there is one.
-    voice_anger = tone and (tone.anger_model or tone)
-    anger_index = load_fusion(config.models.dir, expression.manifest, expression.runtime_report.file,
-                              voice_anger and voice_anger.manifest, voice_anger and voice_anger.report.file)
-    period = scheduler.period
-    aggregator = WindowAggregator(
-        expression.labels, config.aggregate.window_s, period, config.k_min, config.aggregate.min_observed_s,
-        FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou),
-        voice_labels=tone.labels if tone else (), min_speech_s=config.voice.min_speech_s, anger_index=anger_index)
-    anger = Anger(config.alerts, period, config.voice.step_s, anger_index) if config.alerts_enabled else None
-    audit = AuditLog(config.state.audit)
     detector_manifest = load_manifest(config.models.dir / "tflite" / config.faces.model)
-    detector = FaceFollower(make_face_detector(config), config.faces.detect_every)
-    broker = EmbeddedBroker(config.mqtt.embedded_port) if config.mqtt.broker is None else None
+    # The voice's models load on a thread while MediaPipe builds the detector, the slowest part to build (ONNX
+    # Runtime builds its sessions without holding the GIL): the start is shorter by about their load.
+    with ThreadPoolExecutor(1, thread_name_prefix="load-voice") as pool:
+        loading = pool.submit(_voice_models, config, models_dir) if audio is not None else None
+        detector = FaceFollower(make_face_detector(config), config.faces.detect_every)
+    try:
+        vad, tone = loading.result() if loading else (None, None)
+        speech = SpeechBuffer(config.voice.step_s, config.voice.min_speech_s) if audio is not None else None
+        # The voice's P(angry) is calibrated as the model that makes it: the encoder's head where there is one.
+        voice_anger = tone and (tone.anger_model or tone)
+        anger_index = load_fusion(config.models.dir, expression.manifest, expression.runtime_report.file,
+                                  voice_anger and voice_anger.manifest, voice_anger and voice_anger.report.file)
+        period = scheduler.period
+        aggregator = WindowAggregator(
+            expression.labels, config.aggregate.window_s, period, config.k_min, config.aggregate.min_observed_s,
+            FaceTracker(config.aggregate.track_max_age_s, config.aggregate.track_iou),
+            voice_labels=tone.labels if tone else (), min_speech_s=config.voice.min_speech_s,
+            anger_index=anger_index)
+        anger = Anger(config.alerts, period, config.voice.step_s, anger_index) if config.alerts_enabled else None
+        audit = AuditLog(config.state.audit)
+        broker = EmbeddedBroker(config.mqtt.embedded_port) if config.mqtt.broker is None else None
 
-    health = Health()
-    capture = Capture(source, health)
-    worker = VoiceWorker(tone, threaded=replay is None) if audio is not None else None
-    voice = Voice(audio, vad, speech, worker, health) if audio is not None else None
-    stages: list[Stage] = [capture, Vision(ExclusionZones(config.privacy.exclusion_zones), detector, expression,
-                                           replicate_faces)]
-    stages += [voice] if voice else []
-    stages.append(Windows(aggregator, anger, source, expression.labels.index("angry")))
-    paused = [capture] + ([DiscardAudio(audio, health)] if audio is not None else [])
+        health = Health()
+        capture = Capture(source, health)
+        worker = VoiceWorker(tone, threaded=replay is None) if audio is not None else None
+        voice = Voice(audio, vad, speech, worker, health) if audio is not None else None
+        stages: list[Stage] = [capture, Vision(ExclusionZones(config.privacy.exclusion_zones), detector, expression,
+                                               replicate_faces)]
+        stages += [voice] if voice else []
+        stages.append(Windows(aggregator, anger, source, expression.labels.index("angry")))
+        paused = [capture] + ([DiscardAudio(audio, health)] if audio is not None else [])
 
-    reports = [expression.report] + ([vad.report, tone.report] if tone else []) + (
-        [tone.anger_model.report] if tone and tone.anger_model else [])
-    models = [{"model": detector_manifest.name, "provider": "xnnpack", "precision": "fp32"}] + [
-        {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
-    model_sha = {r.model: r.sha256 for r in reports} | {detector_manifest.name: detector_manifest.variants[0].sha256}
-    return Parts(config, scheduler, cpu_latency, spec, source, audio, state_lock, outbox, expression, vad, tone,
-                 anger_index, aggregator, anger, audit, detector, broker, health, stages, paused, voice, worker,
-                 models, model_sha)
+        reports = [expression.report] + ([vad.report, tone.report] if tone else []) + (
+            [tone.anger_model.report] if tone and tone.anger_model else [])
+        models = [{"model": detector_manifest.name, "provider": "xnnpack", "precision": "fp32"}] + [
+            {"model": r.model, "provider": r.provider, "precision": r.precision} for r in reports]
+        model_sha = {r.model: r.sha256 for r in reports} | {
+            detector_manifest.name: detector_manifest.variants[0].sha256}
+        return Parts(config, scheduler, cpu_latency, spec, source, audio, state_lock, outbox, expression, vad, tone,
+                     anger_index, aggregator, anger, audit, detector, broker, health, stages, paused, voice, worker,
+                     models, model_sha)
+    except BaseException:
+        detector.close()       # MediaPipe's detector must be closed explicitly
+        raise
+
+
+def _voice_models(config: AppConfig, models_dir) -> tuple[VoiceActivity, VoiceToneModel]:
+    vad = VoiceActivity(load_manifest(models_dir / config.voice.vad_model), config.voice.vad_threshold)
+    tone = VoiceToneModel(load_manifest(models_dir / config.voice.model), config.runtime,
+                          anger=anger_encoder(models_dir, config.voice.anger_model, config.runtime))
+    return vad, tone

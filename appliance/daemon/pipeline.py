@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -99,11 +100,14 @@ class Pipeline:
         """Every model once at each shape the loop will give it, before the first tick; returns the seconds taken.
         (On a GPU the first call at a new shape costs up to seconds: see ExpressionModel.warm_up.)"""
         t0 = time.monotonic()
-        self.parts.detector.warm_up()
-        self.parts.expression.warm_up(max(self.config.faces.max_faces, self.replicate_faces))
-        if self.parts.tone is not None:
-            self.parts.vad.warm_up()
-            self.parts.tone.warm_up()
+        p = self.parts
+        # The voice's models warm up on a second thread beside the face's (both runtimes release the GIL).
+        with ThreadPoolExecutor(1, thread_name_prefix="warm-voice") as pool:
+            voice = pool.submit(lambda: (p.vad.warm_up(), p.tone.warm_up())) if p.tone is not None else None
+            p.detector.warm_up()
+            p.expression.warm_up(max(self.config.faces.max_faces, self.replicate_faces))
+            if voice is not None:
+                voice.result()
         self.warm_up_s = time.monotonic() - t0
         log.info("models warmed up in %.0f ms", 1000 * self.warm_up_s)
         return self.warm_up_s
