@@ -114,7 +114,7 @@ def main() -> None:
     from appliance.tools.metrics import confusion_png
     from models.recipes.ferplus_cnn import (LABELS, OFFSET, SCALE, WEIGHTS_LICENCE, fit_calibration, load_ferplus,
                                             selection_split)
-    from models.recipes.ferplus_finalize import PUBLIC_TEST, time_variants
+    from models.recipes.ferplus_finalize import PUBLIC_TEST, choose_cpu_precision, time_variants
     from models.recipes.recipe_tools import quantize_qdq
 
     def say(text: str) -> None:
@@ -208,14 +208,7 @@ def main() -> None:
             (args.log / f"eval_{name}_{p}.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
             confusion_png(report, args.log / f"confusion_{name}_{p}.png")
         write_manifest(manifest, args.out)
-    speed = time_variants(manifest)
-    fp32, int8 = manifest.variant("fp32"), manifest.variant("int8")
-    close = abs(int8.accuracy.accuracy - fp32.accuracy.accuracy) <= 0.01
-    manifest.provider_precision["cpu"] = "int8" if speed["int8"] < speed["fp32"] and close else "fp32"
-    manifest.provider_precision_source = (
-        f"CPU timed by this recipe, batch 4, one thread: fp32 {speed['fp32']:.3f} ms, int8 {speed['int8']:.3f} ms "
-        f"per face (one pass); INT8 accuracy {'within' if close else 'NOT within'} 1 point; TensorRT INT8 as for "
-        "every QDQ model here (to be confirmed on a Jetson)")
+    speed = choose_cpu_precision(manifest, "per face (one pass)")
     write_manifest(manifest, args.out)
     figures["per_face_ms"] = {k: round(v, 3) for k, v in speed.items()}
     figures["per_face_ms_shipped"] = {k: round(v, 3) for k, v in time_variants(source).items()}
