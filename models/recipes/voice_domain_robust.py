@@ -30,12 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from models.recipes.voice_anger_encoder import UNHEARD, design  # noqa: E402
-from models.recipes.voice_loco import figures, segments  # noqa: E402
+from models.recipes.voice_anger_encoder import UNHEARD  # noqa: E402
+from models.recipes.voice_loco import figures  # noqa: E402
 from models.recipes.voice_smart_turn import HIDDEN, clip_weights  # noqa: E402
-from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
-from models.recipes.voice_loco import NEMO_VAL, ased_val  # noqa: E402
-from models.recipes.voice_unit_shift import study_parser  # noqa: E402
+from models.recipes.voice_unit_shift import figure_cells, study_inputs, study_parser  # noqa: E402
 
 STEPS, DECAY, LR = 400, 1e-3, 0.003          # the shipped head's (voice_smart_turn.fit)
 
@@ -109,16 +107,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    seed = json.loads((args.log / "results.json").read_text())["chosen"]["seed"]
-    seg = segments(args.data, args.loco_work)
-    raw = seg["kind"] == 0
-    emb = np.load(args.work / f"segments_{int(raw.sum())}.npy")
-    clip = seg["clip"][raw]
-    corpus_c, speaker_c, angry_c = seg["corpus"], seg["speaker"], seg["label"] == "angry"
-    corpus, y = corpus_c[clip], angry_c[clip].astype(float)
-    val_clip = np.isin(speaker_c, sorted(set(VAL_SPEAKERS) | NEMO_VAL | ased_val(speaker_c)))
-    train = ~val_clip[clip]
-    x = design(seg, emb, np.nanmedian(seg["x"][raw][train], axis=0))
+    d = study_inputs(args)
+    seed, x, train, corpus, y, corpus_c, angry_c = d.seed, d.x, d.train, d.corpus, d.y, d.corpus_c, d.angry_c
     plain = np.load(args.work / f"unit_shift_logits_seed{seed}.npz")     # voice_unit_shift.py's LOCO heads
     cache = args.work / f"domain_robust_seed{seed}_eta{args.eta:g}_lam{args.lam:g}.npz"
     logits = dict(np.load(cache)) if cache.is_file() else {}
@@ -133,24 +123,16 @@ def main() -> None:
             logits[key] = net(x[corpus == held])
             np.savez(cache, **logits)
             print(f"  {kind} without {held}: {time.time() - started:.0f} s", flush=True)
-    n_clips = len(seg["label"])
-    count = np.bincount(clip, minlength=n_clips)
-
-    def clip_p(rows: np.ndarray, z: np.ndarray) -> np.ndarray:
-        p = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
-        total = np.bincount(clip[rows], weights=p, minlength=n_clips)
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
     unheard = np.isin(corpus_c, UNHEARD)
     report = {"head_seed": seed, "eta": args.eta, "lam": args.lam, "variants": {}}
     for kind, name in (("plain", "plain MLP (the shipped head's recipe)"), ("dro", "group DRO"),
                        ("adv", "domain-adversarial")):
-        p = np.full(n_clips, np.nan)
+        p = np.full(d.n_clips, np.nan)
         for held in UNHEARD:
             rows = corpus == held
             z = plain[held][rows] if kind == "plain" else logits[f"{kind}_{held}"]
             mine = corpus_c == held
-            p[mine] = clip_p(rows, z)[mine]
+            p[mine] = d.clip_p(z, rows)[mine]
         fig = {c: figures(p[corpus_c == c], angry_c[corpus_c == c]) for c in UNHEARD} | {
             "pooled": figures(p[unheard], angry_c[unheard])}
         report["variants"][name] = fig
@@ -165,9 +147,7 @@ def main() -> None:
              "| head | " + " | ".join(f"{c} AUC / recall@0.5 / precision@0.5" for c in UNHEARD)
              + " | pooled AUC | pooled recall at P 0.80 |", "|---" * (len(UNHEARD) + 3) + "|"]
     for name, fig in report["variants"].items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{fig[c]['auc']:.3f} / {fig[c]['recall_at_0.5']:.2f} / {fig[c]['precision_at_0.5'] or 0:.2f}"
-            for c in UNHEARD) + f" | {fig['pooled']['auc']:.3f} | {fig['pooled']['recall_at_precision_0.80']:.3f} |")
+        lines.append(f"| {name} | " + figure_cells(fig))
     (args.log / "domain_robust.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.log / 'domain_robust.md'}")
 

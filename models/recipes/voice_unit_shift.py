@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,57 @@ def study_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass
+class StudyInputs:
+    """What the encoder studies read: per segment (``clip`` its clip), per clip (``*_c``), the design matrix ``x``
+    and which segments the shipped head was fitted on (``train``: not a validation speaker's)."""
+    seed: int
+    seg: dict
+    clip: np.ndarray
+    corpus_c: np.ndarray
+    speaker_c: np.ndarray
+    angry_c: np.ndarray
+    corpus: np.ndarray
+    y: np.ndarray
+    val_clip: np.ndarray
+    train: np.ndarray
+    x: np.ndarray
+
+    @property
+    def n_clips(self) -> int:
+        return len(self.seg["label"])
+
+    def clip_p(self, z: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per clip, the mean P over its segments of the logits ``z`` (of the segments ``rows``; all by default);
+        NaN for a clip without segments."""
+        clip = self.clip if rows is None else self.clip[rows]
+        p = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
+        count = np.bincount(self.clip, minlength=self.n_clips)
+        return np.where(count > 0, np.bincount(clip, weights=p, minlength=self.n_clips) / np.maximum(count, 1),
+                        np.nan)
+
+
+def study_inputs(args) -> StudyInputs:
+    seed = json.loads((args.log / "results.json").read_text())["chosen"]["seed"]
+    seg = segments(args.data, args.loco_work)
+    raw = seg["kind"] == 0
+    emb = np.load(args.work / f"segments_{int(raw.sum())}.npy")
+    clip = seg["clip"][raw]
+    corpus_c, speaker_c, angry_c = seg["corpus"], seg["speaker"], seg["label"] == "angry"
+    val_clip = np.isin(speaker_c, sorted(set(VAL_SPEAKERS) | NEMO_VAL | ased_val(speaker_c)))
+    train = ~val_clip[clip]
+    x = design(seg, emb, np.nanmedian(seg["x"][raw][train], axis=0))
+    return StudyInputs(seed, seg, clip, corpus_c, speaker_c, angry_c, corpus_c[clip], angry_c[clip].astype(float),
+                       val_clip, train, x)
+
+
+def figure_cells(fig: dict) -> str:
+    """One table row's cells: each unheard corpus's AUC / recall / precision at 0.5, then the pooled figures."""
+    return " | ".join(f"{fig[c]['auc']:.3f} / {fig[c]['recall_at_0.5']:.2f} / {fig[c]['precision_at_0.5'] or 0:.2f}"
+                      for c in UNHEARD) + f" | {fig['pooled']['auc']:.3f} | " \
+        f"{fig['pooled']['recall_at_precision_0.80']:.3f} |"
+
+
 def main() -> None:
     parser = study_parser(__doc__)
     parser.add_argument("--device", default="cpu")
@@ -89,18 +141,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    results_json = json.loads((args.log / "results.json").read_text())
-    seed = results_json["chosen"]["seed"]
-    seg = segments(args.data, args.loco_work)
-    raw = seg["kind"] == 0
-    emb = np.load(args.work / f"segments_{int(raw.sum())}.npy")
-    clip = seg["clip"][raw]
-    corpus_c, speaker_c, angry_c = seg["corpus"], seg["speaker"], seg["label"] == "angry"
-    corpus, y = corpus_c[clip], angry_c[clip].astype(float)
-    val_clip = np.isin(speaker_c, sorted(set(VAL_SPEAKERS) | NEMO_VAL | ased_val(speaker_c)))
-    train = ~val_clip[clip]
-    fill = np.nanmedian(seg["x"][raw][train], axis=0)
-    x = design(seg, emb, fill)
+    d = study_inputs(args)
+    seed, clip, x, train, val_clip = d.seed, d.clip, d.x, d.train, d.val_clip
+    corpus_c, angry_c, corpus, y = d.corpus_c, d.angry_c, d.corpus, d.y
 
     cache = args.work / f"unit_shift_logits_seed{seed}.npz"
     if cache.is_file():
@@ -118,14 +161,9 @@ def main() -> None:
     for held in UNHEARD:
         loco[corpus == held] = logits[held][corpus == held]
     reference = float(np.median(logits["shipped"][train]))
-    n_clips = len(seg["label"])
     order = np.argsort(clip, kind="stable")
-    rows_of = np.split(order, np.searchsorted(clip[order], np.arange(1, n_clips)))
-    count = np.bincount(clip, minlength=n_clips)
-
-    def clip_p(z):
-        p = 1 / (1 + np.exp(-np.clip(z, -60, 60)))
-        return np.where(count > 0, np.bincount(clip, weights=p, minlength=n_clips) / np.maximum(count, 1), np.nan)
+    rows_of = np.split(order, np.searchsorted(clip[order], np.arange(1, d.n_clips)))
+    clip_p = d.clip_p
 
     unheard = np.isin(corpus_c, UNHEARD)
     variants = {"none": -1.0} | {f"prior {p}": float(p) for p in args.priors.split(",")}
@@ -160,9 +198,7 @@ def main() -> None:
     for name, mean in report["variants"].items():
         for split in ("loco", "validation"):
             m = mean[split]
-            lines.append(f"| {name} | {split} | " + " | ".join(
-                f"{m[c]['auc']:.3f} / {m[c]['recall_at_0.5']:.2f} / {m[c]['precision_at_0.5'] or 0:.2f}"
-                for c in UNHEARD) + f" | {m['pooled']['auc']:.3f} | {m['pooled']['recall_at_precision_0.80']:.3f} |")
+            lines.append(f"| {name} | {split} | " + figure_cells(m))
     (args.log / "unit_shift.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.log / 'unit_shift.md'}")
 
