@@ -172,6 +172,8 @@ class SpeechEncoder(_Strict):
     input_name: str
     input_shape: list[int] = Field(description="one item, without the batch dimension")
     output_name: str
+    frames_name: str | None = Field(default=None, description="the encoder's per-frame output the head also reads, "
+                                    "as its input of the same name (None: the head reads the pooled output only)")
     source: str = Field(description="where the weights come from: package, member, pinned sha256")
     licence: str
     prosody: list[str] = Field(description="the head's prosodic inputs after the embedding, names from "

@@ -93,6 +93,30 @@ def test_a_damaged_encoder_file_is_a_clear_error(tmp_path):
         AngerEncoder(load_manifest(copy), CPU)
 
 
+def test_the_head_reads_the_encoders_frames_beside_its_pooled_layers(tmp_path, speech):
+    """The shipped head is two members (an MLP on the pooled layers, a convolutional head on the frames): the
+    encoder gives both, and a head without the frames input the manifest names is a clear error."""
+    import onnxruntime as ort
+
+    manifest = load_manifest(MODEL)
+    assert manifest.encoder.frames_name == "frames"
+    encoder = ort.InferenceSession(str(MODEL / manifest.encoder.file), providers=["CPUExecutionProvider"])
+    mel = np.stack([encoder_input(speech[:2 * SAMPLE_RATE])])
+    embedding, frames = encoder.run(["embedding", "frames"], {"input_features": mel})
+    assert embedding.shape == (1, 1920) and frames.shape == (1, 4, 50, 384)
+    # The frames are the pooled layers' frames in pairs: their mean over time is the embedding's four means.
+    np.testing.assert_allclose(frames[0].mean(axis=1).reshape(-1), embedding[0, :1536], atol=1e-4)
+    head = ort.InferenceSession(str(MODEL / "fp32.onnx"), providers=["CPUExecutionProvider"])
+    assert {i.name for i in head.get_inputs()} == {"features", "frames"}
+    copy = tmp_path / "voice_anger_encoder"
+    shutil.copytree(MODEL, copy)
+    bad = json.loads((MODEL / "manifest.json").read_text())
+    bad["encoder"]["frames_name"] = "layers"
+    (copy / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelFileError, match="no input 'layers'"):
+        AngerEncoder(load_manifest(copy), CPU)
+
+
 def test_a_tone_model_without_an_angry_output_cannot_take_an_encoder():
     manifest = load_manifest(MODELS / "voice_tone_cnn")
     manifest.labels = [x if x != "angry" else "cross" for x in manifest.labels]

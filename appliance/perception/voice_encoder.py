@@ -93,19 +93,28 @@ class AngerEncoder:
         self._fill = np.asarray(spec.fill, np.float32)
         self._head, self.report = open_session(manifest, runtime, available)
         self._head_input = manifest.input_name or self._head.get_inputs()[0].name
+        # A head that also reads the encoder's frames (spec.frames_name) takes them as its second input, by name.
+        self._outputs = [spec.output_name] + ([spec.frames_name] if spec.frames_name else [])
+        head_inputs = {i.name for i in self._head.get_inputs()}
+        if spec.frames_name and spec.frames_name not in head_inputs:
+            raise ModelFileError(f"{manifest.name}: the head has no input {spec.frames_name!r} for the encoder's "
+                                 f"frames; rebuild it with {manifest.provenance.recipe}")
         self.times = StageTimes()
 
     def __call__(self, segments: np.ndarray, prosody: np.ndarray, p_angry: np.ndarray) -> np.ndarray:
         watch = Stopwatch(len(segments))
         mel = np.stack([encoder_input(s) for s in segments])
         watch.lap("pre")
-        (embedding,) = self._encoder.run(None, {self.manifest.encoder.input_name: mel})
+        encoded = self._encoder.run(self._outputs, {self.manifest.encoder.input_name: mel})
         watch.lap("model")
         x = prosody[:, self._columns].astype(np.float32)
         x = np.where(np.isnan(x), self._fill, x)
         p = np.clip(np.asarray(p_angry, np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
-        features = np.column_stack([embedding, x, np.log(p / (1 - p))]).astype(np.float32)
-        (anger,) = self._head.run(None, {self._head_input: features})
+        features = np.column_stack([encoded[0], x, np.log(p / (1 - p))]).astype(np.float32)
+        feeds = {self._head_input: features}
+        if len(encoded) > 1:
+            feeds[self._outputs[1]] = encoded[1]
+        (anger,) = self._head.run(None, feeds)
         watch.lap("post")
         self.times = watch.done()
         return anger.reshape(-1).astype(np.float64)

