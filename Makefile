@@ -125,6 +125,7 @@ models: setup
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --seed 2 --train-only
 	$(BIN)/python models/recipes/ferplus_cnn.py --data $(DATA) --ensemble 2
 	$(BIN)/python models/recipes/ferplus_one_pass.py --data $(DATA)
+	$(BIN)/python models/recipes/voice_anger_encoder.py --data $(DATA)
 	$(BIN)/python models/recipes/anger_fusion.py --data $(DATA)
 
 VAL_SPEAKERS := speaker=ravdess-17,ravdess-18,ravdess-19,ravdess-20

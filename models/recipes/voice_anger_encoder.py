@@ -142,16 +142,28 @@ def install_encoder(work: Path, out: Path, check: bool = True) -> Path:
     return target
 
 
-def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, threads: int) -> np.ndarray:
-    """(segments, 1920): the encoder's embedding of every raw 2 s segment, in ``voice_loco.segments`` order
-    (cached; a partial file every 2,000 segments lets a stopped run resume)."""
-    import onnxruntime as ort
-
+def encoded_segments(data: Path, rows: list[dict], session, output: str, first_clip: int):
+    """Yield (clips done, the encoder's ``output`` for the next batch of raw 2 s segments), whole clips from
+    ``first_clip`` on, in ``voice_loco.segments`` order (batches of about 8 segments)."""
     from appliance.perception.features import clip_segments
     from appliance.perception.voice import SEGMENT_S
     from appliance.perception.voice_encoder import encoder_input
     from appliance.sources.audio import SAMPLE_RATE, load_audio_file
     from models.recipes.voice_anger_head import HOP_S
+
+    n_seg, pending = int(SEGMENT_S * SAMPLE_RATE), []
+    for i in range(first_clip, len(rows)):
+        pending += clip_segments(load_audio_file(data / "speech" / rows[i]["path"]), n_seg, int(HOP_S * SAMPLE_RATE))
+        if len(pending) >= 8 or i == len(rows) - 1:
+            (out,) = session.run([output], {"input_features": np.stack([encoder_input(s) for s in pending])})
+            pending = []
+            yield i + 1, out
+
+
+def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, threads: int) -> np.ndarray:
+    """(segments, 1920): the encoder's embedding of every raw 2 s segment, in ``voice_loco.segments`` order
+    (cached; a partial file every 500 clips lets a stopped run resume)."""
+    import onnxruntime as ort
 
     cache, partial = work / f"segments_{expected}.npy", work / f"segments_{expected}.partial.npz"
     if cache.is_file():
@@ -165,20 +177,13 @@ def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, 
         done_clips, done = int(saved["clips"]), int(saved["segments"])
         out[:done] = saved["out"][:done]
         print(f"resuming at clip {done_clips}, segment {done}", flush=True)
-    started, n_seg = time.time(), int(SEGMENT_S * SAMPLE_RATE)
-    pending: list[np.ndarray] = []
-    for i in range(done_clips, len(rows)):
-        audio = load_audio_file(data / "speech" / rows[i]["path"])
-        pending += clip_segments(audio, n_seg, int(HOP_S * SAMPLE_RATE))
-        if len(pending) >= 8 or i == len(rows) - 1:
-            (emb,) = session.run(["embedding"], {"input_features": np.stack([encoder_input(s) for s in pending])})
-            out[done:done + len(pending)] = emb
-            done += len(pending)
-            pending = []
-            if (i + 1) % 500 < 4 or i == len(rows) - 1:
-                np.savez(partial, out=out[:done], clips=i + 1, segments=done)
-                print(f"  {i + 1}/{len(rows)} clips, {done}/{expected} segments, {time.time() - started:.0f} s",
-                      flush=True)
+    started = time.time()
+    for clips, emb in encoded_segments(data, rows, session, "embedding", done_clips):
+        out[done:done + len(emb)] = emb
+        done += len(emb)
+        if clips % 500 < 4 or clips == len(rows):
+            np.savez(partial, out=out[:done], clips=clips, segments=done)
+            print(f"  {clips}/{len(rows)} clips, {done}/{expected} segments, {time.time() - started:.0f} s", flush=True)
     assert done == expected, f"{done} segments, voice_loco has {expected}"
     np.save(cache, out)
     partial.unlink(missing_ok=True)

@@ -1,9 +1,10 @@
-"""Study: a head that reads the Smart Turn encoder frame by frame, not its pooled means (issue 22, candidate (b)).
+"""Study and library: a head that reads the Smart Turn encoder frame by frame, alone and beside the pooled MLP (issue 22).
 
-    python models/recipes/voice_frame_head.py [--data ../shared/data] [--device cpu|cuda]
-        # on 2 cores: ~15 min of encoder over 23,388 segments (once, resumable), then ~6 min per head fit
+    python models/recipes/voice_frame_head.py [--data ../shared/data] [--device cpu|cuda] [--seeds 1,2]
+        # on 2 cores: ~13 min of encoder over 23,388 segments (once, resumable), then per seed 5 fits of both
+        # members (~4 min each, cached in .cache/voice_frame_head/, shared with voice_anger_encoder.py)
 
-The shipped head (``voice_anger_encoder.py``) reads each 2 s segment as five 384-wide vectors: the mean of each of the
+The MLP head of ``voice_anger_encoder.py`` (1.0.0) reads each 2 s segment as five 384-wide vectors: the mean of each of the
 encoder's four layers over the segment's 100 frames and the last layer's std. Whatever anger sits in *when* things
 happen in the segment (a stressed syllable, a rising or clipped ending) is averaged away before the head sees it.
 This study keeps the frames: the encoder's four layers over the segment's last 100 frames, averaged in pairs (40 ms,
@@ -18,8 +19,10 @@ trained with the shipped head's loss (BCE, each corpus's angry and other segment
 segment of a clip (they overlap by 75%), AdamW, a fixed schedule set before any figure was read. Scored as the shipped
 head is: leaving each unheard corpus out (EMOVO, TurEV, nEMO, ASED; fitted on the training speakers of the other five,
 scored per clip on all of the left-out corpus) and on the validation speakers of all six (fitted on every training
-speaker), beside the shipped recipe's MLP on the same splits (``voice_unit_shift.py``'s cached logits). Writes
-``frame_head.{json,md}`` beside the encoder recipe's results. A study: nothing here is shipped unless it wins there.
+speaker), beside that MLP on the same splits and seeds, and the two logits averaged (and, to tell the frames' gain
+from any second opinion's, two seeds of one kind averaged). Writes ``frame_head.{json,md}`` beside the encoder
+recipe's results. The average of the two won; ``voice_anger_encoder.py`` scores it as its kind ``mlp+frames`` with
+``member_logits`` (the same cached fits), chooses it by its own rule and ships it (2.0.0) with ``ensemble_onnx``.
 """
 
 from __future__ import annotations
@@ -50,11 +53,7 @@ def segment_frames(data: Path, work: Path, rows: list[dict], expected: int, thre
     clip; ``frames.progress.json`` lets a stopped run resume."""
     import onnxruntime as ort
 
-    from appliance.perception.features import clip_segments
-    from appliance.perception.voice import SEGMENT_S
-    from appliance.perception.voice_encoder import encoder_input
-    from appliance.sources.audio import SAMPLE_RATE, load_audio_file
-    from models.recipes.voice_anger_head import HOP_S
+    from models.recipes.voice_anger_encoder import encoded_segments
 
     work.mkdir(parents=True, exist_ok=True)
     store, progress = work / f"frames_{expected}.f16", work / "frames.progress.json"
@@ -70,21 +69,14 @@ def segment_frames(data: Path, work: Path, rows: list[dict], expected: int, thre
     done_clips, done = state["clips"], state["segments"]
     if done:
         print(f"resuming at clip {done_clips}, segment {done}", flush=True)
-    started, n_seg = time.time(), int(SEGMENT_S * SAMPLE_RATE)
-    pending: list[np.ndarray] = []
-    for i in range(done_clips, len(rows)):
-        audio = load_audio_file(data / "speech" / rows[i]["path"])
-        pending += clip_segments(audio, n_seg, int(HOP_S * SAMPLE_RATE))
-        if len(pending) >= 8 or i == len(rows) - 1:
-            (fr,) = session.run(["frames"], {"input_features": np.stack([encoder_input(s) for s in pending])})
-            out[done:done + len(pending)] = fr.astype(np.float16)
-            done += len(pending)
-            pending = []
-            if (i + 1) % 500 < 4 or i == len(rows) - 1:
-                out.flush()
-                progress.write_text(json.dumps({"clips": i + 1, "segments": done}))
-                print(f"  {i + 1}/{len(rows)} clips, {done}/{expected} segments, {time.time() - started:.0f} s",
-                      flush=True)
+    started = time.time()
+    for clips, fr in encoded_segments(data, rows, session, "frames", done_clips):
+        out[done:done + len(fr)] = fr.astype(np.float16)
+        done += len(fr)
+        if clips % 500 < 4 or clips == len(rows):
+            out.flush()
+            progress.write_text(json.dumps({"clips": clips, "segments": done}))
+            print(f"  {clips}/{len(rows)} clips, {done}/{expected} segments, {time.time() - started:.0f} s", flush=True)
     assert done == expected, f"{done} segments, voice_loco has {expected}"
     out.flush()
     progress.write_text(json.dumps({"clips": len(rows), "segments": done, "done": True}))
