@@ -81,7 +81,7 @@ def test_an_angry_session_alerts_and_a_neutral_one_does_not(data_dir, tmp_path):
         pytest.xfail(f"NOT MET: the first alert came at {by_label['angry']['first_alert_s']} s (bound 15 s). With "
                      "the voice's anger from the Smart Turn encoder (the default) this English speaker alerts later "
                      "than with the tone model's anger head (4.8 s); over all six corpora's validation speakers it "
-                     "alerts on more angry sessions (57% against 33%, issue #22)")
+                     "alerts on more angry sessions (67% against 33%, issue #22)")
 
 
 def test_threshold_replay_gives_the_alerts_the_daemon_raised_and_the_choice_keeps_its_target(data_dir, tmp_path):

@@ -117,9 +117,11 @@ def selection_split(d: dict) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------------------------------------------- model
 
-def build_model(arch: str, width: int):
+def build_model(arch: str, width: int, upper_face: bool = False):
     """``resnet``: stem + three residual stages at 24, 12 and 6 px; ``vgg``: plain double-conv stages with pooling.
-    Both end in global average pooling and one linear layer; ``width`` is the stem's channels (doubling per stage)."""
+    Both end in global average pooling and one linear layer; ``width`` is the stem's channels (doubling per stage).
+    ``upper_face``: the network sees only the rows above LOWER_FACE (the rest mid-grey, inside the graph), so a
+    talking or smiling mouth cannot enter its reading."""
     import torch
     from torch import nn
 
@@ -151,9 +153,13 @@ def build_model(arch: str, width: int):
             super().__init__()
             self.body = nn.Sequential(*body)
             self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(8 * w, len(LABELS)))
+            keep = torch.ones(1, 1, SIZE, SIZE)
+            if upper_face:
+                keep[..., LOWER_FACE[0]:, :] = 0.0          # 0 is mid-grey once scaled to [-1, 1]
+            self.register_buffer("keep", keep, persistent=False)
 
         def forward(self, x):                       # x: (N, 1, 48, 48), already scaled to [-1, 1]
-            return self.head(self.body(x).mean(dim=(2, 3)))
+            return self.head(self.body(x * self.keep if upper_face else x).mean(dim=(2, 3)))
 
     return Net()
 
@@ -355,7 +361,7 @@ def train(args, d: dict, train_idx: np.ndarray, sel_idx: np.ndarray, say) -> tup
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, args.width).to(device)
+    model = build_model(args.arch, args.width, args.upper_face).to(device)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
     steps_per_epoch = len(train_idx) // args.batch
@@ -596,6 +602,8 @@ def main() -> None:
     parser.add_argument("--mouth-swap", type=float, default=0.0,
                         help="share of training faces whose mouth and chin come from a face of another majority "
                              "(0: none)")
+    parser.add_argument("--upper-face", action="store_true",
+                        help="the network reads only the face above the mouth (the lower rows grey inside the graph)")
     parser.add_argument("--teacher", type=Path, default=None,
                         help="an exported graph (.onnx) whose probabilities on each augmented batch are soft targets "
                              "(distillation, e.g. the shipped mirror-averaged fp32.onnx into a one-pass student)")
@@ -623,6 +631,8 @@ def main() -> None:
         args.tag += "_framing"
     if args.mouth_swap:
         args.tag += f"_mouth{round(args.mouth_swap * 100):02d}"
+    if args.upper_face:
+        args.tag += "_upper"
     if args.teacher:
         args.tag += f"_kd{round(args.kd_weight * 100):02d}"
     if args.epochs != 24:
@@ -758,7 +768,7 @@ def load_member(args, seed: int):
     if not path.is_file():
         raise SystemExit(f"{path}: missing; train it first: python models/recipes/ferplus_cnn.py --seed {seed} "
                          "--train-only (same --arch/--width/--epochs/--fer2013-weight)")
-    model = build_model(args.arch, args.width)
+    model = build_model(args.arch, args.width, args.upper_face)
     model.load_state_dict(torch.load(path, map_location="cpu"))
     return model.eval()
 
