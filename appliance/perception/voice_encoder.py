@@ -3,8 +3,8 @@
 The tone CNN trained on English actors hears anger as loudness and arousal; on languages it never heard its anger
 fades (``benchmarks/results/voice_loco/``). This model (``models/onnx/voice_anger_encoder``, made by
 ``models/recipes/voice_anger_encoder.py``) reads the segment through Smart Turn v3.2's encoder, a Whisper-tiny
-fine-tuned on end-of-turn prosody in 23 languages, and a small head over its pooled layers, the segment's prosodic
-functionals and the tone CNN's logit. It replaces the tone model's anger head for the anger index; the tone model's
+fine-tuned on end-of-turn prosody in 23 languages, and a head over its pooled layers and (2.0.0) its frames, the
+segment's prosodic functionals and the tone CNN's logit. It replaces the tone model's anger head for the anger index; the tone model's
 label distribution is unchanged.
 """
 
