@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from appliance.manifest import load_manifest
+    from appliance.manifest import Calibration, load_manifest
     from appliance.perception.expression import ExpressionModel
     from appliance.runtime import RuntimeConfig
     from appliance.tools.video_eval import read_clip_index
@@ -66,12 +66,13 @@ def main() -> None:
 
     d = load_ferplus(args.data, args.work)
     _, sel = selection_split(d)
-    calibration = fit_calibration(upper_log_p(d["images"][sel]), d["majority"][sel])
+    splits = {"selection": sel, "public_test": np.flatnonzero(d["split"] == "public_test")}
+    log_p = {split: upper_log_p(d["images"][rows]) for split, rows in splits.items()}
+    calibration = fit_calibration(log_p["selection"], d["majority"][sel])
+    scale, bias = (np.array(v) for v in Calibration(**calibration, fit_on="selection split").scale_bias(len(LABELS)))
 
-    def upper_p(images: np.ndarray) -> np.ndarray:
-        z = upper_log_p(images)
-        z = z / calibration["temperature"] if calibration["method"] == "temperature" else \
-            z * np.array(calibration["scale"]) + np.array(calibration["bias"])
+    def calibrated(z: np.ndarray) -> np.ndarray:
+        z = z * scale + bias
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
@@ -79,10 +80,10 @@ def main() -> None:
                               RuntimeConfig(providers=["cpu"], precision="fp32"))
     result: dict = {"command": "python models/recipes/ferplus_upper_face.py", "candidate": str(weights.name),
                     "calibration": calibration, "ferplus": {}, "clips": {}}
-    for split, rows in (("selection", sel), ("public_test", np.flatnonzero(d["split"] == "public_test"))):
+    for split, rows in splits.items():
         images, majority = d["images"][rows], d["majority"][rows]
         two = readings(shipped, images)
-        upper = upper_p(images)
+        upper = calibrated(log_p[split])
         result["ferplus"][split] = {"shipped_two_views": scores(two.mean(axis=0), majority, LABELS),
                                     "upper_face": scores(upper, majority, LABELS),
                                     "three_views": scores((two[0] + two[1] + upper) / 3, majority, LABELS)}
@@ -92,7 +93,7 @@ def main() -> None:
         if not len(gray):
             continue
         two = readings(shipped, gray).mean(axis=1)           # (views, labels): each view's mean over the clip
-        upper = upper_p(gray).mean(axis=0)
+        upper = calibrated(upper_log_p(gray)).mean(axis=0)
         three = (two[0] + two[1] + upper) / 3
         result["clips"][row["path"]] = {"label": row["label"], "faces": len(gray), **{
             name: {"top": LABELS[int(p.argmax())], "angry": round(float(p[LABELS.index("angry")]), 3)}
