@@ -13,6 +13,18 @@ from appliance.cli.app import eval_app
 from appliance.cli.common import ConfigOpt, UserError, filters, load, model_manifest, setup_logging, write_outputs
 
 
+def parse_room(spec: str | None):
+    """--room SPEC -> Room (None without one); a spec that cannot be used is the user's error, in words."""
+    if spec is None:
+        return None
+    from appliance.tools.room import Room, RoomError
+
+    try:
+        return Room.parse(spec)
+    except RoomError as e:
+        raise UserError(str(e)) from None
+
+
 @eval_app.command("faces")
 def eval_faces(
     directory: Path = typer.Argument(..., help="DIR/<label>/*.png|jpg (labels as in the model manifest), or with "
@@ -60,6 +72,9 @@ def eval_voice(
     anger_model: Optional[str] = typer.Option(None, "--anger-model", help="the voice's anger from this speech-"
                                               "encoder model (voice.anger_model, e.g. voice_anger_encoder); "
                                               "'' for the tone model's anger head"),
+    room: Optional[str] = typer.Option(None, "--room", metavar="SPEC", help="play every clip in a simulated "
+                                       "room first: rt60=S,drr=DB,snr=DB,noise=FILE,seed=N (any subset; noise "
+                                       "defaults to pink), e.g. rt60=0.8,drr=0,snr=10,noise=shop.wav"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
     png: Optional[Path] = typer.Option(None, "--png", help="write the confusion matrix as PNG (default: next "
                                        "to --json)"),
@@ -73,10 +88,12 @@ def eval_voice(
     cfg = load(config, **{"runtime.precision": precision, "voice.anger_model": anger_model})
     setup_logging("WARNING")
     kept = filters(where)
+    played_in = parse_room(room)
     manifest = model_manifest(model or cfg.voice.model, cfg)
     tone = VoiceToneModel(manifest, cfg.runtime, anger=configured(cfg.models.dir / "onnx", cfg.voice.anger_model,
                                                                    cfg.runtime))
-    report = evaluate_voice(directory, tone, index=index, where=kept, progress=stderr_progress("evaluating"))
+    report = evaluate_voice(directory, tone, index=index, where=kept, progress=stderr_progress("evaluating"),
+                            room=played_in)
     angry = report.per_class.get("angry")
     print(report.table())
     if angry:
@@ -137,6 +154,9 @@ def eval_sessions(
                                          "the session's emotion plays beside it; default: a camera that sees no one"),
     seconds: float = typer.Option(60.0, "--seconds", help="each session at least this long (clips reused)"),
     seed: int = typer.Option(20261127, "--seed", help="the order of clips and pauses"),
+    room: Optional[str] = typer.Option(None, "--room", metavar="SPEC", help="play every session in a simulated "
+                                       "room first: rt60=S,drr=DB,snr=DB,noise=FILE,seed=N (any subset; noise "
+                                       "defaults to pink), e.g. rt60=0.8,drr=0,snr=10,noise=shop.wav"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write sessions and summary as JSON (markdown and "
                                             "a plot beside it)"),
     choose_thresholds: Optional[float] = typer.Option(
@@ -159,8 +179,10 @@ def eval_sessions(
                         "measure")
     setup_logging("WARNING")
     quiet_pipeline_logs()
+    played_in = parse_room(room)
     results = evaluate_sessions(directory, cfg, filters(where), video, seconds, seed,
-                                progress=stderr_progress("playing sessions"), trace=choose_thresholds is not None)
+                                progress=stderr_progress("playing sessions"), trace=choose_thresholds is not None,
+                                room=played_in)
     summary = summarise(results)
     if choose_thresholds is not None:
         from appliance.tools.thresholds import cross_fit
@@ -171,7 +193,8 @@ def eval_sessions(
             "off_threshold": cfg.alerts.off_threshold, "alert_window_s": cfg.alerts.window_s,
             "cooldown_s": cfg.alerts.cooldown_s,
             "models": (f"{cfg.expression.model} + " if video else "") + cfg.voice.model
-            + (f" (anger: {cfg.voice.anger_model})" if cfg.voice.anger_model else "")}
+            + (f" (anger: {cfg.voice.anger_model})" if cfg.voice.anger_model else ""),
+            "room": played_in.label if played_in else None}
     text = markdown(summary, meta)
     print(text)
     if json_out:

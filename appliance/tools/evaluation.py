@@ -203,8 +203,9 @@ def list_voice_index(root: Path, labels: Sequence[str], index: Path | None = Non
 
 
 def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str, set[str]] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> EvalReport:
-    """Score whole clips with a VoiceToneModel: mean probabilities over 2 s windows (the daemon's segment)."""
+                   progress: Callable[[int, int], None] | None = None, room=None) -> EvalReport:
+    """Score whole clips with a VoiceToneModel: mean probabilities over 2 s windows (the daemon's segment).
+    ``room`` (``appliance.tools.room.Room``) plays each clip in that room first."""
     from appliance.sources.audio import load_audio_file
 
     items = list_voice_index(root, model.labels, index, where)
@@ -213,7 +214,8 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
     probs = np.empty((len(items), len(model.labels)), dtype=np.float64)
     anger = np.empty(len(items), dtype=np.float64)
     for i, (path, _) in enumerate(items):
-        clip = model.classify_clip(load_audio_file(path))
+        audio = load_audio_file(path)
+        clip = model.classify_clip(room.apply(audio, Path(path).relative_to(root).as_posix()) if room else audio)
         probs[i], anger[i] = clip.probabilities[0], clip.anger[0]
         if progress:
             progress(i + 1, len(items))
@@ -226,7 +228,8 @@ def evaluate_voice(root: Path, model, index: Path | None = None, where: dict[str
     name = model.manifest.name + (f" (anger: {model.anger_model.manifest.name} {model.anger_model.report.precision})"
                                   if model.anger_model else "")
     return EvalReport(model=name, precision=report.precision, provider=report.provider,
-                      dataset=str(root) + (f" where {subset}" if subset else ""), labels=list(model.labels), n=m["n"],
+                      dataset=str(root) + (f" where {subset}" if subset else "")
+                      + (f" in a room: {room.label}" if room else ""), labels=list(model.labels), n=m["n"],
                       accuracy=round(m["accuracy"], 4), macro_f1=round(m["macro_f1"], 4),
                       per_class=m["per_class"], confusion=m["confusion"],
                       seconds=round(time.perf_counter() - started, 2),

@@ -87,7 +87,9 @@ def face_videos(folder: Path | None) -> dict[str, Path]:
 
 def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | None = None,
                       video: Path | None = None, seconds: float = 60.0, seed: int = 20261127,
-                      progress: Callable[[int, int], None] | None = None, trace: bool = False) -> list[SessionResult]:
+                      progress: Callable[[int, int], None] | None = None, trace: bool = False,
+                      room=None) -> list[SessionResult]:
+    """``room`` (``appliance.tools.room.Room``) plays each whole session, pauses included, in that room."""
     from appliance.sources.replay import Replay
     from appliance.tools.video_eval import play
 
@@ -100,6 +102,8 @@ def evaluate_sessions(root: Path, cfg: AppConfig, where: dict[str, set[str]] | N
     for i, ((corpus, speaker, label), members) in enumerate(sorted(groups.items())):
         rng = np.random.default_rng([seed, i])
         audio, used = join_clips([load_audio_file(Path(root) / r["path"]) for r in members], seconds, rng)
+        if room:
+            audio = room.apply(audio, f"{speaker} {label}")
         face = videos.get(label)
         kept = AngerTrace() if trace else None
         summaries, alerts = play(cfg, Replay.of(face, audio, loop=True), len(audio) / SAMPLE_RATE, kept)
@@ -177,7 +181,7 @@ def markdown(summary: dict, meta: dict) -> str:
     lines = ["# Anger alerts on minute-long sessions", "", f"`{meta['command']}`", "",
              f"{meta['sessions']} sessions, {meta['hours']:.2f} h simulated; alerts: on {meta['on_threshold']} / off "
              f"{meta['off_threshold']} over {meta['alert_window_s']:g} s, cool-down {meta['cooldown_s']:g} s; models "
-             f"{meta['models']}.", "",
+             f"{meta['models']}" + (f"; in a room: {meta['room']}" if meta.get("room") else "") + ".", "",
              "| emotion | sessions | with an alert | first alert, median s | alerts per hour | window anger p10 / "
              "p50 / p90 |", "|---|---|---|---|---|---|"]
     for label, e in summary["per_emotion"].items():

@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from models.recipes.voice_loco import CORPORA, INDEXES, NEMO_VAL, ased_val, figures, segments  # noqa: E402
+from models.recipes.voice_loco import CORPORA, NEMO_VAL, ased_val, figures, index_rows, segments  # noqa: E402
 from models.recipes.voice_smart_turn import (FEATURES_MEMBER, LAYER_OUTPUTS, MODEL_MEMBER, MODEL_SHA256,  # noqa: E402
                                              WHEEL, WIDTH, clip_weights, fit, predict)
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
@@ -472,10 +472,7 @@ def main() -> None:
     if args.encoder_only:
         install_encoder(args.work, args.out)
         return
-    from appliance.tools.evaluation import read_index
-
-    rows = [r for name in INDEXES if (args.data / "speech" / name).is_file()
-            for r in read_index(args.data / "speech" / name, {"path", "corpus", "speaker", "label"}, "speech")]
+    rows = index_rows(args.data)
     seg = segments(args.data, args.loco_work)
     assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
     raw = seg["kind"] == 0

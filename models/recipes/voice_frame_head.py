@@ -168,18 +168,19 @@ def thinned(clip: np.ndarray) -> np.ndarray:
 
 
 def member_logits(x: np.ndarray, y: np.ndarray, corpus: np.ndarray, clip: np.ndarray, train: np.ndarray,
-                  frames: np.ndarray, seed: int, held: str, device: str, say) -> tuple[np.ndarray, np.ndarray]:
+                  frames: np.ndarray, seed: int, held: str, device: str, say,
+                  cache: Path = CACHE) -> tuple[np.ndarray, np.ndarray]:
     """Every segment's logit from the two members of the ensemble, each fitted on the training segments outside
     corpus ``held`` ("all": every training segment, the fit that ships): the shipped recipe's MLP on the pooled
     design ``x`` (``voice_smart_turn.fit``, kind mlp) and the frame head on ``frames`` and the design's last 19
-    columns. Cached in CACHE; the "all" fit also keeps both models (``models_seed{seed}.pt``) for the export."""
+    columns. Cached in ``cache``; the "all" fit also keeps both models (``models_seed{seed}.pt``) for the export."""
     import torch
 
     from models.recipes.voice_smart_turn import fit
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    paths = {m: CACHE / f"{m}_seed{seed}_{held}.npy" for m in ("mlp", "frames")}
-    models = CACHE / f"models_seed{seed}.pt"
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = {m: cache / f"{m}_seed{seed}_{held}.npy" for m in ("mlp", "frames")}
+    models = cache / f"models_seed{seed}.pt"
     if all(p.is_file() for p in paths.values()) and (held != "all" or models.is_file()):
         return np.load(paths["mlp"]), np.load(paths["frames"])
     rows = train & (corpus != held)
@@ -200,13 +201,13 @@ def member_logits(x: np.ndarray, y: np.ndarray, corpus: np.ndarray, clip: np.nda
     return z_mlp, z_frames
 
 
-def load_members(seed: int, design_width: int):
+def load_members(seed: int, design_width: int, cache: Path = CACHE):
     """The two members fitted on every training speaker (``member_logits(..., "all")``), as CPU modules."""
     import torch
 
     from models.recipes.voice_smart_turn import HIDDEN
 
-    saved = torch.load(CACHE / f"models_seed{seed}.pt", weights_only=False)
+    saved = torch.load(cache / f"models_seed{seed}.pt", weights_only=False)
     mu, sd, state = saved["mlp"]
     mlp = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(design_width, HIDDEN), torch.nn.GELU(),
                               torch.nn.Dropout(0.3), torch.nn.Linear(HIDDEN, 1))
@@ -285,11 +286,9 @@ def main() -> None:
 
 
 def study_frames(args, d) -> np.ndarray:
-    from appliance.tools.evaluation import read_index
-    from models.recipes.voice_loco import INDEXES
+    from models.recipes.voice_loco import index_rows
 
-    rows = [r for name in INDEXES if (args.data / "speech" / name).is_file()
-            for r in read_index(args.data / "speech" / name, {"path", "corpus", "speaker", "label"}, "speech")]
+    rows = index_rows(args.data)
     assert len(rows) == d.n_clips, "voice_loco's cache holds another index"
     return segment_frames(args.data, CACHE, rows, len(d.clip), args.threads)
 

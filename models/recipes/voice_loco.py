@@ -79,6 +79,14 @@ def loud_rms(audio: np.ndarray) -> float:
     return float(np.sqrt(energy[energy >= np.median(energy)].mean()))
 
 
+def index_rows(data: Path) -> list[dict]:
+    """Every clip of the six corpora (path, corpus, speaker, label), in INDEXES order: the order of every cache."""
+    from appliance.tools.evaluation import read_index
+
+    return [r for name in INDEXES if (data / "speech" / name).is_file()
+            for r in read_index(data / "speech" / name, {"path", "corpus", "speaker", "label"}, "speech")]
+
+
 def segments(data: Path, work: Path) -> dict:
     """Per 2 s segment of every clip of six corpora, raw and at one loudness: prosody, the CNN's P(angry) (cached)."""
     from appliance.manifest import load_manifest
@@ -86,7 +94,6 @@ def segments(data: Path, work: Path) -> dict:
     from appliance.perception.voice import VoiceFeatures, VoiceToneModel
     from appliance.runtime import RuntimeConfig
     from appliance.sources.audio import load_audio_file
-    from appliance.tools.evaluation import read_index
 
     manifest = load_manifest(ROOT / "models" / "onnx" / MODEL)
     code = hashlib.sha256((ROOT / "appliance" / "perception" / "prosody.py").read_bytes()).hexdigest()[:8]
@@ -97,8 +104,7 @@ def segments(data: Path, work: Path) -> dict:
     manifest.anger_head = None
     model = VoiceToneModel(manifest, RuntimeConfig(providers=["cpu"], precision="fp32"))
     features = VoiceFeatures(prosody=True)
-    rows = [r for name in INDEXES if (data / "speech" / name).is_file()
-            for r in read_index(data / "speech" / name, {"path", "corpus", "speaker", "label"}, "speech")]
+    rows = index_rows(data)
     x, p, clip, kind = [], [], [], []
     started = time.time()
     for i, row in enumerate(rows):
@@ -122,13 +128,11 @@ def segments(data: Path, work: Path) -> dict:
 def clip_levels(data: Path, seg: dict, work: Path) -> np.ndarray:
     """Each clip's speaking level in dB (cached): which angry clips are no louder than their speaker's others."""
     from appliance.sources.audio import load_audio_file
-    from appliance.tools.evaluation import read_index
 
     cache = work / f"levels_{len(seg['label'])}.npy"
     if cache.is_file():
         return np.load(cache)
-    rows = [r for name in INDEXES if (data / "speech" / name).is_file()
-            for r in read_index(data / "speech" / name, {"path", "corpus", "speaker", "label"}, "speech")]
+    rows = index_rows(data)
     assert len(rows) == len(seg["label"]), "the index changed since the segments were cached"
     out = np.array([20 * np.log10(max(loud_rms(load_audio_file(data / "speech" / r["path"])), 1e-6))
                     for r in rows])

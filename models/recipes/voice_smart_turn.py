@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from models.recipes.voice_loco import (CORPORA, INDEXES, NEMO_VAL, ased_val, causal_zscore, figures,  # noqa: E402
+from models.recipes.voice_loco import (CORPORA, NEMO_VAL, ased_val, causal_zscore, figures, index_rows,  # noqa: E402
                                        segments)
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 
@@ -182,12 +182,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None, help="fit just this head and update it in an existing loco.json")
     args = parser.parse_args()
-    from appliance.tools.evaluation import read_index
-
     import torch
     torch.set_num_threads(args.threads)
-    rows = [r for name in INDEXES if (args.data / "speech" / name).is_file()
-            for r in read_index(args.data / "speech" / name, {"path", "corpus", "speaker", "label"}, "speech")]
+    rows = index_rows(args.data)
     enc = encoder_features(args.data, args.work, rows, args.threads)
     seg = segments(args.data, args.loco_work)
     assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
