@@ -43,6 +43,7 @@ CONDITIONS = (
 )
 # (label, voice.anger_model): the shipped encoder head, and the tone CNN's own anger head that it replaced.
 MODELS = (("voice_anger_encoder", "voice_anger_encoder"), ("tone CNN anger head", ""))
+CANDIDATE = "voice_anger_encoder trained in rooms too"    # voice_room_train.py's head, with --candidate
 
 
 def babble(data: Path, out: Path, actors: tuple[str, ...] = BABBLE_ACTORS, seconds: float = 60.0) -> Path:
@@ -122,6 +123,9 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / NAME)
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / NAME)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--candidate", type=Path, default=None, help="also score the voice_anger_encoder folder "
+                        "inside this folder (voice_room_train.py writes one), keeping the other models' figures "
+                        "from rooms.json")
     args = parser.parse_args()
 
     from appliance.config import load_config
@@ -138,11 +142,14 @@ def main() -> None:
     corpus = np.array([r["corpus"] for r in rows])
     corpora = sorted(set(corpus), key=["ravdess", "emovo", "turev", "nemo", "ased"].index)
     results: dict[str, dict] = {}
+    models = [(label, cfg.models.dir / "onnx", name) for label, name in MODELS]
+    if args.candidate:
+        results = json.loads((args.log / "rooms.json").read_text())["results"]
+        models = [(CANDIDATE, args.candidate, "voice_anger_encoder")]
     started = time.time()
-    for label, anger_model in MODELS:
+    for label, onnx_dir, anger_model in models:
         manifest = load_manifest(cfg.models.dir / "onnx" / cfg.voice.model)
-        model = VoiceToneModel(manifest, cfg.runtime, anger=configured(cfg.models.dir / "onnx", anger_model,
-                                                                        cfg.runtime))
+        model = VoiceToneModel(manifest, cfg.runtime, anger=configured(onnx_dir, anger_model, cfg.runtime))
         results[label] = {}
         for name, room in rooms.items():
             score = clip_scores(args.data, rows, model, room)
@@ -151,7 +158,9 @@ def main() -> None:
             print(f"{label} / {name}: pooled AUC {results[label][name]['pooled']['auc']:.3f} "
                   f"({time.time() - started:.0f} s)", flush=True)
     args.log.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python models/recipes/voice_rooms.py", "clips": len(rows), "angry": int(angry.sum()),
+    command = "python models/recipes/voice_rooms.py" + (" --candidate .cache/voice_room_train/candidate" if args.candidate
+                                                         else "")
+    meta = {"command": command, "clips": len(rows), "angry": int(angry.sum()),
             "speakers": sorted({r["speaker"] for r in rows}), "precision": "fp32",
             "conditions": {name: room.label if room else "dry (as recorded)" for name, room in rooms.items()},
             "noise": {"music": str(MUSIC.relative_to(ROOT)), "babble": f"{len(BABBLE_ACTORS)} RAVDESS training "
