@@ -115,3 +115,20 @@ def test_eval_sessions_plays_each_session_in_the_room(tmp_path, data_dir):
     assert report["room"] == "RT60 0.6 s, DRR 3 dB, pink noise at SNR 10 dB"
     assert len(report["sessions"]) == 1 and report["sessions"][0]["seconds"] >= 12
     assert "in a room: RT60 0.6 s, DRR 3 dB, pink noise at SNR 10 dB" in out.with_suffix(".md").read_text()
+
+
+def test_the_room_training_copies_are_never_dry_and_read_as_one_array():
+    """voice_room_train.py: every training clip's room has reverberation or noise (a dry copy would teach nothing),
+    drawn the same for the same clip; its two frame stores read as one array, in either order of access."""
+    from models.recipes.voice_room_train import Stacked, training_room
+
+    wave = np.ones(SAMPLE_RATE, np.float32)
+    draws = [training_room(f"corpus/clip{i}.wav", wave)[1:] for i in range(200)]
+    assert all(rt60 > 0 or snr is not None for rt60, _, snr, _ in draws)
+    assert sum(rt60 > 0 for rt60, *_ in draws) > 100 and sum(noise is None for *_, noise in draws) > 50
+    assert training_room("corpus/clip7.wav", wave)[1:4] == draws[7][:3]
+    a, b = np.arange(12).reshape(6, 2), np.arange(100, 108).reshape(4, 2)
+    both = Stacked(a, b)
+    assert len(both) == 10 and both.shape == (10, 2)
+    assert np.array_equal(both[np.array([0, 5, 6, 9])], np.r_[a[[0, 5]], b[[0, 3]]])
+    assert np.array_equal(both[4:8], np.r_[a[4:], b[:2]])

@@ -80,10 +80,10 @@ class Room(BaseModel):
 
     @property
     def label(self) -> str:
-        parts = [f"RT60 {self.rt60_s:g} s, DRR {self.drr_db:g} dB" if self.rt60_s else "dry"]
+        parts = [f"RT60 {self.rt60_s:g} s, DRR {self.drr_db:g} dB"] if self.rt60_s else []
         if self.snr_db is not None:
             parts.append(f"{self.noise.name if self.noise else 'pink noise'} at SNR {self.snr_db:g} dB")
-        return ", ".join(parts)
+        return ", ".join(parts) or "as recorded"
 
     @cached_property
     def noise_wave(self) -> np.ndarray | None:

@@ -158,11 +158,11 @@ def main() -> None:
             print(f"{label} / {name}: pooled AUC {results[label][name]['pooled']['auc']:.3f} "
                   f"({time.time() - started:.0f} s)", flush=True)
     args.log.mkdir(parents=True, exist_ok=True)
-    command = "python models/recipes/voice_rooms.py" + (" --candidate .cache/voice_room_train/candidate" if args.candidate
-                                                         else "")
+    command = "python models/recipes/voice_rooms.py" + (
+        " --candidate .cache/voice_room_train/candidate" if args.candidate else "")
     meta = {"command": command, "clips": len(rows), "angry": int(angry.sum()),
             "speakers": sorted({r["speaker"] for r in rows}), "precision": "fp32",
-            "conditions": {name: room.label if room else "dry (as recorded)" for name, room in rooms.items()},
+            "conditions": {name: room.label if room else "as recorded" for name, room in rooms.items()},
             "noise": {"music": str(MUSIC.relative_to(ROOT)), "babble": f"{len(BABBLE_ACTORS)} RAVDESS training "
                       f"actors at once ({', '.join(BABBLE_ACTORS)}), non-angry clips"}}
     (args.log / "rooms.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
