@@ -190,12 +190,17 @@ def main() -> None:
     parser.add_argument("--candidate", type=Path, default=WORK / "candidate",
                         help="where the room-trained model folder is written")
     parser.add_argument("--segments-only", action="store_true", help="stop after the room copies (cached)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite room_train.md from room_train.json and "
+                        "voice_rooms' rooms.json")
     parser.add_argument("--fits", default=",".join((*UNHEARD, "all")),
                         help="only these fits (corpora left out, 'all': the shipped fit and the candidate folder); "
                              "another process can run the others beside it, into the same cache; the report needs "
                              "all five")
     args = parser.parse_args()
     args.log = ROOT / "benchmarks" / "results" / NAME
+    if args.report_only:
+        write_report(args.log)
+        return
     import torch
 
     from models.recipes.voice_loco import index_rows
@@ -234,6 +239,51 @@ def main() -> None:
         say(f"{name}: LOCO " + " ".join(f"{h} {r['loco'][h]['auc']:.3f}" for h in UNHEARD)
             + f" mean {r['loco_unheard_mean_auc']:.4f} | validation pooled AUC {r['validation']['pooled']['auc']:.3f}"
             f" recall@P0.80 {r['validation']['pooled']['recall_at_precision_0.80']:.3f}")
+    write_report(args.log)
+
+
+def write_report(log: Path) -> None:
+    """``room_train.md``: clean figures of both heads, their rooms figures (``voice_rooms.py --candidate``, when it has
+    run) and the rule's verdict."""
+    from models.recipes.voice_rooms import CANDIDATE
+
+    r = json.loads((log / "room_train.json").read_text())
+    rooms_file = ROOT / "benchmarks" / "results" / "voice_rooms" / "rooms.json"
+    rooms = json.loads(rooms_file.read_text())["results"] if rooms_file.is_file() else {}
+    heads = (("shipped (clean speech)", r["clean"], rooms.get("voice_anger_encoder")),
+             ("trained in rooms too", r["clean_and_rooms"], rooms.get(CANDIDATE)))
+    conditions = [c for c in (heads[0][2] or {}) if c != "dry"]
+    lines = ["# The anger head trained on speech in rooms too (issue 22)", "",
+             f"Written by `{r['command']}` (method in its docstring; {r['room_copies']} room copies of the training "
+             f"speakers' segments; training rooms: {r['training_rooms']}). Angry AUC per clip. Leave one corpus out "
+             "(clean speech) and validation speakers (clean), then the validation speakers in `voice_rooms.py`'s "
+             "rooms (pooled AUC).", "",
+             "| head | " + " | ".join(f"loco {c}" for c in UNHEARD) + " | loco mean | validation | "
+             + " | ".join(conditions) + " | rooms mean |", "|---" * (len(UNHEARD) + 4 + len(conditions)) + "|"]
+    means = {}
+    for name, fig, room in heads:
+        cells = [f"{fig['loco'][c]['auc']:.3f}" for c in UNHEARD]
+        cells += [f"{fig['loco_unheard_mean_auc']:.4f}", f"{fig['validation']['pooled']['auc']:.3f}"]
+        if room:
+            means[name] = float(np.mean([room[c]["pooled"]["auc"] for c in conditions]))
+            cells += [f"{room[c]['pooled']['auc']:.3f}" for c in conditions] + [f"{means[name]:.4f}"]
+        else:
+            cells += ["-"] * (len(conditions) + 1)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    loco_ok = r["clean_and_rooms"]["loco_unheard_mean_auc"] >= r["clean"]["loco_unheard_mean_auc"] - 0.005
+    if len(means) == 2:
+        rooms_ok = means["trained in rooms too"] > means["shipped (clean speech)"]
+        verdict = ("**replaces the shipped head**" if loco_ok and rooms_ok else "**does not replace the shipped "
+                   "head**") + f" (leave-one-out mean within 0.005: {'yes' if loco_ok else 'no'}; rooms mean higher: "
+        verdict += f"{'yes' if rooms_ok else 'no'})"
+    else:
+        verdict = "not decided yet: run `python models/recipes/voice_rooms.py --candidate .cache/voice_room_train/" \
+                  "candidate`, then `python models/recipes/voice_room_train.py --report-only`"
+    lines += ["", "Rule (written before any figure was read): the room-trained head replaces the shipped one if its "
+              "mean leave-one-out AUC of the four unheard corpora is at most 0.005 below the shipped head's and its "
+              "pooled AUC averaged over the six rooms is higher. Verdict: " + verdict + ".", ""]
+    (log / "room_train.md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
