@@ -13,6 +13,10 @@ from appliance.cli.app import eval_app
 from appliance.cli.common import ConfigOpt, UserError, filters, load, model_manifest, setup_logging, write_outputs
 
 
+ROOM_HELP = ("play every {} in a simulated room first: rt60=S,drr=DB,snr=DB,noise=FILE,seed=N (any subset; noise "
+             "defaults to pink), e.g. rt60=0.8,drr=0,snr=10,noise=shop.wav")
+
+
 def parse_room(spec: str | None):
     """--room SPEC -> Room (None without one); a spec that cannot be used is the user's error, in words."""
     if spec is None:
@@ -72,9 +76,7 @@ def eval_voice(
     anger_model: Optional[str] = typer.Option(None, "--anger-model", help="the voice's anger from this speech-"
                                               "encoder model (voice.anger_model, e.g. voice_anger_encoder); "
                                               "'' for the tone model's anger head"),
-    room: Optional[str] = typer.Option(None, "--room", metavar="SPEC", help="play every clip in a simulated "
-                                       "room first: rt60=S,drr=DB,snr=DB,noise=FILE,seed=N (any subset; noise "
-                                       "defaults to pink), e.g. rt60=0.8,drr=0,snr=10,noise=shop.wav"),
+    room: Optional[str] = typer.Option(None, "--room", metavar="SPEC", help=ROOM_HELP.format("clip")),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
     png: Optional[Path] = typer.Option(None, "--png", help="write the confusion matrix as PNG (default: next "
                                        "to --json)"),
@@ -154,9 +156,7 @@ def eval_sessions(
                                          "the session's emotion plays beside it; default: a camera that sees no one"),
     seconds: float = typer.Option(60.0, "--seconds", help="each session at least this long (clips reused)"),
     seed: int = typer.Option(20261127, "--seed", help="the order of clips and pauses"),
-    room: Optional[str] = typer.Option(None, "--room", metavar="SPEC", help="play every session in a simulated "
-                                       "room first: rt60=S,drr=DB,snr=DB,noise=FILE,seed=N (any subset; noise "
-                                       "defaults to pink), e.g. rt60=0.8,drr=0,snr=10,noise=shop.wav"),
+    room: Optional[str] = typer.Option(None, "--room", metavar="SPEC", help=ROOM_HELP.format("session")),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write sessions and summary as JSON (markdown and "
                                             "a plot beside it)"),
     choose_thresholds: Optional[float] = typer.Option(

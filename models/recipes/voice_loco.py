@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.recipes.voice_anger_head import Head, view_scores, weights_for  # noqa: E402
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
+from appliance.tools.room import speaking_rms  # noqa: E402
 
 MODEL = "voice_tone_cnn"
 INDEXES = ("index.csv", "index_more.csv", "index_langs.csv")
@@ -62,21 +63,11 @@ def ased_val(speakers) -> set[str]:
 
 
 def level(audio: np.ndarray) -> np.ndarray:
-    """The clip scaled so that the RMS of its loud part (``loud_rms``) is LEVEL_DBFS."""
-    rms = loud_rms(audio)
+    """The clip scaled so that the RMS of its loud part (``speaking_rms``) is LEVEL_DBFS."""
+    rms = speaking_rms(audio)
     if rms < 1e-6:
         return audio
     return np.clip(audio * (10 ** (LEVEL_DBFS / 20) / rms), -1.0, 1.0).astype(np.float32)
-
-
-def loud_rms(audio: np.ndarray) -> float:
-    """RMS of the clip's loud part (frames at or above the median frame energy): its speaking level."""
-    frame = 400
-    n = len(audio) // frame
-    if n == 0:
-        return float(np.sqrt((audio ** 2).mean())) if len(audio) else 0.0
-    energy = (audio[:n * frame].reshape(n, frame) ** 2).mean(axis=1)
-    return float(np.sqrt(energy[energy >= np.median(energy)].mean()))
 
 
 def index_rows(data: Path) -> list[dict]:
@@ -134,7 +125,7 @@ def clip_levels(data: Path, seg: dict, work: Path) -> np.ndarray:
         return np.load(cache)
     rows = index_rows(data)
     assert len(rows) == len(seg["label"]), "the index changed since the segments were cached"
-    out = np.array([20 * np.log10(max(loud_rms(load_audio_file(data / "speech" / r["path"])), 1e-6))
+    out = np.array([20 * np.log10(max(speaking_rms(load_audio_file(data / "speech" / r["path"])), 1e-6))
                     for r in rows])
     np.save(cache, out)
     return out
