@@ -135,7 +135,12 @@ def main() -> None:
                         "inside this folder (voice_room_train.py writes one), keeping the other models' figures "
                         "from rooms.json")
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md and rooms.png from rooms.json")
+    parser.add_argument("--babble-only", action="store_true", help="only build --work/babble.wav (what `make eval`'s "
+                        "busy-shop sessions play)")
     args = parser.parse_args()
+    if args.babble_only:
+        print(babble(args.data, args.work / "babble.wav"))
+        return
     if args.report_only:
         saved = json.loads((args.log / "rooms.json").read_text())
         write_report(args.log, saved["meta"], saved["results"])
