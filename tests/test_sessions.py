@@ -126,3 +126,19 @@ def test_a_polish_speaker_never_heard_alerts_when_angry_with_the_encoder(data_di
                      f"median {np.median(angry):.2f} angry, {np.median(calm):.2f} neutral; the encoder's calibrated "
                      "P(angry) separates these windows weakly; the per-unit shift measured (unit_shift.md) does not "
                      "make its level travel between languages (issue #22)")
+
+
+def test_an_amharic_speaker_never_heard_alerts_when_angry_and_not_when_calm(data_dir, tmp_path):
+    """ASED's validation speaker f31 (Amharic: no model here trained on the language, the head never fitted on her), a
+    minute of angry and a minute of neutral speech through the daemon at the shipped thresholds: an alert for the
+    angry minute, none for the neutral one. She is one of the 8 of 12 ASED validation speakers whose angry minute
+    alerts in the six-corpora sessions (alert_thresholds_encoder.md), so this guards what works; nEMO's EB0 (above)
+    records what does not."""
+    cfg = load_config(None, env={"APPLIANCE_STATE__DIR": str(tmp_path)})
+    assert cfg.voice.anger_model == "voice_anger_encoder"
+    results = evaluate_sessions(data_dir / "speech", cfg, {"speaker": {"ased-f31"}, "label": {"angry", "neutral"}})
+    by_label = {r.label: r for r in results}
+    assert set(by_label) == {"angry", "neutral"} and by_label["angry"].sex == "female"
+    assert by_label["neutral"].alerts_at_s == [], by_label["neutral"].window_anger
+    assert by_label["angry"].alerts_at_s, by_label["angry"].window_anger
+    assert by_label["angry"].alerts_at_s[0] <= 15.0, by_label["angry"].alerts_at_s
