@@ -113,6 +113,8 @@ eval: setup
 	$(BIN)/appliance eval sessions $(DATA)/speech --where $(SIX_VAL) \
 		--room rt60=0.8,drr=0,snr=5,noise=.cache/voice_rooms/babble.wav \
 		--json benchmarks/results/sessions_voice_encoder_busy_shop.json
+	$(BIN)/appliance eval sessions $(DATA)/speech --where $(SIX_VAL) \
+		--room snr=10,noise=appliance/demo/short_hamilton_clip.flac --json benchmarks/results/sessions_voice_encoder_music.json
 	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --json benchmarks/results/sessions_voice_encoder.json
 	$(BIN)/appliance eval sessions $(DATA)/speech --where $(VOICE_VAL) --video $(DATA)/video/emotion \
 		--choose-thresholds 1 --json benchmarks/results/sessions_face_voice_encoder.json

@@ -70,3 +70,29 @@ def test_the_other_shape_takes_the_other_branch(tmp_path):
     assert _run(dest, x).tolist() == [[18.0] * 4] * 2          # (1+5)*3
     with pytest.raises(Exception):
         _run(dest, np.ones((1, 4), np.float32))                 # the shape is fixed now
+
+
+def test_fairness_compares_both_sexes_at_one_threshold_set_on_the_whole_corpus():
+    """voice_fairness.py: the operating point is the corpus's (both sexes together), so a model that scores one sex's
+    anger lower shows a recall gap there, while each sex's own AUC can be perfect."""
+    from models.recipes.voice_fairness import by_sex, operating_point
+
+    # Women's angry clips score 0.8 and their calm ones 0.1; men's angry clips 0.9 and their calm ones 0.7.
+    score = np.array([0.8] * 4 + [0.1] * 4 + [0.9] * 4 + [0.7] * 4)
+    angry = np.array([True] * 4 + [False] * 4 + [True] * 4 + [False] * 4)
+    sex = np.array(["female"] * 8 + ["male"] * 8)
+    speaker = np.array(["f1"] * 8 + ["m1"] * 8)
+    # Down to 0.8 every call is angry; at 0.7 the men's calm clips bring precision to 8 of 12.
+    assert operating_point(score, angry) == pytest.approx(0.8)
+    r = by_sex(score, angry, sex, speaker)
+    assert r["female"]["auc"] == 1.0 and r["male"]["auc"] == 1.0
+    assert r["female"]["recall_at_corpus_p80"] == 1.0 and r["male"]["recall_at_corpus_p80"] == 1.0
+    assert r["gap_recall_at_corpus_p80"] == 0.0
+    # Women's anger below the men's calm clips: the corpus's threshold rises to 0.9 (at 0.5, 8 of 12), so women's
+    # anger is missed while each sex's own ranking stays perfect.
+    score[:4] = 0.5
+    r = by_sex(score, angry, sex, speaker)
+    assert r["threshold_at_precision_0.80"] == pytest.approx(0.9)
+    assert r["female"]["recall_at_corpus_p80"] == 0.0 and r["male"]["recall_at_corpus_p80"] == 1.0
+    assert r["gap_recall_at_corpus_p80"] == -1.0 and r["female"]["auc"] == 1.0
+    assert operating_point(np.array([0.9, 0.8]), np.array([False, False])) is None

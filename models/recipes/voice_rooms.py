@@ -131,9 +131,9 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / NAME)
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / NAME)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--candidate", type=Path, default=None, help="also score the voice_anger_encoder folder "
-                        "inside this folder (voice_room_train.py writes one), keeping the other models' figures "
-                        "from rooms.json")
+    parser.add_argument("--candidate", type=Path, default=None, help="score only the voice_anger_encoder folder "
+                        "inside this folder (voice_room_train.py writes one); every run keeps the rows of models it "
+                        "does not score from rooms.json")
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md and rooms.png from rooms.json")
     parser.add_argument("--babble-only", action="store_true", help="only build --work/babble.wav (what `make eval`'s "
                         "busy-shop sessions play)")
@@ -159,10 +159,11 @@ def main() -> None:
     angry = np.array([r["label"] == "angry" for r in rows])
     corpus = np.array([r["corpus"] for r in rows])
     corpora = sorted(set(corpus), key=["ravdess", "emovo", "turev", "nemo", "ased"].index)
-    results: dict[str, dict] = {}
+    # Rows of models not scored this time (an earlier version of the head) are kept; a scored label replaces its rows.
+    saved = args.log / "rooms.json"
+    results: dict[str, dict] = json.loads(saved.read_text())["results"] if saved.is_file() else {}
     models = [(cfg.models.dir / "onnx", name) for name in MODELS]
     if args.candidate:
-        results = json.loads((args.log / "rooms.json").read_text())["results"]
         models = [(args.candidate, "voice_anger_encoder")]
     started = time.time()
     for onnx_dir, anger_model in models:
@@ -196,8 +197,9 @@ def write_report(log: Path, meta: dict, results: dict) -> None:
              f"Written by `{meta['command']}`: the {meta['clips']} clips ({meta['angry']} angry) of the "
              f"{len(meta['speakers'])} validation speakers of the five corpora with validation speakers, played in "
              "synthetic rooms (`appliance.tools.room`, the same as `appliance eval voice --room`), FP32. "
-             "Angry-vs-rest AUC per clip and corpus. Rows name the anger model with its manifest version (a "
-             "`--candidate` run adds one model's rows to those kept). Conditions (fixed before any figure was read):",
+             "Angry-vs-rest AUC per clip and corpus. Rows name the anger model with its manifest version; a run "
+             "keeps the rows of models it does not score (an earlier version). Conditions (fixed before any figure "
+             "was read):",
              ""]
     lines += [f"- **{name}**: {label}" for name, label in meta["conditions"].items()]
     lines += ["", f"Noises: music = `{meta['noise']['music']}` (the demo's sound: music and singing); babble = "
