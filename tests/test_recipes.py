@@ -96,3 +96,45 @@ def test_fairness_compares_both_sexes_at_one_threshold_set_on_the_whole_corpus()
     assert r["female"]["recall_at_corpus_p80"] == 0.0 and r["male"]["recall_at_corpus_p80"] == 1.0
     assert r["gap_recall_at_corpus_p80"] == -1.0 and r["female"]["auc"] == 1.0
     assert operating_point(np.array([0.9, 0.8]), np.array([False, False])) is None
+
+
+def test_voices_are_found_online_and_scored_against_the_true_speakers():
+    from models.recipes.voice_speaker_norm import bcubed, online_voices
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 16))
+    speaker = np.repeat([0, 1, 2], 20)
+    emb = centres[speaker] + 0.05 * rng.standard_normal((60, 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    order = rng.permutation(60)
+    voices = online_voices(emb, order, 0.8)
+    assert bcubed(voices, speaker[order]) == (1.0, 1.0)
+    every_clip_alone = online_voices(emb, order, 1.01)
+    precision, recall = bcubed(every_clip_alone, speaker[order])
+    assert precision == 1.0 and recall == pytest.approx(1 / 20)
+
+
+def test_a_voice_is_normalised_only_by_what_it_said_before():
+    from models.recipes.voice_speaker_norm import PRIOR, running_zscore
+
+    x = np.array([[10.0], [12.0], [100.0], [11.0]])
+    out = np.empty_like(x)
+    running_zscore(x, np.arange(4), np.array([0, 0, 1, 0]), np.zeros(1), np.ones(1), out)
+    assert out[0, 0] == pytest.approx(10.0)                   # first clip: the prior alone (mean 0, sd 1)
+    assert out[2, 0] == pytest.approx(100.0)                  # a new voice starts from the prior too
+    n, total, sq = PRIOR + 2, 22.0, PRIOR + 244.0             # clip 3 sees clips 0 and 1 of its voice
+    assert out[3, 0] == pytest.approx((11.0 - total / n) / np.sqrt(sq / n - (total / n) ** 2))
+
+
+def test_the_angry_customer_comes_first_in_the_angry_first_order():
+    from models.recipes.voice_speaker_norm import stream
+
+    corpus = np.array(["a"] * 8)
+    speaker = np.array(["s1"] * 4 + ["s2"] * 4)
+    angry = np.array([0, 1, 0, 1, 0, 0, 1, 0], float)
+    seq = stream(corpus, speaker, "angry first", angry)["a"]
+    for s in ("s1", "s2"):
+        mine = [c for c in seq if speaker[c] == s]
+        labels = angry[mine]
+        assert list(labels) == sorted(labels, reverse=True)
+    assert sorted(seq) == list(range(8))
