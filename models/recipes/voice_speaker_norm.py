@@ -1,6 +1,6 @@
 """Study: candidate (c) of issue 22 as a unit could run it, speakers told apart by a speaker encoder.
 
-    python models/recipes/voice_speaker_norm.py [--data ../shared/data] [--device cpu|cuda]   # ~15 min on 2 cores
+    python models/recipes/voice_speaker_norm.py [--data ../shared/data] [--device cpu|cuda]   # ~40 min, 2 cores
 
 ``voice_smart_turn.py`` found that a head reading each clip as a deviation from its *speaker's* earlier clips hears
 anger in unheard languages far better ("mlp, per speaker, causal": nEMO 0.923, ASED 0.949) than one reading the
