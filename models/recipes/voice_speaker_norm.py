@@ -282,8 +282,8 @@ def main() -> None:
         mean0, sq0 = x[fitted].mean(axis=0), (x[fitted] ** 2).mean(axis=0)
         mine = corpus == held
         weights = clip_weights(corpus[fitted], y[fitted])
-        results["heads"]["none"][held] = figures(fit_predict(x[fitted], y[fitted], weights, x, "mlp", args.device)[mine],
-                                                 y[mine] > 0)
+        plain = fit_predict(x[fitted], y[fitted], weights, x[mine], "mlp", args.device)
+        results["heads"]["none"][held] = figures(plain, y[mine] > 0)
         for norm in NORMS:
             views = {}
             for order in ORDERS:
