@@ -112,6 +112,18 @@ def encoder_features(data: Path, work: Path, rows: list[dict], threads: int) -> 
     return out
 
 
+def clip_means(seg: dict, clips: int) -> np.ndarray:
+    """(clips, functionals + 1): today's head inputs per clip, the mean of its raw segments' prosodic functionals
+    (a missing one as the population median) and the logit of their mean CNN P(angry)."""
+    raw = seg["kind"] == 0
+    count = np.maximum(np.bincount(seg["clip"][raw], minlength=clips), 1)
+    x = np.where(np.isnan(seg["x"][raw]), np.nanmedian(seg["x"], axis=0), seg["x"][raw])
+    pros = np.stack([np.bincount(seg["clip"][raw], weights=x[:, j], minlength=clips)
+                     for j in range(x.shape[1])], axis=1) / count[:, None]
+    p = np.clip(np.bincount(seg["clip"][raw], weights=seg["p"][raw], minlength=clips) / count, 1e-4, 1 - 1e-4)
+    return np.column_stack([pros, np.log(p / (1 - p))])
+
+
 def clip_weights(corpus: np.ndarray, y: np.ndarray) -> np.ndarray:
     w = np.zeros(len(y))
     for c in np.unique(corpus):
@@ -188,13 +200,7 @@ def main() -> None:
     enc = encoder_features(args.data, args.work, rows, args.threads)
     seg = segments(args.data, args.loco_work)
     assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
-    raw = seg["kind"] == 0
-    count = np.bincount(seg["clip"][raw], minlength=len(rows))
-    pros = np.stack([np.bincount(seg["clip"][raw], weights=np.nan_to_num(seg["x"][raw][:, j], nan=np.nanmedian(seg["x"][:, j])),
-                                 minlength=len(rows)) for j in range(seg["x"].shape[1])], axis=1) / np.maximum(count, 1)[:, None]
-    p = np.clip(np.bincount(seg["clip"][raw], weights=seg["p"][raw], minlength=len(rows)) / np.maximum(count, 1),
-                1e-4, 1 - 1e-4)
-    today = np.column_stack([pros, np.log(p / (1 - p))])
+    today = clip_means(seg, len(rows))
     corpus, speaker = seg["corpus"], seg["speaker"]
     y = (seg["label"] == "angry").astype(float)
     val = set(VAL_SPEAKERS) | NEMO_VAL | ased_val(speaker)

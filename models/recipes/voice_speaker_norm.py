@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from models.recipes.voice_loco import CORPORA, NEMO_VAL, ased_val, figures, index_rows, segments  # noqa: E402
-from models.recipes.voice_smart_turn import clip_weights, encoder_features, fit, fit_predict, predict  # noqa: E402
+from models.recipes.voice_smart_turn import (clip_means, clip_weights, encoder_features, fit,  # noqa: E402
+                                             fit_predict, predict)
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 
 WHEEL = "resemblyzer==0.1.4"
@@ -259,13 +260,7 @@ def main() -> None:
     enc = encoder_features(args.data, args.smart_turn_work, rows, args.threads)
     seg = segments(args.data, args.loco_work)
     assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
-    raw = seg["kind"] == 0
-    count = np.maximum(np.bincount(seg["clip"][raw], minlength=len(rows)), 1)[:, None]
-    xs = np.where(np.isnan(seg["x"][raw]), np.nanmedian(seg["x"], axis=0), seg["x"][raw])
-    pros = np.stack([np.bincount(seg["clip"][raw], weights=xs[:, j], minlength=len(rows))
-                     for j in range(xs.shape[1])], axis=1) / count
-    p = np.clip(np.bincount(seg["clip"][raw], weights=seg["p"][raw], minlength=len(rows)) / count[:, 0], 1e-4, 1 - 1e-4)
-    x = np.hstack([enc, pros, np.log(p / (1 - p))[:, None]]).astype(np.float64)
+    x = np.hstack([enc, clip_means(seg, len(rows))]).astype(np.float64)
     corpus, speaker = seg["corpus"], seg["speaker"]
     y = (seg["label"] == "angry").astype(float)
     val = set(VAL_SPEAKERS) | NEMO_VAL | ased_val(speaker)
