@@ -181,6 +181,18 @@ class SpeechEncoder(_Strict):
     fill: list[float] = Field(description="value of a missing (NaN) functional: its training median")
 
 
+class CpuForm(_Strict):
+    """An INT8 QDQ variant written for ONNX Runtime's CPU kernels: the same quantized values with uint8 weights and
+    activations (int8 + 128, zero points + 128). ONNX Runtime multiplies uint8 x int8 with a saturating
+    instruction on x86 CPUs without VNNI, uint8 x uint8 exactly everywhere; so this form reads the manifest's
+    figures on every CPU, while the signed file stays the one TensorRT takes. Written by
+    ``models/recipes/int8_cpu_form.py``."""
+
+    file: str
+    sha256: str
+    bytes: int
+
+
 class Variant(_Strict):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -193,6 +205,7 @@ class Variant(_Strict):
     more_accuracy: list[Accuracy] = Field(default_factory=list, description="the same files on other label sets")
     calibration: Calibration | None = None
     anger: AngerCalibration | None = Field(default=None, description="calibrated P(angry) for the anger index")
+    cpu_form: CpuForm | None = Field(default=None, description="INT8: the file the CPU opens in place of ``file``")
 
 
 class Provenance(_Strict):
@@ -233,7 +246,7 @@ class ModelManifest(_Strict):
     def precisions(self) -> list[str]:
         return [v.precision for v in self.variants]
 
-    def path_of(self, variant: Variant) -> Path:
+    def path_of(self, variant: Variant | CpuForm) -> Path:
         if self.directory is None:
             raise ValueError(f"manifest {self.name} was not loaded from disk")
         return self.directory / variant.file
@@ -263,16 +276,18 @@ def load_manifest(directory: Path) -> ModelManifest:
     return manifest
 
 
-def verify_variant(manifest: ModelManifest, variant: Variant) -> Path:
-    """Return the variant's file after checking it exists and its sha256 matches the manifest."""
-    path = manifest.path_of(variant)
+def verify_variant(manifest: ModelManifest, variant: Variant, cpu: bool = False) -> Path:
+    """Return the variant's file after checking it exists and its sha256 matches the manifest; with ``cpu``, its
+    CPU form where it has one."""
+    form = variant.cpu_form if cpu and variant.cpu_form else variant
+    path = manifest.path_of(form)
     if not path.is_file():
         raise ModelFileError(f"{manifest.name} {variant.precision}: model file {path} is missing")
     actual = sha256_of(path)
-    if actual != variant.sha256:
+    if actual != form.sha256:
         raise ModelFileError(
             f"{manifest.name} {variant.precision}: {path} has sha256 {actual[:12]}…, "
-            f"manifest says {variant.sha256[:12]}…; rebuild it with {manifest.provenance.recipe}"
+            f"manifest says {form.sha256[:12]}…; rebuild it with {manifest.provenance.recipe}"
         )
     return path
 

@@ -85,13 +85,16 @@ class RuntimeReport:
     file: str
     sha256: str
     skipped: list[str] = field(default_factory=list)
+    # The file ONNX Runtime opened: the variant's own, or on the CPU its uint8 form (manifest ``cpu_form``).
+    opened: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "provider": self.provider, "precision": self.precision,
-                "file": self.file, "sha256": self.sha256, "skipped": list(self.skipped)}
+                "file": self.file, "sha256": self.sha256, "opened": self.opened or self.file,
+                "skipped": list(self.skipped)}
 
     def __str__(self) -> str:
-        return f"{self.model}: {self.provider} {self.precision} ({self.file})"
+        return f"{self.model}: {self.provider} {self.precision} ({self.opened or self.file})"
 
 
 class NoUsableProvider(RuntimeError):
@@ -259,7 +262,8 @@ def measured_cpu_precision(manifest: ModelManifest, cfg: RuntimeConfig, factory:
             or not {"fp32", "int8"} <= set(manifest.precisions()) or not manifest.input_shape:
         return None
     cache = Path(cfg.measure_cache).expanduser()
-    key = "|".join([manifest.name, manifest.variant("fp32").sha256[:16], manifest.variant("int8").sha256[:16],
+    quantized = manifest.variant("int8")
+    key = "|".join([manifest.name, manifest.variant("fp32").sha256[:16], (quantized.cpu_form or quantized).sha256[:16],
                     _cpu_name() or platform.machine(), ort.__version__, str(cfg.intra_op_threads), str(batch)])
     try:
         known = json.loads(cache.read_text())
@@ -270,7 +274,7 @@ def measured_cpu_precision(manifest: ModelManifest, cfg: RuntimeConfig, factory:
         x = np.zeros((batch, *manifest.input_shape), np.float32)
         entry = {}
         for precision in ("int8", "fp32"):
-            path = verify_variant(manifest, manifest.variant(precision))
+            path = verify_variant(manifest, manifest.variant(precision), cpu=True)
             session = factory(str(path), (ORT_NAMES["cpu"],), cfg)
             feed = {manifest.input_name or session.get_inputs()[0].name: x}
             times = timed_runs(session, feed, MEASURE_RUNS, warm_up=5)
@@ -318,7 +322,7 @@ def open_session(manifest: ModelManifest, cfg: RuntimeConfig, available: Sequenc
         if plan.provider == "tensorrt":
             Path(plan.ort_providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         variant = manifest.variant(plan.variant)
-        path = verify_variant(manifest, variant)
+        path = verify_variant(manifest, variant, cpu=plan.provider == "cpu")
         try:
             session = factory(str(path), plan.ort_providers, cfg)
         except Exception as e:  # a provider that fails to initialise must not take the daemon down
@@ -332,7 +336,8 @@ def open_session(manifest: ModelManifest, cfg: RuntimeConfig, available: Sequenc
             log.warning("%s: asked for %s but onnxruntime gave %s; re-planning for the next provider",
                         manifest.name, plan.provider, got)
             continue
-        report = RuntimeReport(manifest.name, plan.provider, plan.precision, variant.file, variant.sha256, skipped)
+        report = RuntimeReport(manifest.name, plan.provider, plan.precision, variant.file, variant.sha256, skipped,
+                               opened=path.name)
         log.info("%s (%s)", report, plan.reason)
         return session, report
     raise NoUsableProvider(f"{manifest.name}: every provider failed: {'; '.join(skipped)}")

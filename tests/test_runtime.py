@@ -193,13 +193,15 @@ def test_int8_on_the_cpu_is_measured_once_per_machine_and_fp32_wins_where_it_is_
         return _default_session_factory(path, providers, cfg)
 
     _, report = open_session(manifest, cfg, factory=factory, batch=4)
-    assert built == ["int8.onnx", "fp32.onnx", "int8.onnx"]          # both timed, then the session itself
+    # both timed (INT8 in its CPU form), then the session itself
+    assert built[:2] == ["int8.cpu.onnx", "fp32.onnx"] and built[2] == f"{report.file.removesuffix('.onnx')}" \
+        + (".cpu.onnx" if report.precision == "int8" else ".onnx")
     (key, entry), = json.loads(cache.read_text()).items()
     assert key.startswith("ferplus_cnn|") and entry["int8_ms"] > 0 and entry["fp32_ms"] > 0
     assert report.precision == ("fp32" if entry["fp32_ms"] < 0.9 * entry["int8_ms"] else "int8")
     built.clear()
     open_session(manifest, cfg, factory=factory, batch=4)
-    assert built == [report.file], "the second start reads what the first measured"
+    assert built == [report.opened], "the second start reads what the first measured"
     # A CPU where INT8 QDQ is slower (the figures as the cache would hold them): FP32, and the reason says why.
     cache.write_text(json.dumps({key: {"int8_ms": 5.0, "fp32_ms": 2.0}}))
     _, slow_int8 = open_session(manifest, cfg, batch=4)

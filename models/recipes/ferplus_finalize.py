@@ -38,6 +38,7 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
     from appliance.runtime import RuntimeConfig
     from appliance.tools.evaluation import evaluate_faces, evaluate_ferplus, stderr_progress
     from appliance.tools.metrics import confusion_png
+    from models.recipes.int8_cpu_form import recorded_cpu_form
     from appliance.manifest import (Accuracy, Calibration, ModelManifest, Preprocessing, Provenance, Variant,
                                     load_manifest, sha256_of, write_manifest)
     from appliance.perception.expression import ExpressionModel
@@ -45,7 +46,7 @@ def write_manifest_and_reports(args, d: dict, sel_idx: np.ndarray, say) -> None:
     out: Path = args.out
     history = json.loads((args.log / "architectures.json").read_text()).get(args.tag, {})
     variants = [Variant(precision=p, file=f"{p}.onnx", sha256=sha256_of(out / f"{p}.onnx"),
-                        bytes=(out / f"{p}.onnx").stat().st_size,
+                        bytes=(out / f"{p}.onnx").stat().st_size, cpu_form=recorded_cpu_form(out / f"{p}.onnx"),
                         quantization=None if p == "fp32" else {
                             "format": "QDQ", "weights": "int8 per-channel symmetric",
                             "activations": "int8 symmetric", "excluded": "final Softmax (FP32 probabilities)",

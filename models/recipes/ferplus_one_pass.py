@@ -115,6 +115,7 @@ def main() -> None:
     from models.recipes.ferplus_cnn import (LABELS, OFFSET, SCALE, WEIGHTS_LICENCE, fit_calibration, load_ferplus,
                                             selection_split)
     from models.recipes.ferplus_finalize import PUBLIC_TEST, choose_cpu_precision, time_variants
+    from models.recipes.int8_cpu_form import recorded_cpu_form
     from models.recipes.recipe_tools import quantize_qdq
 
     def say(text: str) -> None:
@@ -141,7 +142,8 @@ def main() -> None:
     manifest.name = "ferplus_cnn_one_pass"
     manifest.preprocessing = Preprocessing(**{**source.preprocessing.model_dump(), "mirror": "alternate"})
     manifest.variants = [Variant(precision=v.precision, file=v.file, sha256=sha256_of(args.out / v.file),
-                                 bytes=(args.out / v.file).stat().st_size, quantization=v.quantization)
+                                 bytes=(args.out / v.file).stat().st_size, quantization=v.quantization,
+                                 cpu_form=recorded_cpu_form(args.out / v.file))
                          for v in source.variants]
     manifest.provenance = Provenance(
         source="ferplus_cnn's weights, unchanged: its graph's unmirrored branch, cut out by the recipe. The daemon "

@@ -58,6 +58,9 @@ def quantize_qdq(fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]], exc
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    from models.recipes.int8_cpu_form import write_cpu_form
+
+    write_cpu_form(int8)
 
 
 def specialise_shapes(source: Path, dest: Path, shapes: dict[str, list[int]], feeds: dict[str, np.ndarray]) -> dict:

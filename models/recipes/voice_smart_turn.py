@@ -61,7 +61,10 @@ def front_end(work: Path):
 
     from models.recipes.recipe_tools import files_from_wheel
 
-    model, feats = work / "smart_turn_layers.onnx", work / "whisper_features.py"
+    from models.recipes.int8_cpu_form import uint8_form
+
+    # "_u8": written as uint8 x uint8 (int8_cpu_form), so features cached by an older, CPU-dependent file are not reused
+    model, feats = work / "smart_turn_layers_u8.onnx", work / "whisper_features.py"
     if not (model.is_file() and feats.is_file()):
         print(f"fetching {WHEEL} (pip download --no-deps, ~12 MB)", flush=True)
         files = files_from_wheel(WHEEL, {MODEL_MEMBER: MODEL_SHA256, FEATURES_MEMBER: None})
@@ -69,7 +72,7 @@ def front_end(work: Path):
         m = onnx.load_from_string(files[MODEL_MEMBER])
         for name in LAYER_OUTPUTS:
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        onnx.save(m, model)
+        onnx.save(uint8_form(m), model)
         feats.write_bytes(files[FEATURES_MEMBER])
         (work / "LICENSE").write_bytes(files["LICENSE"])
     spec = importlib.util.spec_from_file_location("whisper_features", feats)
@@ -84,7 +87,7 @@ def encoder_features(data: Path, work: Path, rows: list[dict], threads: int) -> 
 
     from appliance.sources.audio import SAMPLE_RATE, load_audio_file
 
-    cache = work / f"encoder_{len(rows)}.npy"
+    cache = work / f"encoder_u8_{len(rows)}.npy"
     if cache.is_file():
         return np.load(cache)
     model, log_mel = front_end(work)

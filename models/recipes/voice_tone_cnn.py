@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.perception.features import DEFAULT, clip_segments, fit_length, log_mel  # noqa: E402
 from appliance.tools.metrics import roc_auc  # noqa: E402
+from models.recipes.int8_cpu_form import recorded_cpu_form  # noqa: E402
 from models.recipes.recipe_tools import quantize_qdq  # noqa: E402
 
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -442,6 +443,7 @@ def finalize(args) -> None:
                         for seed, h in finals.items() if h)
     variants = [Variant(precision=p, file=f"{p}.onnx", sha256=sha256_of(args.out / f"{p}.onnx"),
                         bytes=(args.out / f"{p}.onnx").stat().st_size,
+                        cpu_form=recorded_cpu_form(args.out / f"{p}.onnx"),
                         quantization=None if p == "fp32" else {
                             "format": "QDQ", "weights": "int8 per-channel symmetric",
                             "activations": "int8 symmetric", "excluded": "final Softmax",
