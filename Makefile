@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml | build-deps
 
 # Smart Turn's encoder (8 MB) is not kept in git: taken from its pinned wheel and checked against the manifest.
 ENCODER := models/onnx/voice_anger_encoder/encoder.onnx
-$(ENCODER): | $(STAMP)
+# Rebuilt when the manifest names another file (its sha256 changed).
+$(ENCODER): models/onnx/voice_anger_encoder/manifest.json | $(STAMP)
 	$(BIN)/python models/recipes/voice_anger_encoder.py --encoder-only
 
 setup: $(STAMP) $(ENCODER)

@@ -203,9 +203,14 @@ if [ "$JETPACK" != none ]; then
     run "$VENV/bin/pip" uninstall --yes --quiet opencv-python opencv-contrib-python opencv-python-headless
 fi
 # The voice's anger encoder (Smart Turn v3.2, 8 MB) is not in git: taken from its pinned wheel, checked against the
-# manifest's sha256 (the recipe stops on a mismatch), once.
+# manifest's sha256 (the recipe stops on a mismatch); written again when an update changed the manifest's file.
 ENCODER=$APP_SRC/models/onnx/voice_anger_encoder/encoder.onnx
-if [ ! -f "$ENCODER" ] || [ "$DRY_RUN" = 1 ]; then
+encoder_is_current() {
+    [ -f "$ENCODER" ] && [ "$(sha256sum < "$ENCODER" | cut -d' ' -f1)" = "$(python3 -c \
+        'import json, sys; print(json.load(open(sys.argv[1]))["encoder"]["sha256"])' \
+        "$(dirname "$ENCODER")/manifest.json" 2>/dev/null)" ]
+}
+if ! encoder_is_current || [ "$DRY_RUN" = 1 ]; then
     say "voice anger encoder from pipecat-ai==1.14.0 (pip download, ~12 MB)"
     run "$VENV/bin/pip" install --quiet "onnx>=1.15"
     run "$VENV/bin/python" "$APP_SRC/models/recipes/voice_anger_encoder.py" --encoder-only \
