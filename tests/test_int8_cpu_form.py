@@ -139,3 +139,14 @@ def test_uint8_form_keeps_values_and_refuses_an_int8_tensor_read_by_anything_els
 
 def session_bytes(model) -> np.ndarray:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+
+
+def test_bench_reports_say_whether_the_cpu_has_vnni():
+    from appliance.tools.bench_report import describe_machine, int8_instructions
+
+    assert int8_instructions({"avx2", "fma"}) == " (AVX2, no VNNI)"
+    assert int8_instructions({"avx2", "avx512_vnni", "avx_vnni"}) == " (avx512_vnni, avx_vnni)"
+    assert int8_instructions({"asimd", "asimddp"}) == "" and int8_instructions(None) == ""
+    flags = next((set(line.split(":", 1)[1].split()) for line in open("/proc/cpuinfo") if line.startswith("flags")),
+                 None)
+    assert int8_instructions(flags) in describe_machine()

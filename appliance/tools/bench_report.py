@@ -139,15 +139,26 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = None, None
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu is None:
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    cpu = cpu or platform.processor() or platform.machine()
+    return f"{cpu}{int8_instructions(flags)}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def int8_instructions(flags: set[str] | None) -> str:
+    """On x86, whether ONNX Runtime's INT8 kernels get VNNI: without it the signed INT8 files' fast kernel saturates
+    and INT8 runs in its slower CPU form (``appliance.manifest.CpuForm``), which moves the expression stage."""
+    if not flags or "avx2" not in flags:
+        return ""
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni"})
+    return f" ({', '.join(vnni)})" if vnni else " (AVX2, no VNNI)"
 
 
 def save(result: dict, json_path: Path) -> list[Path]:
