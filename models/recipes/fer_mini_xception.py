@@ -238,7 +238,8 @@ def main() -> None:
     preprocessing = Preprocessing(color="gray", height=SIZE, width=SIZE, layout="NCHW", scale=2.0 / 255.0,
                                   offset=-1.0, formula="(x/255 - 0.5) * 2 on a 64x64 gray face crop")
     variants = [Variant(precision=p, file=f"{p}.onnx", sha256=sha256_of(args.out / f"{p}.onnx"),
-                        bytes=(args.out / f"{p}.onnx").stat().st_size, cpu_form=recorded_cpu_form(args.out / f"{p}.onnx"),
+                        bytes=(args.out / f"{p}.onnx").stat().st_size,
+                        cpu_form=recorded_cpu_form(args.out / f"{p}.onnx"),
                         quantization=quantization if p == "int8" else None) for p in ("fp32", "int8")]
     manifest = ModelManifest(
         name="fer_mini_xception", version="1.0.0", task="facial-expression", format="onnx", labels=LABELS,
