@@ -146,6 +146,7 @@ SIX_VAL := speaker=ased-f01,ased-f11,ased-f21,ased-f31,ased-f47,ased-m02,ased-m1
 ## Benchmarks of this machine into benchmarks/results/ (about 60 minutes).
 bench: setup
 	$(BIN)/python benchmarks/runtime_precisions.py
+	$(BIN)/python benchmarks/int8_cpu_form.py
 	$(BIN)/python benchmarks/vad_eval.py --data $(DATA)
 	$(BIN)/python benchmarks/face_one_pass.py --data $(DATA)
 	$(BIN)/appliance bench --seconds 300 --faces 4 --matrix --faces-data $(DATA)/faces/fer2013/public_test \
