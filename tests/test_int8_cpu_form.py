@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -19,22 +18,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from appliance.config import default_models_dir
 from appliance.manifest import ModelFileError, load_manifest, sha256_of
-from appliance.perception.voice_encoder import encoder_input
 from appliance.runtime import RuntimeConfig, open_session
-from appliance.sources.audio import SAMPLE_RATE, load_audio_file
-from conftest import DEMO
+from benchmarks.int8_cpu_form import demo_faces, demo_speech_mels, session
 from models.recipes.int8_cpu_form import cpu_path, uint8_form, write_cpu_form
 
 MODELS = default_models_dir() / "onnx"
 INT8_MODELS = sorted(p.parent.name for p in MODELS.glob("*/int8.onnx"))
-
-
-def session(path, unfused: bool = False) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if unfused:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def q_dq_types(model) -> set[int]:
@@ -58,24 +47,10 @@ def test_every_int8_variant_ships_its_cpu_form_rebuilt_byte_for_byte(name, tmp_p
     assert q_dq_types(onnx.load(MODELS / name / "int8.cpu.onnx")) == {TensorProto.UINT8}
 
 
-def demo_faces(size: tuple[int, int], scale: float, offset: float) -> np.ndarray:
-    """Real faces: the demo's face region over 40 frames, and each mirrored."""
-    cap = cv2.VideoCapture(str(DEMO))
-    crops = []
-    for _ in range(40):
-        ok, frame = cap.read()
-        assert ok
-        gray = cv2.cvtColor(frame[68:374, 248:554], cv2.COLOR_BGR2GRAY)
-        crops.append(cv2.resize(gray, size[::-1], interpolation=cv2.INTER_AREA))
-    crops += [c[:, ::-1] for c in crops]
-    return (np.stack(crops).astype(np.float32) * scale + offset)[:, None]
-
-
 @pytest.mark.parametrize("name", ["ferplus_cnn_one_pass", "fer_mini_xception"])
 def test_the_face_models_cpu_form_reads_what_the_quantized_graph_says(name):
     manifest = load_manifest(MODELS / name)
-    pre = manifest.preprocessing
-    x = demo_faces((pre.height, pre.width), pre.scale, pre.offset)
+    x = demo_faces(manifest, 80)
     feed = {manifest.input_name or "input": x}
     reference = session(MODELS / name / "int8.onnx", unfused=True).run(None, feed)[0]
     got = session(MODELS / name / "int8.cpu.onnx").run(None, feed)[0]
@@ -90,10 +65,7 @@ def test_the_shipped_encoder_is_written_in_uint8_and_reads_what_its_graph_says()
     manifest = load_manifest(MODELS / "voice_anger_encoder")
     path = MODELS / "voice_anger_encoder" / manifest.encoder.file
     assert q_dq_types(onnx.load(path)) == {TensorProto.UINT8}
-    speech = load_audio_file(DEMO.with_suffix(".flac"))
-    step = 2 * SAMPLE_RATE
-    mel = np.stack([encoder_input(speech[i:i + step]) for i in range(0, 8 * step, step)])
-    feed = {manifest.encoder.input_name: mel}
+    feed = {manifest.encoder.input_name: demo_speech_mels(8)}
     out = [manifest.encoder.output_name]
     reference = session(path, unfused=True).run(out, feed)[0]
     got = session(path).run(out, feed)[0]
