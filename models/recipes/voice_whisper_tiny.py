@@ -1,4 +1,4 @@
-"""Study: a second pretrained front end for issue 22, Whisper tiny.en's encoder, against Smart Turn's, leave one corpus out.
+"""Study: Whisper tiny.en's encoder as a second pretrained front end for issue 22, against Smart Turn's.
 
     python models/recipes/voice_whisper_tiny.py [--data ../shared/data] [--device cpu|cuda]   # ~15 min + ~25 min
 
@@ -71,7 +71,8 @@ def read_ctranslate2(blob: bytes) -> dict[str, np.ndarray]:
     version = take("I")
     if version != 6:
         raise SystemExit(f"CTranslate2 model.bin version {version}: this reader knows version 6")
-    spec, _revision = text(), take("I")
+    spec = text()
+    take("I")                                                          # the spec's revision
     if spec != "WhisperSpec":
         raise SystemExit(f"model.bin holds a {spec}, not a WhisperSpec")
     arrays = {}
@@ -165,7 +166,7 @@ def whisper_tiny_onnx(work: Path) -> Path:
     return model
 
 
-def check_against_ctranslate2(data: Path, work: Path, rows: list[dict]) -> float:
+def check_against_ctranslate2(data: Path, work: Path, smart_work: Path, rows: list[dict]) -> float:
     """Largest difference between the converted encoder's last output and CTranslate2's own ``Whisper.encode`` on
     the same log-mel of a real clip (needs ``pip install ctranslate2``, which the product does not)."""
     import tempfile
@@ -176,7 +177,7 @@ def check_against_ctranslate2(data: Path, work: Path, rows: list[dict]) -> float
 
     from appliance.sources.audio import SAMPLE_RATE, load_audio_file
 
-    _, log_mel = front_end(ROOT / ".cache" / "voice_smart_turn")
+    _, log_mel = front_end(smart_work)
     clip = data / "speech" / next(r for r in rows if r["corpus"] == "nemo")["path"]
     mel = log_mel(load_audio_file(clip)[-SECONDS * SAMPLE_RATE:], do_normalize=True)[None]
     ours = ort.InferenceSession(str(whisper_tiny_onnx(work)), providers=["CPUExecutionProvider"]).run(
@@ -192,7 +193,7 @@ def check_against_ctranslate2(data: Path, work: Path, rows: list[dict]) -> float
     return float(np.abs(ours - theirs).max())
 
 
-def whisper_tiny_features(data: Path, work: Path, rows: list[dict], threads: int) -> np.ndarray:
+def whisper_tiny_features(data: Path, work: Path, smart_work: Path, rows: list[dict], threads: int) -> np.ndarray:
     """(clips, 5 * WIDTH): each output's mean over the clip's frames, then the last one's std (cached)."""
     import onnxruntime as ort
 
@@ -202,7 +203,7 @@ def whisper_tiny_features(data: Path, work: Path, rows: list[dict], threads: int
     if cache.is_file():
         return np.load(cache)
     model = whisper_tiny_onnx(work)
-    _, log_mel = front_end(ROOT / ".cache" / "voice_smart_turn")       # the same pinned feature code
+    _, log_mel = front_end(smart_work)                                # the same pinned feature code
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
@@ -241,11 +242,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = index_rows(args.data)
     if args.check:
-        print(f"largest difference from CTranslate2's encoder: {check_against_ctranslate2(args.data, args.work, rows):.2e}")
+        worst = check_against_ctranslate2(args.data, args.work, args.smart_turn_work, rows)
+        print(f"largest difference from CTranslate2's encoder: {worst:.2e}")
         return
     import torch
     torch.set_num_threads(args.threads)
-    tiny = whisper_tiny_features(args.data, args.work, rows, args.threads)
+    tiny = whisper_tiny_features(args.data, args.work, args.smart_turn_work, rows, args.threads)
     smart = encoder_features(args.data, args.smart_turn_work, rows, args.threads)
     seg = segments(args.data, args.loco_work)
     assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
