@@ -107,12 +107,16 @@ def encoder_features(data: Path, work: Path, rows: list[dict], threads: int) -> 
             mels.append(log_mel(audio, do_normalize=True))
         layers = session.run(list(LAYER_OUTPUTS), {"input_features": np.stack(mels).astype(np.float32)})
         for i, v in enumerate(valid):
-            held = [layer[i, -v:] for layer in layers]
-            out[start + i] = np.concatenate([h.mean(axis=0) for h in held] + [held[-1].std(axis=0)])
+            out[start + i] = pooled([layer[i, -v:] for layer in layers])
         if (start // batch) % 250 == 0:
             print(f"  {start + len(chunk)}/{len(rows)} clips, {time.time() - started:.0f} s", flush=True)
     np.save(cache, out)
     return out
+
+
+def pooled(held: list[np.ndarray]) -> np.ndarray:
+    """One clip's layers (each frames x WIDTH, only the frames that hold it): every layer's mean, the last one's std."""
+    return np.concatenate([h.mean(axis=0) for h in held] + [held[-1].std(axis=0)])
 
 
 def clip_means(seg: dict, clips: int) -> np.ndarray:

