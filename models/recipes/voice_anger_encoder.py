@@ -150,12 +150,11 @@ def install_encoder(work: Path, out: Path, check: bool = True) -> Path:
     return target
 
 
-def encoded_segments(data: Path, rows: list[dict], session, output: str, first_clip: int):
-    """Yield (clips done, the encoder's ``output`` for the next batch of raw 2 s segments), whole clips from
-    ``first_clip`` on, in ``voice_loco.segments`` order (batches of about 8 segments)."""
+def encoded_segments(data: Path, rows: list[dict], encode, first_clip: int):
+    """Yield (clips done, ``encode``(the next batch of raw 2 s segments)), whole clips from ``first_clip`` on, in
+    ``voice_loco.segments`` order (batches of about 8 segments)."""
     from appliance.perception.features import clip_segments
     from appliance.perception.voice import SEGMENT_S
-    from appliance.perception.voice_encoder import encoder_input
     from appliance.sources.audio import SAMPLE_RATE, load_audio_file
     from models.recipes.voice_anger_head import HOP_S
 
@@ -163,22 +162,35 @@ def encoded_segments(data: Path, rows: list[dict], session, output: str, first_c
     for i in range(first_clip, len(rows)):
         pending += clip_segments(load_audio_file(data / "speech" / rows[i]["path"]), n_seg, int(HOP_S * SAMPLE_RATE))
         if len(pending) >= 8 or i == len(rows) - 1:
-            (out,) = session.run([output], {"input_features": np.stack([encoder_input(s) for s in pending])})
+            out = encode(pending)
             pending = []
             yield i + 1, out
 
 
-def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, threads: int) -> np.ndarray:
-    """(segments, 1920): the encoder's embedding of every raw 2 s segment, in ``voice_loco.segments`` order
-    (cached; a partial file every 500 clips lets a stopped run resume)."""
-    import onnxruntime as ort
+def graph_output(session, output: str):
+    """``encoded_segments``' encode for this recipe's encoder graph: its ``output`` for a batch of segments."""
+    from appliance.perception.voice_encoder import encoder_input
 
+    return lambda batch: session.run([output], {"input_features": np.stack([encoder_input(s) for s in batch])})[0]
+
+
+def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, threads: int,
+                       open_encode=None) -> np.ndarray:
+    """(segments, 1920): an encoder's pooled embedding of every raw 2 s segment, in ``voice_loco.segments`` order
+    (cached in ``work``; a partial file every 500 clips lets a stopped run resume). ``open_encode()`` gives the
+    encode function (``encoded_segments``); by default this recipe's Smart Turn graph, opened only when needed."""
     cache, partial = work / f"segments_{expected}.npy", work / f"segments_{expected}.partial.npz"
     if cache.is_file():
         return np.load(cache)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(build_encoder(work)), options, providers=["CPUExecutionProvider"])
+    if open_encode is None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(build_encoder(work)), options, providers=["CPUExecutionProvider"])
+        encode = graph_output(session, "embedding")
+    else:
+        encode = open_encode()
     out, done_clips, done = np.zeros((expected, 5 * WIDTH), np.float32), 0, 0
     if partial.is_file():
         saved = np.load(partial)
@@ -186,13 +198,16 @@ def segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, 
         out[:done] = saved["out"][:done]
         print(f"resuming at clip {done_clips}, segment {done}", flush=True)
     started = time.time()
-    for clips, emb in encoded_segments(data, rows, session, "embedding", done_clips):
+    for clips, emb in encoded_segments(data, rows, encode, done_clips):
         out[done:done + len(emb)] = emb
         done += len(emb)
         if clips % 500 < 4 or clips == len(rows):
             np.savez(partial, out=out[:done], clips=clips, segments=done)
             print(f"  {clips}/{len(rows)} clips, {done}/{expected} segments, {time.time() - started:.0f} s", flush=True)
     assert done == expected, f"{done} segments, voice_loco has {expected}"
+    if done_clips == 0:     # the cost of an uninterrupted pass, for the reports
+        (work / f"segments_{expected}.json").write_text(json.dumps(
+            {"ms_per_segment": round((time.time() - started) * 1000 / expected, 1), "threads": threads}))
     np.save(cache, out)
     partial.unlink(missing_ok=True)
     return out

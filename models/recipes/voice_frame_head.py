@@ -53,7 +53,7 @@ def segment_frames(data: Path, work: Path, rows: list[dict], expected: int, thre
     clip; ``frames.progress.json`` lets a stopped run resume."""
     import onnxruntime as ort
 
-    from models.recipes.voice_anger_encoder import encoded_segments
+    from models.recipes.voice_anger_encoder import encoded_segments, graph_output
 
     work.mkdir(parents=True, exist_ok=True)
     store, progress = work / f"frames_{expected}.f16", work / "frames.progress.json"
@@ -70,7 +70,7 @@ def segment_frames(data: Path, work: Path, rows: list[dict], expected: int, thre
     if done:
         print(f"resuming at clip {done_clips}, segment {done}", flush=True)
     started = time.time()
-    for clips, fr in encoded_segments(data, rows, session, "frames", done_clips):
+    for clips, fr in encoded_segments(data, rows, graph_output(session, "frames"), done_clips):
         out[done:done + len(fr)] = fr.astype(np.float16)
         done += len(fr)
         if clips % 500 < 4 or clips == len(rows):
