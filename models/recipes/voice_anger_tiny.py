@@ -37,7 +37,8 @@ from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 from models.recipes.voice_whisper_tiny import MODEL_MEMBER, MODEL_SHA256, OUTPUTS, WHEEL, whisper_tiny_onnx  # noqa: E402
 
 NAME = "voice_anger_tiny"
-KINDS = ("linear", "mlp")
+PAIR = "mlp + Smart Turn mlp"   # two MLPs, one per front end, fitted alike; their logits averaged
+KINDS = ("linear", "mlp", PAIR)
 
 
 def tiny_encode(work: Path, threads: int):
@@ -78,6 +79,9 @@ def write_readme(log: Path, results: dict, smart: dict) -> None:
                              + f" | {np.mean([c['loco'][k]['auc'] for k in UNHEARD]):.3f} | "
                              f"{c['validation']['pooled']['auc']:.3f} | "
                              f"{c['validation']['pooled']['recall_at_precision_0.80']:.3f} |")
+    for name, c in results["candidates"].items():
+        for member, per in c.get("members", {}).items():
+            lines += ["", f"{name}, {member} member alone: " + ", ".join(f"{k} {v:.3f}" for k, v in per.items())]
     lines += ["", f"Encoder cost: {results.get('encoder_ms_per_segment', '-')} ms per segment (batches of about 8, "
               f"{results.get('threads', '-')} threads, this run's CPU). Every figure: `results.json`."]
     (log / "README.md").write_text("\n".join(lines) + "\n")
@@ -89,10 +93,13 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / "results" / NAME)
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "voice_whisper_tiny")
     parser.add_argument("--loco-work", type=Path, default=ROOT / ".cache" / "voice_loco")
+    parser.add_argument("--smart-work", type=Path, default=ROOT / ".cache" / "voice_anger_encoder",
+                        help="voice_anger_encoder.py's cache: Smart Turn's segment embeddings, for the averaged pair")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="heads, comma-separated; kinds already in results.json are not refitted")
     args = parser.parse_args()
     import torch
 
@@ -122,20 +129,37 @@ def main() -> None:
     train = ~np.isin(speaker, sorted(val))
     val_clip = np.isin(speaker_c, sorted(val))
     val_corpora = [c for c in CORPORA if (val_clip & (corpus_c == c)).any()]
-    x = design(seg, emb, np.nanmedian(seg["x"][raw][train], axis=0))
+    fill = np.nanmedian(seg["x"][raw][train], axis=0)
+    x = design(seg, emb, fill)
+    # Smart Turn's segment embeddings (voice_anger_encoder's cache) only for the averaged pair.
+    x_smart = (design(seg, segment_embeddings(args.data, args.smart_work, rows, int(raw.sum()), args.threads), fill)
+               if PAIR in args.kinds.split(",") else None)
     started = time.time()
+
+    def scored(rows_fit: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, dict]:
+        """Clip scores of a head fitted on ``rows_fit``; for the pair, each member's clip scores too."""
+        w = clip_weights(corpus[rows_fit], y[rows_fit])
+        if kind != PAIR:
+            return clip_scores(seg, predict(fit(x[rows_fit], y[rows_fit], w, kind, seed, args.device), x)), {}
+        p = [np.clip(predict(fit(d[rows_fit], y[rows_fit], w, "mlp", seed, args.device), d), 1e-6, 1 - 1e-6)
+             for d in (x, x_smart)]
+        z = np.mean([np.log(q / (1 - q)) for q in p], axis=0)
+        return clip_scores(seg, 1 / (1 + np.exp(-z))), {"tiny.en": clip_scores(seg, p[0]),
+                                                           "smart turn": clip_scores(seg, p[1])}
+
     smart = json.loads((ROOT / "benchmarks" / "results" / "voice_anger_encoder" / "results.json").read_text())
     for kind in args.kinds.split(","):
         for seed in range(1, args.seeds + 1):
             name = f"{kind} seed {seed}"
             c = results["candidates"].setdefault(name, {"kind": kind, "seed": seed, "loco": {}})
-            for held in (*CORPORA, "all"):
+            # The pair is scored on the unheard corpora only, as voice_anger_encoder scores its ensemble.
+            for held in ((*UNHEARD, "all") if kind == PAIR else (*CORPORA, "all")):
                 if held in c["loco"] or (held == "all" and "validation" in c):
                     continue                                               # done by a run that stopped later
-                rows_fit = train & (corpus != held) if held != "all" else train
-                model = fit(x[rows_fit], y[rows_fit], clip_weights(corpus[rows_fit], y[rows_fit]), kind, seed,
-                            args.device)
-                s = clip_scores(seg, predict(model, x))
+                s, members = scored(train & (corpus != held) if held != "all" else train, kind, seed)
+                mine = val_clip if held == "all" else corpus_c == held
+                for member, ms in members.items():            # each member alone: checks it against its own row
+                    c.setdefault("members", {}).setdefault(member, {})[held] = figures(ms[mine], angry_c[mine])["auc"]
                 if held == "all":
                     c["validation"] = {v: figures(s[val_clip & (corpus_c == v)], angry_c[val_clip & (corpus_c == v)])
                                        for v in val_corpora} | {"pooled": figures(s[val_clip], angry_c[val_clip])}
