@@ -62,6 +62,19 @@ def tiny_encode(work: Path, threads: int):
     return encode
 
 
+def logits(model, x: np.ndarray) -> np.ndarray:
+    """``voice_smart_turn.predict`` before its sigmoid, float64."""
+    import torch
+
+    mu, sd, net = model
+    with torch.no_grad():
+        return net(torch.tensor((x - mu) / sd, dtype=torch.float32)).squeeze(1).double().numpy()
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
 def write_readme(log: Path, results: dict, smart: dict) -> None:
     lines = ["# Whisper tiny.en under the shipped anger head, per 2 s segment (issue 22)", "",
              "Written by `python models/recipes/voice_anger_tiny.py`. Angry-vs-rest ROC AUC per clip (mean P(angry) "
@@ -141,11 +154,10 @@ def main() -> None:
         w = clip_weights(corpus[rows_fit], y[rows_fit])
         if kind != PAIR:
             return clip_scores(seg, predict(fit(x[rows_fit], y[rows_fit], w, kind, seed, args.device), x)), {}
-        p = [np.clip(predict(fit(d[rows_fit], y[rows_fit], w, "mlp", seed, args.device), d), 1e-6, 1 - 1e-6)
-             for d in (x, x_smart)]
-        z = np.mean([np.log(q / (1 - q)) for q in p], axis=0)
-        return clip_scores(seg, 1 / (1 + np.exp(-z))), {"tiny.en": clip_scores(seg, p[0]),
-                                                           "smart turn": clip_scores(seg, p[1])}
+        # Logits straight from the networks: a probability clipped to take its logit ties the confident segments.
+        z = [logits(fit(d[rows_fit], y[rows_fit], w, "mlp", seed, args.device), d) for d in (x, x_smart)]
+        return clip_scores(seg, sigmoid((z[0] + z[1]) / 2)), {"tiny.en": clip_scores(seg, sigmoid(z[0])),
+                                                               "smart turn": clip_scores(seg, sigmoid(z[1]))}
 
     smart = json.loads((ROOT / "benchmarks" / "results" / "voice_anger_encoder" / "results.json").read_text())
     for kind in args.kinds.split(","):
