@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.recipes.voice_anger_encoder import UNHEARD, clip_scores, design, segment_embeddings  # noqa: E402
 from models.recipes.voice_loco import CORPORA, NEMO_VAL, ased_val, figures, index_rows, segments  # noqa: E402
-from models.recipes.voice_smart_turn import clip_weights, fit, pooled, predict  # noqa: E402
+from models.recipes.voice_smart_turn import clip_weights, fit, logits, pooled, predict  # noqa: E402
 from models.recipes.voice_tone_cnn import VAL_SPEAKERS  # noqa: E402
 from models.recipes.voice_whisper_tiny import MODEL_MEMBER, MODEL_SHA256, OUTPUTS, WHEEL, whisper_tiny_onnx  # noqa: E402
 
@@ -60,15 +60,6 @@ def tiny_encode(work: Path, threads: int):
         return np.stack([pooled([layer[j, :SEGMENT_FRAMES] for layer in layers]) for j in range(len(batch))])
 
     return encode
-
-
-def logits(model, x: np.ndarray) -> np.ndarray:
-    """``voice_smart_turn.predict`` before its sigmoid, float64."""
-    import torch
-
-    mu, sd, net = model
-    with torch.no_grad():
-        return net(torch.tensor((x - mu) / sd, dtype=torch.float32)).squeeze(1).double().numpy()
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -155,7 +146,8 @@ def main() -> None:
         if kind != PAIR:
             return clip_scores(seg, predict(fit(x[rows_fit], y[rows_fit], w, kind, seed, args.device), x)), {}
         # Logits straight from the networks: a probability clipped to take its logit ties the confident segments.
-        z = [logits(fit(d[rows_fit], y[rows_fit], w, "mlp", seed, args.device), d) for d in (x, x_smart)]
+        z = [logits(fit(d[rows_fit], y[rows_fit], w, "mlp", seed, args.device), d).astype(np.float64)
+             for d in (x, x_smart)]
         return clip_scores(seg, sigmoid((z[0] + z[1]) / 2)), {"tiny.en": clip_scores(seg, sigmoid(z[0])),
                                                                "smart turn": clip_scores(seg, sigmoid(z[1]))}
 
@@ -183,7 +175,7 @@ def main() -> None:
                       f"({time.time() - started:.0f} s)", flush=True)
             c["loco_unheard_mean_auc"] = round(float(np.mean([c["loco"][k]["auc"] for k in UNHEARD])), 4)
             path.write_text(json.dumps(results, indent=1) + "\n")
-            write_readme(args.log, results, {n: s for n, s in smart["candidates"].items()})
+            write_readme(args.log, results, smart["candidates"])
     print(f"wrote {args.log}/results.json and README.md")
 
 

@@ -171,12 +171,19 @@ def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, kind: str, seed: int, devic
     return mu, sd, net.eval().cpu()
 
 
-def predict(model, x: np.ndarray) -> np.ndarray:
+def logits(model, x: np.ndarray) -> np.ndarray:
+    """The head's logit of P(angry) for each row of ``x`` (float32)."""
     import torch
 
     mu, sd, net = model
     with torch.no_grad():
-        return torch.sigmoid(net(torch.tensor((x - mu) / sd, dtype=torch.float32)).squeeze(1)).numpy()
+        return net(torch.tensor((x - mu) / sd, dtype=torch.float32)).squeeze(1).numpy()
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    return torch.sigmoid(torch.from_numpy(logits(model, x))).numpy()
 
 
 def fit_predict(x_fit, y, w, x_all, kind: str, device: str, seed: int = 1) -> np.ndarray:
